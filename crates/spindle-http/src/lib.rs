@@ -1,0 +1,15 @@
+//! Host-independent HTTP shapes for Spindle.
+//!
+//! Components turn Spin's request into an [`ApiRequest`], hand it to a
+//! [`Router`], and write the [`ApiResponse`] back. Every failure is an
+//! [`ApiError`], which becomes the documented JSON error shape in exactly one
+//! place ([`ApiError::into_response`]).
+#![deny(missing_docs)]
+
+mod error;
+mod message;
+mod router;
+
+pub use error::{ApiError, ErrorDetail};
+pub use message::{ApiRequest, ApiResponse, MAX_BODY_BYTES, Method};
+pub use router::{Params, Router};

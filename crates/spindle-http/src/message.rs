@@ -1,0 +1,216 @@
+//! Requests and responses as the API sees them, independent of the host.
+
+use crate::error::{ApiError, ErrorDetail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+/// The largest request body the API reads; a larger one answers 413 unread.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// An HTTP method.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+    /// OPTIONS
+    Options,
+    /// Any other method, upper case.
+    Other(String),
+}
+
+impl Method {
+    /// Parses a method name as it arrives on the wire.
+    pub fn parse(name: &str) -> Self {
+        match name.to_ascii_uppercase().as_str() {
+            "GET" => Self::Get,
+            "HEAD" => Self::Head,
+            "POST" => Self::Post,
+            "PUT" => Self::Put,
+            "PATCH" => Self::Patch,
+            "DELETE" => Self::Delete,
+            "OPTIONS" => Self::Options,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// The method's name on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Get => "GET",
+            Self::Head => "HEAD",
+            Self::Post => "POST",
+            Self::Put => "PUT",
+            Self::Patch => "PATCH",
+            Self::Delete => "DELETE",
+            Self::Options => "OPTIONS",
+            Self::Other(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An incoming API request with its body read in full.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    /// The request method.
+    pub method: Method,
+    /// The path, without the query string.
+    pub path: String,
+    /// The raw query string, without the `?`.
+    pub query: String,
+    /// Headers with lower-case names, in arrival order.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl ApiRequest {
+    /// A request for `method` and a path that may carry a query string.
+    pub fn new(method: Method, path_with_query: &str) -> Self {
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((path_with_query, ""));
+        Self {
+            method,
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads the body as JSON of type `T`: 400 when it is missing, not JSON,
+    /// or not of that shape (the detail names where serde stopped).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        if self.body.is_empty() {
+            return Err(ApiError::bad_request("request body is empty; JSON expected"));
+        }
+        serde_json::from_slice(&self.body).map_err(|e| {
+            let problem = if e.is_syntax() || e.is_eof() {
+                "malformed JSON"
+            } else {
+                "JSON of the wrong shape"
+            };
+            ApiError::BadRequest {
+                message: format!("request body is {problem}"),
+                details: vec![ErrorDetail::new(
+                    format!("body:{}:{}", e.line(), e.column()),
+                    e.to_string(),
+                )],
+            }
+        })
+    }
+}
+
+/// A response ready to be written back by the host adapter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// A JSON response of `value`.
+    pub fn json(status: u16, value: &impl Serialize) -> Self {
+        // Serialising our own response types cannot fail: they hold no maps
+        // with non-string keys and no failing `Serialize` impls.
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        Self {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body,
+        }
+    }
+
+    /// The first value of a header, by case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets a header, replacing any value it had.
+    pub fn set_header(&mut self, name: &str, value: impl Into<String>) {
+        let name = name.to_ascii_lowercase();
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    struct Named {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    fn with_body(body: &str) -> ApiRequest {
+        let mut request = ApiRequest::new(Method::Post, "/x?a=1");
+        request.body = body.as_bytes().to_vec();
+        request
+    }
+
+    #[test]
+    fn path_and_query_are_split() {
+        let request = ApiRequest::new(Method::Get, "/api/v1/x?limit=5&offset=2");
+        assert_eq!(request.path, "/api/v1/x");
+        assert_eq!(request.query, "limit=5&offset=2");
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        let error = with_body("{\"name\": ").json::<Named>().unwrap_err();
+        assert_eq!(error.status(), 400);
+        assert_eq!(error.to_string(), "request body is malformed JSON");
+    }
+
+    #[test]
+    fn wrong_types_are_a_bad_request_naming_the_shape() {
+        let error = with_body("{\"name\": 5}").json::<Named>().unwrap_err();
+        assert_eq!(error.to_string(), "request body is JSON of the wrong shape");
+    }
+
+    #[test]
+    fn empty_body_is_a_bad_request() {
+        assert_eq!(with_body("").json::<Named>().unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn methods_round_trip_case_insensitively() {
+        assert_eq!(Method::parse("patch"), Method::Patch);
+        assert_eq!(Method::parse("BREW").as_str(), "BREW");
+    }
+}

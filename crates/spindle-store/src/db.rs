@@ -1,0 +1,167 @@
+//! The SQLite port: one statement per call, as Spin runs it.
+
+use thiserror::Error;
+
+/// A SQLite value, as Spin's `sqlite` interface carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// NULL
+    Null,
+    /// INTEGER
+    Integer(i64),
+    /// REAL
+    Real(f64),
+    /// TEXT
+    Text(String),
+    /// BLOB
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    /// The integer, if this is one.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Self::Integer(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The text, if this is text.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Self::Integer(v)
+    }
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Self::Text(v.to_string())
+    }
+}
+
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Self::Text(v)
+    }
+}
+
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Self::Null, Into::into)
+    }
+}
+
+/// The result of one statement: column names and rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// Each row's values, in column order.
+    pub rows: Vec<Vec<Value>>,
+}
+
+impl Rows {
+    /// The first column of the first row, if any.
+    pub fn scalar(&self) -> Option<&Value> {
+        self.rows.first().and_then(|row| row.first())
+    }
+}
+
+/// What kind of failure a statement met; decides whether a retry may help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbErrorKind {
+    /// The file is locked by another writer ("database is locked"/busy).
+    Busy,
+    /// A UNIQUE, FOREIGN KEY, CHECK or NOT NULL constraint refused the write.
+    Constraint,
+    /// Anything else: bad SQL, a missing table, a broken connection.
+    Other,
+}
+
+/// A failed statement.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("sqlite: {message}")]
+pub struct DbError {
+    /// What kind of failure.
+    pub kind: DbErrorKind,
+    /// SQLite's message.
+    pub message: String,
+}
+
+impl DbError {
+    /// Classifies an error by SQLite's message, the only thing Spin's
+    /// interface passes through (`Error::Io(message)`).
+    pub fn from_message(message: impl Into<String>) -> Self {
+        let message = message.into();
+        let lower = message.to_ascii_lowercase();
+        let kind = if lower.contains("database is locked") || lower.contains("busy") {
+            DbErrorKind::Busy
+        } else if lower.contains("constraint failed") {
+            DbErrorKind::Constraint
+        } else {
+            DbErrorKind::Other
+        };
+        Self { kind, message }
+    }
+
+    /// Whether the same statement may succeed if tried again.
+    pub fn is_transient(&self) -> bool {
+        self.kind == DbErrorKind::Busy
+    }
+}
+
+/// A SQLite connection. `execute` runs exactly one statement: Spin runs only
+/// the first of a `;`-separated string and reports success, so callers must
+/// never pass more than one.
+pub trait Db {
+    /// Runs one statement with positional (`?`) parameters.
+    fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
+}
+
+/// Runs `work` inside `BEGIN IMMEDIATE` … `COMMIT`, rolling back when it
+/// fails. Spin has no transaction API: these are plain statements on one
+/// connection, and a transaction left open at the end of a request is rolled
+/// back by the host.
+pub fn in_transaction<T, E>(db: &dyn Db, work: impl FnOnce(&dyn Db) -> Result<T, E>) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    db.execute("BEGIN IMMEDIATE", &[])?;
+    let result = work(db).and_then(|value| {
+        db.execute("COMMIT", &[])?;
+        Ok(value)
+    });
+    if result.is_err() {
+        // The error that matters is the one already in hand; a failed
+        // rollback leaves nothing committed either.
+        let _ = db.execute("ROLLBACK", &[]);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locked_database_is_transient() {
+        let error = DbError::from_message("database is locked");
+        assert_eq!(error.kind, DbErrorKind::Busy);
+        assert!(error.is_transient());
+    }
+
+    #[test]
+    fn constraint_failures_are_recognised_and_final() {
+        let error = DbError::from_message("UNIQUE constraint failed: api_keys.key_hash");
+        assert_eq!(error.kind, DbErrorKind::Constraint);
+        assert!(!error.is_transient());
+    }
+}

@@ -1,0 +1,175 @@
+-- Spindle's initial schema.
+--
+-- Conventions: ids are UUID text (v7 where order helps); times are UTC
+-- milliseconds since the Unix epoch (INTEGER); money is integer
+-- micro-dollars; JSON documents are TEXT. Every row carries org_id and every
+-- lookup the API makes starts with it, so each index leads with org_id.
+-- One statement per `;`: the app splits this file, since Spin's SQLite runs
+-- only the first statement of a string.
+
+CREATE TABLE organizations (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL GENERATED ALWAYS AS (id) VIRTUAL,
+    name TEXT NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+    prefix TEXT NOT NULL,
+    key_hash TEXT NOT NULL UNIQUE,
+    created_by TEXT,
+    created_at INTEGER NOT NULL,
+    last_used_at INTEGER,
+    expires_at INTEGER,
+    revoked_at INTEGER
+);
+
+CREATE INDEX api_keys_by_org ON api_keys (org_id, created_at);
+
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'IDLE',
+    execution_count INTEGER NOT NULL DEFAULT 0,
+    success_count INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
+    total_cost_micros INTEGER NOT NULL DEFAULT 0,
+    total_latency_ms INTEGER NOT NULL DEFAULT 0,
+    last_executed_at INTEGER,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted_at INTEGER
+);
+
+CREATE INDEX agents_by_org ON agents (org_id, deleted_at, created_at);
+
+CREATE TABLE workflows (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'active',
+    current_version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted_at INTEGER
+);
+
+CREATE INDEX workflows_by_org ON workflows (org_id, deleted_at, created_at);
+
+CREATE TABLE workflow_versions (
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    version INTEGER NOT NULL,
+    definition TEXT NOT NULL,
+    created_by TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, version)
+);
+
+CREATE INDEX workflow_versions_by_org ON workflow_versions (org_id, workflow_id, version);
+
+CREATE TABLE executions (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    workflow_version INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'waiting', 'completed', 'failed', 'cancelled')),
+    trigger_kind TEXT NOT NULL,
+    inputs TEXT NOT NULL DEFAULT '{}',
+    output TEXT,
+    error TEXT,
+    api_key_id TEXT,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    base_cost_micros INTEGER NOT NULL DEFAULT 0,
+    billed_cost_micros INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    updated_at INTEGER NOT NULL
+);
+
+CREATE INDEX executions_by_org ON executions (org_id, created_at);
+
+CREATE INDEX executions_by_workflow ON executions (org_id, workflow_id, created_at);
+
+CREATE INDEX executions_by_status ON executions (org_id, status, created_at);
+
+CREATE TABLE steps (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    execution_id TEXT NOT NULL REFERENCES executions (id),
+    node_id TEXT NOT NULL,
+    iteration TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'waiting', 'completed', 'failed', 'skipped', 'cancelled')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    input TEXT,
+    output TEXT,
+    error TEXT,
+    run_after INTEGER,
+    lease_expires_at INTEGER,
+    lease_token TEXT,
+    tokens_in INTEGER NOT NULL DEFAULT 0,
+    tokens_out INTEGER NOT NULL DEFAULT 0,
+    base_cost_micros INTEGER NOT NULL DEFAULT 0,
+    billed_cost_micros INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    UNIQUE (execution_id, node_id, iteration)
+);
+
+CREATE INDEX steps_by_execution ON steps (org_id, execution_id, created_at);
+
+-- The tick's pick-up query scans only live steps, never the history: a
+-- partial index keeps its cost flat as finished runs accumulate.
+CREATE INDEX steps_live ON steps (status, run_after, lease_expires_at)
+    WHERE status IN ('queued', 'running', 'waiting');
+
+CREATE TABLE usage_records (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    execution_id TEXT,
+    step_id TEXT,
+    workflow_id TEXT,
+    agent_id TEXT,
+    api_key_id TEXT,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    base_cost_micros INTEGER NOT NULL DEFAULT 0,
+    billed_cost_micros INTEGER NOT NULL DEFAULT 0,
+    latency_ms INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+
+CREATE INDEX usage_by_org ON usage_records (org_id, created_at);
+
+CREATE INDEX usage_by_execution ON usage_records (org_id, execution_id);
+
+CREATE TABLE activity_log (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT,
+    details TEXT NOT NULL DEFAULT '{}',
+    created_at INTEGER NOT NULL
+);
+
+CREATE INDEX activity_by_org ON activity_log (org_id, created_at);
