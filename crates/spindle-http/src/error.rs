@@ -161,6 +161,35 @@ impl ApiError {
     }
 }
 
+// Domain errors become API errors here, and only here.
+
+impl From<spindle_store::DbError> for ApiError {
+    fn from(error: spindle_store::DbError) -> Self {
+        use spindle_store::DbErrorKind;
+        match error.kind {
+            DbErrorKind::Busy => Self::Unavailable("the database is busy; try again".into()),
+            DbErrorKind::Constraint => Self::Conflict(error.message),
+            DbErrorKind::Other => Self::Internal(error.to_string()),
+        }
+    }
+}
+
+impl From<spindle_store::KvError> for ApiError {
+    fn from(error: spindle_store::KvError) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl From<spindle_store::MigrationError> for ApiError {
+    fn from(error: spindle_store::MigrationError) -> Self {
+        if error.is_transient() {
+            Self::Unavailable(format!("schema migration is busy; try again ({error})"))
+        } else {
+            Self::Internal(format!("schema migration failed: {error}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +246,13 @@ mod tests {
         ] {
             assert!(!error.is_transient(), "{error:?}");
         }
+    }
+
+    #[test]
+    fn locked_database_is_a_transient_503() {
+        let error = ApiError::from(spindle_store::DbError::from_message("database is locked"));
+        assert_eq!(error.status(), 503);
+        assert!(error.is_transient());
     }
 
     #[test]

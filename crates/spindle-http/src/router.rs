@@ -26,7 +26,7 @@ enum Segment {
     Param(&'static str),
 }
 
-struct Route<C> {
+struct Route<C: ?Sized> {
     method: Method,
     segments: Vec<Segment>,
     handler: Handler<C>,
@@ -34,17 +34,17 @@ struct Route<C> {
 
 /// Routes requests to handlers. A path that matches a route under another
 /// method answers 405 with `Allow`; a path that matches none answers 404.
-pub struct Router<C> {
+pub struct Router<C: ?Sized> {
     routes: Vec<Route<C>>,
 }
 
-impl<C> Default for Router<C> {
+impl<C: ?Sized> Default for Router<C> {
     fn default() -> Self {
         Self { routes: Vec::new() }
     }
 }
 
-impl<C> Router<C> {
+impl<C: ?Sized> Router<C> {
     /// A router with no routes.
     pub fn new() -> Self {
         Self::default()

@@ -1,0 +1,31 @@
+//! Spindle's API areas, one module per component, as host-independent
+//! routers. A component opens nothing itself: it hands a [`Backends`] to
+//! [`RequestContext`] and lets the area's router answer.
+#![deny(missing_docs)]
+
+pub mod accounts;
+mod context;
+
+pub use context::{Backends, RequestContext};
+
+use spindle_http::Router;
+
+/// `/api/v1/workflows/...` and `/api/v1/templates/...`; its routes arrive with the workflow-definitions issue.
+pub fn workflows_router() -> Router<RequestContext> {
+    Router::new()
+}
+
+/// `/api/v1/agents/...`; its routes arrive with the agents issue.
+pub fn agents_router() -> Router<RequestContext> {
+    Router::new()
+}
+
+/// Execution, webhooks and internal dispatch; its routes arrive with the engine issue.
+pub fn execute_router() -> Router<RequestContext> {
+    Router::new()
+}
+
+/// `/api/v1/usage/...` and `/metrics`; its routes arrive with the usage issue.
+pub fn usage_router() -> Router<RequestContext> {
+    Router::new()
+}
