@@ -1,0 +1,153 @@
+//! The black-box HTTP suite: runs against the test host, or a real
+//! `spin up` when `SPINDLE_URL` is set.
+
+use serde_json::Value;
+use spindle_store::migrations::latest_version;
+use spindle_suite::{Reply, fresh, shared};
+
+/// Asserts DESIGN.md's error shape: `{"error": {"code", "message", ...}}`.
+fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(
+        reply.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    let error = body["error"].as_object().expect("an `error` object");
+    assert_eq!(error["code"], code);
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "a message: {body}"
+    );
+    assert!(
+        error
+            .keys()
+            .all(|k| ["code", "message", "details"].contains(&k.as_str())),
+        "only code, message and details: {body}"
+    );
+}
+
+#[test]
+fn healthz_answers_ok_with_version_and_schema_level() {
+    let reply = shared().get("/healthz");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(body["schema"], latest_version());
+    assert_eq!(body["checks"]["sqlite"], "ok");
+    assert_eq!(body["checks"]["key_value"], "ok");
+}
+
+#[test]
+fn concurrent_first_requests_all_see_the_migrated_schema() {
+    // A fresh app: every one of these races to apply the migrations.
+    let target = fresh();
+    let schemas: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| target.get("/healthz")))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let reply = h.join().unwrap();
+                assert_eq!(
+                    reply.status,
+                    200,
+                    "{}",
+                    String::from_utf8_lossy(&reply.body)
+                );
+                reply.json()["schema"].clone()
+            })
+            .collect()
+    });
+    assert!(
+        schemas.iter().all(|s| *s == latest_version()),
+        "{schemas:?}"
+    );
+}
+
+#[test]
+fn every_route_reaches_its_component() {
+    // (path, component that must answer), from DESIGN.md's route table.
+    let table = [
+        ("/healthz", "accounts"),
+        ("/api/v1/orgs/current", "accounts"),
+        ("/api/v1/api-keys", "accounts"),
+        ("/api/v1/auth/token", "accounts"),
+        ("/not/a/route", "accounts"),
+        ("/api/v1/workflows", "workflows"),
+        ("/api/v1/workflows/abc", "workflows"),
+        ("/api/v1/workflows/abc/versions/2", "workflows"),
+        ("/api/v1/workflows/abc/execute/more", "workflows"),
+        ("/api/v1/templates", "workflows"),
+        ("/api/v1/agents", "agents"),
+        ("/api/v1/agents/abc/executions", "agents"),
+        ("/api/v1/workflows/abc/execute", "execute"),
+        ("/api/v1/executions/abc", "execute"),
+        ("/api/v1/event-subscriptions", "execute"),
+        ("/hooks/abc", "execute"),
+        ("/internal/tick", "execute"),
+        ("/api/v1/usage/summary", "usage"),
+        ("/metrics", "usage"),
+    ];
+    for (path, component) in table {
+        let reply = shared().get(path);
+        assert_eq!(
+            reply.header("spindle-component"),
+            Some(component),
+            "GET {path} reached the wrong component"
+        );
+    }
+}
+
+#[test]
+fn unknown_routes_answer_json_404() {
+    for path in [
+        "/nowhere",
+        "/api/v2/workflows",
+        "/api/v1/workflows/00000000-0000-0000-0000-000000000000",
+        "/api/v1/agents/unknown-id",
+        "/api/v1/executions/unknown-id",
+        "/api/v1/usage/nothing-here",
+    ] {
+        assert_error(&shared().get(path), 404, "not_found");
+    }
+}
+
+#[test]
+fn wrong_method_answers_405_with_allow() {
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let reply = shared().request(method, "/healthz", &[], None);
+        assert_error(&reply, 405, "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some("GET"));
+    }
+}
+
+#[test]
+fn non_standard_method_answers_405() {
+    let reply = shared().request("BREW", "/healthz", &[], None);
+    assert_error(&reply, 405, "method_not_allowed");
+}
+
+#[test]
+fn oversized_body_answers_413_unread() {
+    let body = vec![b' '; 3 * 1024 * 1024];
+    let reply = shared().request(
+        "POST",
+        "/api/v1/workflows",
+        &[("content-type", "application/json")],
+        Some(&body),
+    );
+    assert_error(&reply, 413, "payload_too_large");
+}
+
+#[test]
+fn oversized_chunked_body_answers_413() {
+    let body = vec![b' '; 3 * 1024 * 1024];
+    let reply = shared().post_chunked("/api/v1/agents", &body);
+    assert_error(&reply, 413, "payload_too_large");
+}
