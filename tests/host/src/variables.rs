@@ -57,10 +57,19 @@ pub fn resolve_app(
     manifest: &Manifest,
     overrides: &HashMap<String, String>,
 ) -> anyhow::Result<HashMap<String, String>> {
+    resolve_app_with(manifest, overrides, &|name| std::env::var(name).ok())
+}
+
+/// [`resolve_app`] reading the environment through `env`, so tests need not set it.
+pub fn resolve_app_with(
+    manifest: &Manifest,
+    overrides: &HashMap<String, String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<HashMap<String, String>> {
     let mut values = HashMap::new();
     for (name, decl) in &manifest.variables {
         validate_name(name).map_err(|e| anyhow::anyhow!("invalid variable name {e}"))?;
-        let env = std::env::var(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase())).ok();
+        let env = env(&format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()));
         let value = overrides
             .get(name)
             .cloned()
@@ -117,6 +126,50 @@ mod tests {
         for bad in ["", "aX", "1bc", "_x", "x.y", "x_", "a__b", "x-y", "FOO"] {
             assert!(validate_name(bad).is_err(), "{bad}");
         }
+    }
+
+    fn manifest(variables: &str) -> Manifest {
+        toml::from_str(&format!(
+            "spin_manifest_version = 2\n[variables]\n{variables}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn environment_overrides_defaults_in_upper_case_only() {
+        let manifest = manifest("foo = { default = \"x\" }\nbar = { default = \"y\" }");
+        let env = |name: &str| match name {
+            "SPIN_VARIABLE_FOO" => Some("from-env".to_string()),
+            // Spin's environment provider never reads a lower-case name.
+            "SPIN_VARIABLE_bar" => Some("ignored".to_string()),
+            _ => None,
+        };
+        let values = resolve_app_with(&manifest, &HashMap::new(), &env).unwrap();
+        assert_eq!(values["foo"], "from-env");
+        assert_eq!(values["bar"], "y");
+    }
+
+    #[test]
+    fn explicit_overrides_win_over_the_environment() {
+        let manifest = manifest("foo = { default = \"x\" }");
+        let overrides = HashMap::from([("foo".to_string(), "override".to_string())]);
+        let env = |_: &str| Some("from-env".to_string());
+        assert_eq!(
+            resolve_app_with(&manifest, &overrides, &env).unwrap()["foo"],
+            "override"
+        );
+    }
+
+    #[test]
+    fn required_variable_without_a_value_refuses_to_start() {
+        let manifest = manifest("key = { required = true }");
+        let error = resolve_app_with(&manifest, &HashMap::new(), &|_| None).unwrap_err();
+        assert!(error.to_string().contains("required"), "{error}");
+        let env = |_: &str| Some("set".to_string());
+        assert_eq!(
+            resolve_app_with(&manifest, &HashMap::new(), &env).unwrap()["key"],
+            "set"
+        );
     }
 
     #[test]
