@@ -23,6 +23,8 @@ CREATE TABLE api_keys (
     role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
     prefix TEXT NOT NULL,
     key_hash TEXT NOT NULL UNIQUE,
+    -- Requests per minute this key may make; NULL means the app's default.
+    rate_limit_per_minute INTEGER,
     created_by TEXT,
     created_at INTEGER NOT NULL,
     last_used_at INTEGER,

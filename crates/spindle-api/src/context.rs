@@ -1,7 +1,7 @@
 //! What a handler can reach: storage opened lazily, migrated on first use.
 
 use spindle_http::ApiError;
-use spindle_store::{Db, DbError, KvError, KvStore, migrate};
+use spindle_store::{Db, DbError, KvError, KvStore, migrate, now_ms};
 use std::cell::OnceCell;
 
 /// The host's storage, as a component provides it (Spin's SQLite and
@@ -11,6 +11,10 @@ pub trait Backends {
     fn open_db(&self) -> Result<Box<dyn Db>, DbError>;
     /// Opens the `default` key-value store.
     fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError>;
+    /// A Spin variable of this component; `None` when undefined or empty.
+    fn variable(&self, name: &str) -> Option<String>;
+    /// Fills `buffer` from a cryptographically secure source.
+    fn random_bytes(&self, buffer: &mut [u8]);
 }
 
 /// One request's access to storage. Nothing is opened until a handler asks,
@@ -39,6 +43,26 @@ impl RequestContext {
         let db = self.backends.open_db()?;
         migrate(db.as_ref())?;
         Ok(self.db.get_or_init(|| db).as_ref())
+    }
+
+    /// A setting: the Spin variable `name`, `None` when unset or empty.
+    pub fn variable(&self, name: &str) -> Option<String> {
+        self.backends.variable(name).filter(|v| !v.is_empty())
+    }
+
+    /// `N` bytes from the host's secure random source.
+    pub fn random<const N: usize>(&self) -> [u8; N] {
+        let mut bytes = [0u8; N];
+        self.backends.random_bytes(&mut bytes);
+        bytes
+    }
+
+    /// A new id: a UUID v7, so ids sort by creation time.
+    pub fn new_id(&self) -> String {
+        let millis = u64::try_from(now_ms()).unwrap_or_default();
+        uuid::Builder::from_unix_timestamp_millis(millis, &self.random())
+            .into_uuid()
+            .to_string()
     }
 
     /// The key-value store.

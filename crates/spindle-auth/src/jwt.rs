@@ -34,7 +34,7 @@ pub enum VerifierKey {
     /// Ed25519 public key (PEM).
     EdDsa(Ed25519PublicKey),
     /// RSA public key (PEM), RS256.
-    Rs256(RS256PublicKey),
+    Rs256(Box<RS256PublicKey>),
 }
 
 impl VerifierKey {
@@ -49,7 +49,7 @@ impl VerifierKey {
             return Ok(Self::EdDsa(key));
         }
         RS256PublicKey::from_pem(pem)
-            .map(Self::Rs256)
+            .map(|key| Self::Rs256(Box::new(key)))
             .map_err(|e| format!("public key is neither Ed25519 nor RSA PEM: {e}"))
     }
 
@@ -200,6 +200,24 @@ mod tests {
             .unwrap()
     }
 
+    /// Claims for `org`/`role`, valid for ten minutes from `NOW`.
+    fn external_claims(org: &str, role: Role) -> JWTClaims<OrgClaims> {
+        let jwt = Claims::with_custom_claims(
+            OrgClaims {
+                org: org.into(),
+                role,
+            },
+            Duration::from_secs(600),
+        )
+        .with_subject("external-user");
+        JWTClaims {
+            issued_at: Some(UnixTimeStamp::from_secs(NOW)),
+            invalid_before: Some(UnixTimeStamp::from_secs(NOW)),
+            expires_at: Some(UnixTimeStamp::from_secs(NOW + 600)),
+            ..jwt
+        }
+    }
+
     fn b64(bytes: &[u8]) -> String {
         Base64UrlSafeNoPadding::encode_to_string(bytes).unwrap()
     }
@@ -316,20 +334,7 @@ mod tests {
         let pair = Ed25519KeyPair::generate();
         let public = VerifierKey::public_pem(&pair.public_key().to_pem()).unwrap();
         let verifier = JwtVerifier::new(vec![VerifierKey::hs256(SECRET), public], None, None);
-        let jwt = Claims::with_custom_claims(
-            OrgClaims {
-                org: "org-9".into(),
-                role: Role::Viewer,
-            },
-            Duration::from_secs(600),
-        )
-        .with_subject("ext-user");
-        let jwt = JWTClaims {
-            issued_at: Some(UnixTimeStamp::from_secs(NOW)),
-            invalid_before: Some(UnixTimeStamp::from_secs(NOW)),
-            expires_at: Some(UnixTimeStamp::from_secs(NOW + 600)),
-            ..jwt
-        };
+        let jwt = external_claims("org-9", Role::Viewer);
         let token = pair.sign(jwt).unwrap();
         let verified = verifier.verify(&token, NOW).unwrap();
         assert_eq!(verified.org_id, "org-9");
@@ -338,6 +343,20 @@ mod tests {
             .authenticate(Claims::create(Duration::from_secs(60)))
             .unwrap();
         assert!(verifier.verify(&confused, NOW).is_err());
+    }
+
+    #[test]
+    fn rs256_tokens_verify_with_an_rsa_public_key() {
+        let pair = RS256KeyPair::from_pem(include_str!("../fixtures/rs256.pem")).unwrap();
+        let public = VerifierKey::public_pem(include_str!("../fixtures/rs256.pub.pem")).unwrap();
+        assert!(matches!(public, VerifierKey::Rs256(_)));
+        let verifier = JwtVerifier::new(vec![public], None, None);
+        let jwt = external_claims("org-r", Role::Admin);
+        let verified = verifier.verify(&pair.sign(jwt).unwrap(), NOW).unwrap();
+        assert_eq!(
+            (verified.org_id.as_str(), verified.role),
+            ("org-r", Role::Admin)
+        );
     }
 
     #[test]

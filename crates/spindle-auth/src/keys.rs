@@ -20,24 +20,20 @@ pub struct NewApiKey {
     pub hash: String,
 }
 
-/// Generates a key from the host's secure random source.
-pub fn generate_api_key() -> Result<NewApiKey, getrandom::Error> {
-    // 43 base62 digits carry 256 bits; rejection sampling keeps them uniform.
+/// Random bytes a key is made from, one per character.
+pub const KEY_ENTROPY_BYTES: usize = 43;
+
+/// Makes a key from `entropy`, which must come from a secure random source
+/// (the host's `wasi:random`). Each byte becomes one base62 character; the
+/// modulo's slight bias leaves about 255 bits of entropy in the 43 characters.
+pub fn generate_api_key(entropy: &[u8; KEY_ENTROPY_BYTES]) -> NewApiKey {
     let mut secret = String::from(KEY_PREFIX);
-    let mut buffer = [0u8; 64];
-    while secret.len() < KEY_PREFIX.len() + 43 {
-        getrandom::fill(&mut buffer)?;
-        for byte in buffer {
-            if byte < 248 && secret.len() < KEY_PREFIX.len() + 43 {
-                secret.push(BASE62[usize::from(byte % 62)] as char);
-            }
-        }
-    }
-    Ok(NewApiKey {
+    secret.extend(entropy.iter().map(|b| BASE62[usize::from(b % 62)] as char));
+    NewApiKey {
         prefix: secret[..VISIBLE_CHARS].to_string(),
         hash: hash_api_key(&secret),
         secret,
-    })
+    }
 }
 
 /// The stored form of a key: SHA-256, lower-case hex.
@@ -62,13 +58,16 @@ mod tests {
 
     #[test]
     fn keys_are_long_random_base62_with_a_visible_prefix() {
-        let key = generate_api_key().unwrap();
+        let mut entropy = [0u8; KEY_ENTROPY_BYTES];
+        getrandom::fill(&mut entropy).unwrap();
+        let key = generate_api_key(&entropy);
         assert!(key.secret.starts_with("sk_"));
         assert_eq!(key.secret.len(), 46);
         assert!(key.secret[3..].bytes().all(|b| b.is_ascii_alphanumeric()));
         assert!(key.secret.starts_with(&key.prefix));
         assert_eq!(key.hash, hash_api_key(&key.secret));
-        assert_ne!(key.secret, generate_api_key().unwrap().secret);
+        entropy[0] ^= 1;
+        assert_ne!(key.secret, generate_api_key(&entropy).secret);
     }
 
     #[test]

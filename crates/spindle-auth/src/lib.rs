@@ -13,7 +13,7 @@ mod role;
 
 pub use error::AuthError;
 pub use jwt::{JwtIssuer, JwtVerifier, TokenClaims, VerifierKey};
-pub use keys::{NewApiKey, constant_time_eq, generate_api_key, hash_api_key};
+pub use keys::{KEY_ENTROPY_BYTES, NewApiKey, constant_time_eq, generate_api_key, hash_api_key};
 pub use role::Role;
 
 /// Which credential a request presented.

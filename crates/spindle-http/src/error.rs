@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The caller's role is too low for this action (403).
     #[error("{0}")]
     Forbidden(String),
+    /// The endpoint is switched off by configuration (403).
+    #[error("{0}")]
+    Disabled(String),
     /// No such route or resource, or one that belongs to another organisation (404).
     #[error("{0}")]
     NotFound(String),
@@ -101,6 +104,7 @@ impl ApiError {
             Self::BadRequest { .. } => "bad_request",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
+            Self::Disabled(_) => "feature_disabled",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Conflict(_) => "conflict",
@@ -117,7 +121,7 @@ impl ApiError {
         match self {
             Self::BadRequest { .. } => 400,
             Self::Unauthenticated(_) => 401,
-            Self::Forbidden(_) => 403,
+            Self::Forbidden(_) | Self::Disabled(_) => 403,
             Self::NotFound(_) => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::Conflict(_) => 409,
@@ -174,6 +178,15 @@ impl From<spindle_store::DbError> for ApiError {
     }
 }
 
+impl From<spindle_auth::AuthError> for ApiError {
+    fn from(error: spindle_auth::AuthError) -> Self {
+        match error {
+            spindle_auth::AuthError::RoleTooLow { .. } => Self::Forbidden(error.to_string()),
+            _ => Self::Unauthenticated(error.to_string()),
+        }
+    }
+}
+
 impl From<spindle_store::KvError> for ApiError {
     fn from(error: spindle_store::KvError) -> Self {
         Self::Unavailable(error.to_string())
@@ -203,7 +216,10 @@ mod tests {
     fn validation_error_lists_every_detail_with_its_path() {
         let response = ApiError::Validation {
             message: "definition is invalid".into(),
-            details: vec![ErrorDetail::new("nodes[2].config.agent_id", "unknown agent")],
+            details: vec![ErrorDetail::new(
+                "nodes[2].config.agent_id",
+                "unknown agent",
+            )],
         }
         .into_response();
         assert_eq!(response.status, 422);

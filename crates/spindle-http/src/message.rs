@@ -103,11 +103,22 @@ impl ApiRequest {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first value of query parameter `name`, as sent (not percent-decoded).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value)
+    }
+
     /// Reads the body as JSON of type `T`: 400 when it is missing, not JSON,
     /// or not of that shape (the detail names where serde stopped).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
-            return Err(ApiError::bad_request("request body is empty; JSON expected"));
+            return Err(ApiError::bad_request(
+                "request body is empty; JSON expected",
+            ));
         }
         serde_json::from_slice(&self.body).map_err(|e| {
             let problem = if e.is_syntax() || e.is_eof() {
@@ -188,6 +199,15 @@ mod tests {
         let request = ApiRequest::new(Method::Get, "/api/v1/x?limit=5&offset=2");
         assert_eq!(request.path, "/api/v1/x");
         assert_eq!(request.query, "limit=5&offset=2");
+    }
+
+    #[test]
+    fn query_parameters_are_found_by_name() {
+        let request = ApiRequest::new(Method::Get, "/x?limit=5&flag&before=abc");
+        assert_eq!(request.query_param("limit"), Some("5"));
+        assert_eq!(request.query_param("flag"), Some(""));
+        assert_eq!(request.query_param("before"), Some("abc"));
+        assert_eq!(request.query_param("missing"), None);
     }
 
     #[test]

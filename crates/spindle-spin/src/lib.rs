@@ -32,6 +32,18 @@ impl Backends for SpinBackends {
         let store = key_value::Store::open_default().map_err(|e| KvError(e.to_string()))?;
         Ok(Box::new(SpinKv(store)))
     }
+
+    fn variable(&self, name: &str) -> Option<String> {
+        // Undefined (not mapped in this component's spin.toml) and unset alike.
+        spin_sdk::variables::get(name).ok()
+    }
+
+    fn random_bytes(&self, buffer: &mut [u8]) {
+        // The same `wasi` bindings the SDK links (wasi:random@0.2.0), so the
+        // component's imports stay within the `route` world.
+        let bytes = wasi::random::random::get_random_bytes(buffer.len() as u64);
+        buffer.copy_from_slice(&bytes);
+    }
 }
 
 struct SpinDb(sqlite::Connection);

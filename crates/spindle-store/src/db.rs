@@ -147,6 +147,44 @@ where
     result
 }
 
+/// The database seen by one organisation. Every statement must filter on
+/// `org_id = ?1`, and `?1` is always the organisation's id: a query that
+/// forgets the filter is refused before it runs, so the unscoped query is
+/// hard to write by accident.
+pub struct OrgScoped<'a> {
+    db: &'a dyn Db,
+    org_id: String,
+}
+
+impl<'a> OrgScoped<'a> {
+    /// `db` as organisation `org_id` sees it.
+    pub fn new(db: &'a dyn Db, org_id: impl Into<String>) -> Self {
+        Self {
+            db,
+            org_id: org_id.into(),
+        }
+    }
+
+    /// The organisation's id.
+    pub fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    /// Runs `sql` with `?1` bound to the organisation and `params` as `?2…`.
+    pub fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        if !sql.contains("org_id = ?1") {
+            return Err(DbError {
+                kind: DbErrorKind::Other,
+                message: format!("refused a statement not scoped by `org_id = ?1`: {sql}"),
+            });
+        }
+        let mut bound = Vec::with_capacity(params.len() + 1);
+        bound.push(Value::Text(self.org_id.clone()));
+        bound.extend_from_slice(params);
+        self.db.execute(sql, &bound)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,15 @@ pub mod migrations;
 mod native;
 pub mod split;
 
-pub use db::{Db, DbError, DbErrorKind, Rows, Value, in_transaction};
+pub use db::{Db, DbError, DbErrorKind, OrgScoped, Rows, Value, in_transaction};
 pub use kv::{KvError, KvStore, MemoryKv};
 pub use migrations::{MigrationError, MigrationOutcome, migrate};
 #[cfg(feature = "rusqlite")]
 pub use native::RusqliteDb;
+
+/// Now, in UTC milliseconds since the Unix epoch: how Spindle stores times.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

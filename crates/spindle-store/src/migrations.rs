@@ -7,9 +7,9 @@
 //! the first waits on the write lock, then finds nothing left to apply.
 
 use crate::db::{Db, DbError, Value, in_transaction};
+use crate::now_ms;
 use crate::split::{SplitError, split_statements};
 use sha2::{Digest, Sha256};
-use std::time::{SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 /// One numbered migration file from `migrations/`.
@@ -170,8 +170,8 @@ fn apply_pending(
 
 fn apply_one(db: &dyn Db, migration: &Migration, checksum: String) -> Result<(), MigrationError> {
     let version = migration.version;
-    let statements =
-        split_statements(migration.sql).map_err(|source| MigrationError::Split { version, source })?;
+    let statements = split_statements(migration.sql)
+        .map_err(|source| MigrationError::Split { version, source })?;
     for statement in &statements {
         db.execute(statement, &[])
             .map_err(|source| MigrationError::Statement { version, source })?;
@@ -193,10 +193,4 @@ fn checksum(sql: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -85,6 +85,7 @@ fn to_db_error(error: rusqlite::Error) -> DbError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::OrgScoped;
 
     #[test]
     fn only_the_first_statement_runs_like_spin() {
@@ -94,6 +95,34 @@ mod tests {
             .unwrap();
         let rows = db.execute("SELECT n FROM t; garbage", &[]).unwrap();
         assert_eq!(rows.rows, vec![vec![Value::Integer(10)]]);
+    }
+
+    #[test]
+    fn org_scoped_queries_see_only_their_organisation() {
+        let db = RusqliteDb::memory();
+        db.execute("CREATE TABLE t (org_id TEXT, n INTEGER)", &[])
+            .unwrap();
+        db.execute("INSERT INTO t VALUES ('a', 1), ('b', 2)", &[])
+            .unwrap();
+        let scoped = OrgScoped::new(&db, "a");
+        let rows = scoped
+            .execute(
+                "SELECT n FROM t WHERE org_id = ?1 AND n > ?2",
+                &[Value::Integer(0)],
+            )
+            .unwrap();
+        assert_eq!(rows.rows, vec![vec![Value::Integer(1)]]);
+    }
+
+    #[test]
+    fn org_scoped_refuses_an_unscoped_statement() {
+        let db = RusqliteDb::memory();
+        db.execute("CREATE TABLE t (org_id TEXT, n INTEGER)", &[])
+            .unwrap();
+        let error = OrgScoped::new(&db, "a")
+            .execute("DELETE FROM t", &[])
+            .unwrap_err();
+        assert!(error.message.contains("not scoped"), "{error}");
     }
 
     #[test]

@@ -96,8 +96,7 @@ fn push_statement(
         .take(4)
         .map(str::to_ascii_uppercase)
         .collect();
-    if words.first().map(String::as_str) == Some("CREATE") && words.iter().any(|w| w == "TRIGGER")
-    {
+    if words.first().map(String::as_str) == Some("CREATE") && words.iter().any(|w| w == "TRIGGER") {
         return Err(SplitError::Trigger);
     }
     statements.push(statement.to_string());
@@ -136,7 +135,11 @@ mod tests {
 
     #[test]
     fn comment_only_text_has_no_statements() {
-        assert!(split_statements("-- nothing\n /* here */ ;;").unwrap().is_empty());
+        assert!(
+            split_statements("-- nothing\n /* here */ ;;")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

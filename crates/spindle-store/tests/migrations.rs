@@ -7,7 +7,12 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 fn count(db: &dyn Db, sql: &str) -> i64 {
-    db.execute(sql, &[]).unwrap().scalar().unwrap().as_i64().unwrap()
+    db.execute(sql, &[])
+        .unwrap()
+        .scalar()
+        .unwrap()
+        .as_i64()
+        .unwrap()
 }
 
 fn schema_objects(db: &dyn Db) -> i64 {
@@ -58,8 +63,14 @@ fn failing_migration_leaves_no_half_applied_state() {
         sql: "CREATE TABLE half (x INTEGER);\nCREATE INDEX half_x ON half (x);\nTHIS IS NOT SQL;",
     });
     let error = migrate_with(&db, &broken).unwrap_err();
-    assert!(matches!(error, MigrationError::Statement { version, .. } if version == latest_version() + 1));
-    assert_eq!(schema_objects(&db), objects, "the first statements were kept");
+    assert!(
+        matches!(error, MigrationError::Statement { version, .. } if version == latest_version() + 1)
+    );
+    assert_eq!(
+        schema_objects(&db),
+        objects,
+        "the first statements were kept"
+    );
     assert_eq!(
         count(&db, "SELECT MAX(version) FROM schema_migrations"),
         latest_version()
@@ -117,10 +128,7 @@ fn database_from_a_newer_release_is_refused() {
         &[Value::Integer(latest_version() + 5)],
     )
     .unwrap();
-    assert!(matches!(
-        migrate(&db),
-        Err(MigrationError::TooNew { .. })
-    ));
+    assert!(matches!(migrate(&db), Err(MigrationError::TooNew { .. })));
 }
 
 #[test]
@@ -162,7 +170,15 @@ fn migration_list_matches_the_files() {
     let listed: Vec<&str> = MIGRATIONS.iter().map(|m| m.name).collect();
     assert_eq!(files, listed);
     for (index, migration) in MIGRATIONS.iter().enumerate() {
-        assert_eq!(migration.version, index as i64 + 1, "versions are 1, 2, 3, …");
-        assert!(migration.name.starts_with(&format!("{:04}_", migration.version)));
+        assert_eq!(
+            migration.version,
+            index as i64 + 1,
+            "versions are 1, 2, 3, …"
+        );
+        assert!(
+            migration
+                .name
+                .starts_with(&format!("{:04}_", migration.version))
+        );
     }
 }

@@ -5,11 +5,49 @@
 //! built components from `spin.toml`. No test may depend on which it is.
 #![deny(missing_docs)]
 
+use serde_json::{Value, json};
 use spin_test_host::{HostOptions, RunningHost};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 use ureq::Agent;
+
+/// The platform admin key the suite's app runs with (`admin_key`).
+pub const ADMIN_KEY: &str = "suite-admin-key-not-for-production";
+/// The HS256 secret the suite's app runs with (`jwt_secret`).
+pub const JWT_SECRET: &str = "suite-jwt-secret-of-at-least-32-bytes";
+/// The issuer the suite's app requires (`jwt_issuer`).
+pub const JWT_ISSUER: &str = "spindle-suite";
+/// The audience the suite's app requires (`jwt_audience`).
+pub const JWT_AUDIENCE: &str = "spindle-api";
+
+/// A fixture file's text (`tests/suite/fixtures/NAME`).
+pub fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The Spin variables the suite's app runs with. A real `spin up` under test
+/// must be started with the same values (README.md, "Testing against Spin").
+pub fn suite_variables() -> HashMap<String, String> {
+    HashMap::from([
+        ("admin_key".to_string(), ADMIN_KEY.to_string()),
+        ("jwt_secret".to_string(), JWT_SECRET.to_string()),
+        ("jwt_issuer".to_string(), JWT_ISSUER.to_string()),
+        ("jwt_audience".to_string(), JWT_AUDIENCE.to_string()),
+        ("jwt_public_key".to_string(), fixture("jwt-ed25519.pub.pem")),
+    ])
+}
+
+/// Whether the suite runs against an app it did not start (`SPINDLE_URL`).
+pub fn is_external() -> bool {
+    std::env::var_os("SPINDLE_URL").is_some()
+}
 
 /// Where the suite sends its requests.
 pub struct Target {
@@ -28,6 +66,16 @@ pub fn shared() -> &'static Target {
 /// A target of its own: with the test host, a new host on empty state; with
 /// `SPINDLE_URL`, that same URL (whose state is whatever it is).
 pub fn fresh() -> Target {
+    fresh_with(suite_variables())
+}
+
+/// A new test host on empty state, run with exactly `variables`; `None` with
+/// `SPINDLE_URL`, whose configuration the suite cannot choose.
+pub fn configured(variables: HashMap<String, String>) -> Option<Target> {
+    (!is_external()).then(|| fresh_with(variables))
+}
+
+fn fresh_with(variables: HashMap<String, String>) -> Target {
     let agent: Agent = Agent::config_builder()
         .http_status_as_error(false)
         .allow_non_standard_methods(true)
@@ -46,7 +94,8 @@ pub fn fresh() -> Target {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let options = HostOptions::new(manifest_path(), state.path().to_path_buf());
+    let mut options = HostOptions::new(manifest_path(), state.path().to_path_buf());
+    options.variables = variables;
     let host = runtime
         .block_on(spin_test_host::serve(options))
         .expect("the test host starts on the built components (build them first: cargo build --target wasm32-wasip2 --release)");
@@ -60,6 +109,15 @@ pub fn fresh() -> Target {
 /// The app's `spin.toml`.
 pub fn manifest_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../spin.toml")
+}
+
+/// An organisation the suite created, with its owner key's secret.
+#[derive(Debug, Clone)]
+pub struct Org {
+    /// The organisation's id.
+    pub id: String,
+    /// The first owner key, in clear.
+    pub owner_key: String,
 }
 
 /// A response as the suite sees it.
@@ -125,15 +183,87 @@ impl Target {
         self.finish(self.agent.run(request), method, path)
     }
 
-    /// `POST path` with a body sent chunked, with no length given up front.
-    pub fn post_chunked(&self, path: &str, body: &[u8]) -> Reply {
-        let mut reader = body;
-        let result = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .send(ureq::SendBody::from_reader(&mut reader));
-        self.finish(result, "POST", path)
+    /// `method path` with an optional bearer token and JSON body.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Reply {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization));
+        }
+        let body = body.map(|b| b.to_string());
+        self.request(method, path, &headers, body.as_deref().map(str::as_bytes))
+    }
+
+    /// Creates an organisation with the platform admin key; panics unless 201.
+    pub fn create_org(&self, name: &str) -> Org {
+        let reply = self.call(
+            "POST",
+            "/api/v1/orgs",
+            Some(ADMIN_KEY),
+            Some(&json!({"name": name})),
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "creating an org: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        Org {
+            id: body["organization"]["id"].as_str().unwrap().to_string(),
+            owner_key: body["api_key"]["secret"].as_str().unwrap().to_string(),
+        }
+    }
+
+    /// Creates an API key of `role` with `token`; panics unless 201. Returns (id, secret).
+    pub fn create_key(&self, token: &str, role: &str) -> (String, String) {
+        let reply = self.call(
+            "POST",
+            "/api/v1/api-keys",
+            Some(token),
+            Some(&json!({"name": format!("{role} key"), "role": role})),
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "creating a key: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        (
+            body["id"].as_str().unwrap().to_string(),
+            body["secret"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Sends a request head and `body` over a raw connection, then reads
+    /// the answer, without ending the body. Lets a test offer a body larger
+    /// than the API reads without racing the server's early answer: the
+    /// server has read all that was sent when it closes, so the close is
+    /// clean and the answer arrives.
+    pub fn raw_exchange(&self, head: &str, body: &[u8]) -> Reply {
+        let authority = self
+            .base
+            .strip_prefix("http://")
+            .expect("raw requests need an http:// base URL");
+        let authority = authority.split('/').next().unwrap_or(authority);
+        let mut stream = TcpStream::connect(authority).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let head = format!("{head}\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+        stream.write_all(head.as_bytes()).expect("send the head");
+        // The server may answer and close before taking it all: that is the point.
+        let _ = stream.write_all(body);
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw);
+        parse_response(&raw)
     }
 
     fn finish(
@@ -165,4 +295,51 @@ impl Target {
             body,
         }
     }
+}
+
+/// Parses an HTTP/1.1 response read to the end of the connection.
+fn parse_response(raw: &[u8]) -> Reply {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&data[..end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("0").trim(), 16)
+            .expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        let start = end + 2;
+        out.extend_from_slice(&data[start..start + size]);
+        data = &data[(start + size + 2).min(data.len())..];
+    }
+    out
 }

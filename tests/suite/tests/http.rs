@@ -135,19 +135,23 @@ fn non_standard_method_answers_405() {
 
 #[test]
 fn oversized_body_answers_413_unread() {
-    let body = vec![b' '; 3 * 1024 * 1024];
-    let reply = shared().request(
-        "POST",
-        "/api/v1/workflows",
-        &[("content-type", "application/json")],
-        Some(&body),
+    // The declared length alone is refused: the body is never sent.
+    let reply = shared().raw_exchange(
+        "POST /api/v1/workflows HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 3145728",
+        b"",
     );
     assert_error(&reply, 413, "payload_too_large");
 }
 
 #[test]
 fn oversized_chunked_body_answers_413() {
-    let body = vec![b' '; 3 * 1024 * 1024];
-    let reply = shared().post_chunked("/api/v1/agents", &body);
+    // No length up front: the API stops reading once the limit is passed.
+    let mut chunk = format!("{:x}\r\n", 2 * 1024 * 1024 + 1).into_bytes();
+    // The chunk is left unterminated: the server has read all we sent when it answers.
+    chunk.extend(vec![b' '; 2 * 1024 * 1024 + 1]);
+    let reply = shared().raw_exchange(
+        "POST /api/v1/agents HTTP/1.1\r\ncontent-type: application/json\r\ntransfer-encoding: chunked",
+        &chunk,
+    );
     assert_error(&reply, 413, "payload_too_large");
 }

@@ -1,0 +1,570 @@
+//! Organisations, API keys, JWTs, roles, tenancy and rate limits, over HTTP.
+
+use jwt_simple::prelude::*;
+use serde_json::{Value, json};
+use spindle_suite::{
+    ADMIN_KEY, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, Reply, Target, configured, fixture, shared,
+    suite_variables,
+};
+use std::collections::HashMap;
+
+fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(
+        reply.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["error"]["code"], code);
+}
+
+fn current_org(target: &Target, token: &str) -> Reply {
+    target.call("GET", "/api/v1/orgs/current", Some(token), None)
+}
+
+fn keys(target: &Target, token: &str) -> Vec<Value> {
+    let reply = target.call("GET", "/api/v1/api-keys", Some(token), None);
+    assert_eq!(reply.status, 200);
+    reply.json()["data"].as_array().unwrap().clone()
+}
+
+fn activity(target: &Target, token: &str) -> Vec<Value> {
+    let reply = target.call("GET", "/api/v1/orgs/current/activity", Some(token), None);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["data"].as_array().unwrap().clone()
+}
+
+#[derive(Serialize, Deserialize)]
+struct OrgClaims {
+    org: String,
+    role: String,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims as an identity provider would issue them, valid from `nbf` to `exp`.
+fn claims(org: &str, role: &str, nbf: u64, exp: u64) -> JWTClaims<OrgClaims> {
+    Claims::with_custom_claims(
+        OrgClaims {
+            org: org.into(),
+            role: role.into(),
+        },
+        Duration::from_secs(60),
+    )
+    .with_subject("user-1")
+    .with_issuer(JWT_ISSUER)
+    .with_audience(JWT_AUDIENCE)
+    .invalid_before(UnixTimeStamp::from_secs(nbf))
+    .expires_at(UnixTimeStamp::from_secs(exp))
+}
+
+trait ExpiresAt {
+    fn expires_at(self, at: UnixTimeStamp) -> Self;
+}
+
+impl ExpiresAt for JWTClaims<OrgClaims> {
+    fn expires_at(mut self, at: UnixTimeStamp) -> Self {
+        self.expires_at = Some(at);
+        self.issued_at = self.invalid_before;
+        self
+    }
+}
+
+fn hs256(claims: JWTClaims<OrgClaims>) -> String {
+    HS256Key::from_bytes(JWT_SECRET.as_bytes())
+        .authenticate(claims)
+        .unwrap()
+}
+
+fn valid_claims(org: &str, role: &str) -> JWTClaims<OrgClaims> {
+    claims(org, role, now() - 10, now() + 600)
+}
+
+// --- organisations ---------------------------------------------------------
+
+#[test]
+fn platform_admin_creates_an_org_with_an_owner_key_shown_once() {
+    let target = shared();
+    let reply = target.call(
+        "POST",
+        "/api/v1/orgs",
+        Some(ADMIN_KEY),
+        Some(&json!({"name": "  Acme  "})),
+    );
+    assert_eq!(reply.status, 201);
+    let body = reply.json();
+    assert_eq!(body["organization"]["name"], "Acme");
+    let secret = body["api_key"]["secret"].as_str().unwrap();
+    assert!(secret.starts_with("sk_") && secret.len() >= 40, "{secret}");
+    assert_eq!(body["api_key"]["role"], "owner");
+    let org = current_org(target, secret).json();
+    assert_eq!(org["id"], body["organization"]["id"]);
+    assert_eq!(org["name"], "Acme");
+    let log = activity(target, secret);
+    let actions: Vec<&str> = log.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"org.created"), "{actions:?}");
+    assert!(actions.contains(&"api_key.created"), "{actions:?}");
+}
+
+#[test]
+fn org_creation_needs_the_platform_admin_key() {
+    let target = shared();
+    let org = target.create_org("tenant");
+    for token in [None, Some("wrong-admin-key"), Some(org.owner_key.as_str())] {
+        let reply = target.call("POST", "/api/v1/orgs", token, Some(&json!({"name": "x"})));
+        assert_error(&reply, 401, "unauthenticated");
+    }
+}
+
+#[test]
+fn bad_org_bodies_are_refused_with_their_problem() {
+    let target = shared();
+    let post = |body: &[u8]| {
+        target.request(
+            "POST",
+            "/api/v1/orgs",
+            &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+            Some(body),
+        )
+    };
+    assert_error(&post(b"{\"name\": "), 400, "bad_request");
+    assert_error(&post(b"{\"name\": 7}"), 400, "bad_request");
+    assert_error(
+        &post(b"{\"name\": \"x\", \"plan\": \"gold\"}"),
+        400,
+        "bad_request",
+    );
+    assert_error(&post(b""), 400, "bad_request");
+    let reply = post(b"{\"name\": \"   \"}");
+    assert_error(&reply, 422, "validation_failed");
+    assert_eq!(reply.json()["error"]["details"][0]["path"], "name");
+}
+
+#[test]
+fn org_creation_is_disabled_without_an_admin_key() {
+    let mut variables = suite_variables();
+    variables.remove("admin_key");
+    let Some(target) = configured(variables) else {
+        return; // needs its own configuration: only on the test host
+    };
+    let reply = target.call(
+        "POST",
+        "/api/v1/orgs",
+        Some(ADMIN_KEY),
+        Some(&json!({"name": "x"})),
+    );
+    assert_error(&reply, 403, "feature_disabled");
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("admin_key")
+    );
+}
+
+// --- credentials that prove nothing ----------------------------------------
+
+#[test]
+fn requests_without_valid_credentials_are_401_and_store_nothing() {
+    let target = shared();
+    let org = target.create_org("victim");
+    let before = keys(target, &org.owner_key).len();
+    let expired = hs256(claims(&org.id, "owner", now() - 1000, now() - 400));
+    let not_yet = hs256(claims(&org.id, "owner", now() + 400, now() + 1000));
+    let wrong_signature = HS256Key::from_bytes(b"another-secret-of-at-least-32-bytes")
+        .authenticate(valid_claims(&org.id, "owner"))
+        .unwrap();
+    let no_such_org = hs256(valid_claims(
+        "00000000-0000-7000-8000-000000000000",
+        "owner",
+    ));
+    let wrong_issuer = hs256(valid_claims(&org.id, "owner").with_issuer("evil"));
+    let wrong_audience = hs256(valid_claims(&org.id, "owner").with_audience("elsewhere"));
+    let header =
+        Base64UrlSafeNoPadding::encode_to_string(br#"{"alg":"none","typ":"JWT"}"#).unwrap();
+    let payload = Base64UrlSafeNoPadding::encode_to_string(
+        serde_json::to_vec(&valid_claims(&org.id, "owner")).unwrap(),
+    )
+    .unwrap();
+    let alg_none = format!("{header}.{payload}.");
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no header", None),
+        ("basic scheme", Some(format!("Basic {}", org.owner_key))),
+        ("bare token", Some(org.owner_key.clone())),
+        ("empty bearer", Some("Bearer ".into())),
+        ("unknown key", Some(format!("Bearer sk_{}", "x".repeat(43)))),
+        ("expired jwt", Some(format!("Bearer {expired}"))),
+        ("not-yet-valid jwt", Some(format!("Bearer {not_yet}"))),
+        ("wrong signature", Some(format!("Bearer {wrong_signature}"))),
+        ("alg none", Some(format!("Bearer {alg_none}"))),
+        (
+            "unknown organisation",
+            Some(format!("Bearer {no_such_org}")),
+        ),
+        ("wrong issuer", Some(format!("Bearer {wrong_issuer}"))),
+        ("wrong audience", Some(format!("Bearer {wrong_audience}"))),
+        ("garbage", Some("Bearer not.a.jwt".into())),
+    ];
+    for (case, authorization) in cases {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(authorization) = &authorization {
+            headers.push(("authorization", authorization));
+        }
+        let reply = target.request(
+            "POST",
+            "/api/v1/api-keys",
+            &headers,
+            Some(br#"{"name": "sneaky", "role": "owner"}"#),
+        );
+        assert_eq!(
+            reply.status,
+            401,
+            "{case}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["error"]["code"], "unauthenticated", "{case}");
+        assert_eq!(reply.header("www-authenticate"), Some("Bearer"), "{case}");
+    }
+    assert_eq!(
+        keys(target, &org.owner_key).len(),
+        before,
+        "nothing was stored"
+    );
+}
+
+#[test]
+fn revoked_key_is_refused_on_next_request() {
+    let target = shared();
+    let org = target.create_org("revoker");
+    let (id, secret) = target.create_key(&org.owner_key, "member");
+    assert_eq!(current_org(target, &secret).status, 200);
+    let reply = target.call(
+        "DELETE",
+        &format!("/api/v1/api-keys/{id}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(reply.status, 200);
+    assert!(reply.json()["revoked_at"].is_string());
+    assert_error(&current_org(target, &secret), 401, "unauthenticated");
+    let again = target.call(
+        "DELETE",
+        &format!("/api/v1/api-keys/{id}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_error(&again, 409, "conflict");
+    let actions: Vec<String> = activity(target, &org.owner_key)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| *a == "api_key.revoked").count(),
+        1
+    );
+}
+
+#[test]
+fn expired_key_is_refused() {
+    let target = shared();
+    let org = target.create_org("expiry");
+    let reply = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(&org.owner_key),
+        Some(&json!({"name": "past", "expires_at": "2020-01-01T00:00:00Z"})),
+    );
+    assert_error(&reply, 422, "validation_failed");
+    assert_eq!(reply.json()["error"]["details"][0]["path"], "expires_at");
+}
+
+// --- roles -------------------------------------------------------------------
+
+#[test]
+fn roles_limit_what_keys_can_do() {
+    let target = shared();
+    let org = target.create_org("roles");
+    let (_, admin) = target.create_key(&org.owner_key, "admin");
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let before = keys(target, &org.owner_key).len();
+    let create = |token: &str, role: &str| {
+        target.call(
+            "POST",
+            "/api/v1/api-keys",
+            Some(token),
+            Some(&json!({"name": "x", "role": role})),
+        )
+    };
+    assert_error(&create(&viewer, "viewer"), 403, "forbidden");
+    assert_error(&create(&admin, "owner"), 403, "forbidden");
+    assert_error(
+        &target.call("GET", "/api/v1/api-keys", Some(&viewer), None),
+        403,
+        "forbidden",
+    );
+    assert_eq!(
+        keys(target, &org.owner_key).len(),
+        before,
+        "nothing was stored"
+    );
+    assert_eq!(
+        create(&admin, "admin").status,
+        201,
+        "an admin may create its own role"
+    );
+    assert_eq!(
+        current_org(target, &viewer).status,
+        200,
+        "a viewer may read"
+    );
+}
+
+#[test]
+fn an_admin_cannot_revoke_an_owner_key() {
+    let target = shared();
+    let org = target.create_org("coup");
+    let (_, admin) = target.create_key(&org.owner_key, "admin");
+    let owner_id = keys(target, &org.owner_key)
+        .iter()
+        .find(|k| k["role"] == "owner")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = target.call(
+        "DELETE",
+        &format!("/api/v1/api-keys/{owner_id}"),
+        Some(&admin),
+        None,
+    );
+    assert_error(&reply, 403, "forbidden");
+    assert_eq!(current_org(target, &org.owner_key).status, 200);
+}
+
+#[test]
+fn invalid_key_requests_name_each_problem() {
+    let target = shared();
+    let org = target.create_org("validation");
+    let reply = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(&org.owner_key),
+        Some(&json!({"name": "", "role": "root", "rate_limit_per_minute": 0})),
+    );
+    assert_error(&reply, 422, "validation_failed");
+    let paths: Vec<String> = reply.json()["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths, ["name", "role", "rate_limit_per_minute"]);
+}
+
+// --- tenancy -----------------------------------------------------------------
+
+#[test]
+fn another_organisations_key_ids_answer_404_on_every_method() {
+    let target = shared();
+    let ours = target.create_org("ours");
+    let theirs = target.create_org("theirs");
+    let (their_key_id, their_secret) = target.create_key(&theirs.owner_key, "member");
+    for method in ["GET", "DELETE"] {
+        let reply = target.call(
+            method,
+            &format!("/api/v1/api-keys/{their_key_id}"),
+            Some(&ours.owner_key),
+            None,
+        );
+        assert_error(&reply, 404, "not_found");
+    }
+    // Another organisation's key looks exactly like a missing one.
+    let missing_id = "00000000-0000-7000-8000-000000000000";
+    let get = |id: &str| {
+        target.call(
+            "GET",
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&ours.owner_key),
+            None,
+        )
+    };
+    let (theirs_reply, missing_reply) = (get(&their_key_id), get(missing_id));
+    assert_eq!(theirs_reply.status, missing_reply.status);
+    assert_eq!(
+        theirs_reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace(&their_key_id, missing_id),
+        missing_reply.json()["error"]["message"].as_str().unwrap()
+    );
+    assert_eq!(
+        current_org(target, &their_secret).status,
+        200,
+        "their key still works"
+    );
+    let listed = keys(target, &ours.owner_key);
+    assert!(listed.iter().all(|k| k["id"] != their_key_id.as_str()));
+    assert_eq!(current_org(target, &ours.owner_key).json()["id"], ours.id);
+}
+
+#[test]
+fn secrets_never_appear_after_creation() {
+    let target = shared();
+    let org = target.create_org("secrets");
+    let (id, secret) = target.create_key(&org.owner_key, "member");
+    for path in [
+        "/api/v1/api-keys".to_string(),
+        format!("/api/v1/api-keys/{id}"),
+    ] {
+        let reply = target.call("GET", &path, Some(&org.owner_key), None);
+        let raw = String::from_utf8_lossy(&reply.body);
+        assert!(!raw.contains(&secret), "{path} shows a secret");
+        assert!(
+            !raw.contains(&org.owner_key),
+            "{path} shows the owner secret"
+        );
+        assert!(
+            !raw.contains("key_hash") && !raw.contains("\"secret\""),
+            "{path}: {raw}"
+        );
+        assert!(
+            raw.contains(&secret[..11]),
+            "{path} shows the visible prefix"
+        );
+    }
+}
+
+// --- JWTs --------------------------------------------------------------------
+
+#[test]
+fn an_api_key_is_exchanged_for_a_short_lived_token() {
+    let target = shared();
+    let org = target.create_org("tokens");
+    let (_, member) = target.create_key(&org.owner_key, "member");
+    let reply = target.call(
+        "POST",
+        "/api/v1/auth/token",
+        Some(&member),
+        Some(&json!({"ttl_seconds": 120})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 120);
+    let token = body["access_token"].as_str().unwrap();
+    assert_eq!(current_org(target, token).json()["id"], org.id);
+    // The token carries the key's role, not more.
+    let create = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(token),
+        Some(&json!({"name": "x"})),
+    );
+    assert_error(&create, 403, "forbidden");
+    // A token cannot be exchanged for another.
+    let again = target.call("POST", "/api/v1/auth/token", Some(token), None);
+    assert_error(&again, 401, "unauthenticated");
+    let too_long = target.call(
+        "POST",
+        "/api/v1/auth/token",
+        Some(&member),
+        Some(&json!({"ttl_seconds": 86400})),
+    );
+    assert_error(&too_long, 422, "validation_failed");
+}
+
+#[test]
+fn tokens_of_an_external_identity_provider_are_accepted() {
+    let target = shared();
+    let org = target.create_org("sso");
+    let pair = Ed25519KeyPair::from_pem(&fixture("jwt-ed25519.pem")).unwrap();
+    let token = pair.sign(valid_claims(&org.id, "viewer")).unwrap();
+    let reply = current_org(target, &token);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["id"], org.id);
+    // Signed by a key nobody configured: refused.
+    let stranger = Ed25519KeyPair::generate()
+        .sign(valid_claims(&org.id, "viewer"))
+        .unwrap();
+    assert_error(&current_org(target, &stranger), 401, "unauthenticated");
+}
+
+#[test]
+fn hs256_tokens_signed_with_the_jwt_secret_are_accepted() {
+    let target = shared();
+    let org = target.create_org("hs256");
+    let token = hs256(valid_claims(&org.id, "admin"));
+    assert_eq!(current_org(target, &token).json()["id"], org.id);
+    assert_eq!(
+        keys(target, &token).len(),
+        1,
+        "an admin token lists the keys"
+    );
+}
+
+// --- rate limits ---------------------------------------------------------------
+
+#[test]
+fn the_request_after_a_keys_limit_is_429_with_retry_after() {
+    let target = shared();
+    let org = target.create_org("limits");
+    let reply = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(&org.owner_key),
+        Some(&json!({"name": "slow", "role": "viewer", "rate_limit_per_minute": 3})),
+    );
+    let secret = reply.json()["secret"].as_str().unwrap().to_string();
+    // The window is a wall-clock minute: if it turns mid-way, try once more.
+    for attempt in 0..2 {
+        let statuses: Vec<Reply> = (0..4).map(|_| current_org(target, &secret)).collect();
+        let codes: Vec<u16> = statuses.iter().map(|r| r.status).collect();
+        if codes == [200, 200, 200, 429] || attempt == 1 {
+            assert_eq!(codes[3], 429, "{codes:?}");
+            let limited = &statuses[3];
+            assert_error(limited, 429, "rate_limited");
+            let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+            break;
+        }
+    }
+    // Other keys of the same organisation are counted apart.
+    assert_eq!(current_org(target, &org.owner_key).status, 200);
+}
+
+#[test]
+fn misconfigured_settings_are_a_clear_fault_not_a_panic() {
+    let mut variables: HashMap<String, String> = suite_variables();
+    variables.insert("jwt_secret".into(), "too-short".into());
+    let Some(target) = configured(variables) else {
+        return; // needs its own configuration: only on the test host
+    };
+    let reply = target.call("GET", "/api/v1/orgs/current", Some("sk_whatever"), None);
+    assert_error(&reply, 500, "internal");
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("jwt_secret")
+    );
+}
