@@ -41,6 +41,8 @@ CREATE TABLE agents (
     description TEXT NOT NULL DEFAULT '',
     provider TEXT NOT NULL,
     model TEXT NOT NULL,
+    -- The rest of the definition (model parameters, personality,
+    -- instructions, tools, memory) as one JSON document.
     config TEXT NOT NULL,
     status TEXT NOT NULL DEFAULT 'IDLE',
     execution_count INTEGER NOT NULL DEFAULT 0,
@@ -55,6 +57,50 @@ CREATE TABLE agents (
 );
 
 CREATE INDEX agents_by_org ON agents (org_id, deleted_at, created_at);
+
+-- One run of an agent, on its own (POST /agents/:id/execute) or as a
+-- workflow step (execution_id and step_id set).
+CREATE TABLE agent_executions (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    agent_id TEXT NOT NULL REFERENCES agents (id),
+    execution_id TEXT,
+    step_id TEXT,
+    conversation_id TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    task TEXT NOT NULL,
+    context TEXT,
+    output TEXT,
+    tool_calls TEXT NOT NULL DEFAULT '[]',
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    base_cost_micros INTEGER NOT NULL DEFAULT 0,
+    billed_cost_micros INTEGER NOT NULL DEFAULT 0,
+    provider_calls INTEGER NOT NULL DEFAULT 0,
+    duration_ms INTEGER,
+    error TEXT,
+    created_by TEXT,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+
+CREATE INDEX agent_executions_by_agent ON agent_executions (org_id, agent_id, created_at);
+
+-- An agent's memory: the turns of each conversation, in order.
+CREATE TABLE conversation_messages (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    agent_id TEXT NOT NULL REFERENCES agents (id),
+    conversation_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant', 'tool')),
+    content TEXT NOT NULL,
+    tool_calls TEXT,
+    tool_call_id TEXT,
+    tool_name TEXT,
+    created_at INTEGER NOT NULL,
+    UNIQUE (org_id, agent_id, conversation_id, seq)
+);
 
 CREATE TABLE workflows (
     id TEXT PRIMARY KEY,
@@ -140,6 +186,7 @@ CREATE INDEX steps_by_execution ON steps (org_id, execution_id, created_at);
 CREATE INDEX steps_live ON steps (status, run_after, lease_expires_at)
     WHERE status IN ('queued', 'running', 'waiting');
 
+-- One provider call, successful or not: what billing is computed from.
 CREATE TABLE usage_records (
     id TEXT PRIMARY KEY,
     org_id TEXT NOT NULL REFERENCES organizations (id),
@@ -147,14 +194,19 @@ CREATE TABLE usage_records (
     step_id TEXT,
     workflow_id TEXT,
     agent_id TEXT,
+    agent_execution_id TEXT,
     api_key_id TEXT,
     provider TEXT NOT NULL,
     model TEXT NOT NULL,
-    status TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('succeeded', 'failed')),
+    error_code TEXT,
     input_tokens INTEGER NOT NULL DEFAULT 0,
     output_tokens INTEGER NOT NULL DEFAULT 0,
+    total_tokens INTEGER NOT NULL DEFAULT 0,
     base_cost_micros INTEGER NOT NULL DEFAULT 0,
     billed_cost_micros INTEGER NOT NULL DEFAULT 0,
+    markup_percent INTEGER NOT NULL DEFAULT 0,
+    pricing_missing INTEGER NOT NULL DEFAULT 0,
     latency_ms INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL
 );
@@ -162,6 +214,8 @@ CREATE TABLE usage_records (
 CREATE INDEX usage_by_org ON usage_records (org_id, created_at);
 
 CREATE INDEX usage_by_execution ON usage_records (org_id, execution_id);
+
+CREATE INDEX usage_by_agent_execution ON usage_records (org_id, agent_execution_id);
 
 CREATE TABLE activity_log (
     id TEXT PRIMARY KEY,

@@ -585,6 +585,7 @@ fn reject(problems: Vec<ErrorDetail>) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use crate::context::Backends;
+    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
     use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb, migrations};
 
     struct Native;
@@ -602,6 +603,10 @@ mod tests {
         fn random_bytes(&self, buffer: &mut [u8]) {
             getrandom::fill(buffer).unwrap();
         }
+        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+            Err(OutboundError::Denied("no network in unit tests".into()))
+        }
+        fn sleep_ms(&self, _: u64) {}
     }
 
     struct NoKv;
@@ -619,6 +624,10 @@ mod tests {
         fn random_bytes(&self, buffer: &mut [u8]) {
             getrandom::fill(buffer).unwrap();
         }
+        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+            Err(OutboundError::Denied("no network in unit tests".into()))
+        }
+        fn sleep_ms(&self, _: u64) {}
     }
 
     fn call(backends: Box<dyn Backends>, method: Method, path: &str) -> (u16, Json) {

@@ -1,6 +1,6 @@
 //! What a handler can reach: storage opened lazily, migrated on first use.
 
-use spindle_http::ApiError;
+use spindle_http::{ApiError, OutboundError, OutboundRequest, OutboundResponse};
 use spindle_store::{Db, DbError, KvError, KvStore, migrate, now_ms};
 use std::cell::OnceCell;
 
@@ -15,6 +15,10 @@ pub trait Backends {
     fn variable(&self, name: &str) -> Option<String>;
     /// Fills `buffer` from a cryptographically secure source.
     fn random_bytes(&self, buffer: &mut [u8]);
+    /// Sends an outgoing HTTP request and reads its answer.
+    fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError>;
+    /// Waits `ms` milliseconds (backoff between provider retries).
+    fn sleep_ms(&self, ms: u64);
 }
 
 /// One request's access to storage. Nothing is opened until a handler asks,
@@ -55,6 +59,21 @@ impl RequestContext {
         let mut bytes = [0u8; N];
         self.backends.random_bytes(&mut bytes);
         bytes
+    }
+
+    /// Sends an outgoing HTTP request through the host.
+    pub fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        self.backends.send(request)
+    }
+
+    /// Waits `ms` milliseconds.
+    pub fn sleep_ms(&self, ms: u64) {
+        self.backends.sleep_ms(ms);
+    }
+
+    /// A uniformly random number in `[0, 1)`, for jitter.
+    pub fn random_unit(&self) -> f64 {
+        (u64::from_le_bytes(self.random()) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// A new id: a UUID v7, so ids sort by creation time.

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod accounts;
+pub mod agents;
 pub mod auth;
 mod context;
 
@@ -14,11 +15,6 @@ pub use spindle_store::now_ms;
 
 /// `/api/v1/workflows/...` and `/api/v1/templates/...`; its routes arrive with the workflow-definitions issue.
 pub fn workflows_router() -> Router<RequestContext> {
-    Router::new()
-}
-
-/// `/api/v1/agents/...`; its routes arrive with the agents issue.
-pub fn agents_router() -> Router<RequestContext> {
     Router::new()
 }
 

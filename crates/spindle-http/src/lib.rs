@@ -8,8 +8,10 @@
 
 mod error;
 mod message;
+mod outbound;
 mod router;
 
 pub use error::{ApiError, ErrorDetail};
 pub use message::{ApiRequest, ApiResponse, MAX_BODY_BYTES, Method};
+pub use outbound::{OutboundError, OutboundRequest, OutboundResponse};
 pub use router::{Params, Router};

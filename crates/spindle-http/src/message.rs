@@ -112,6 +112,11 @@ impl ApiRequest {
             .map(|(_, value)| value)
     }
 
+    /// The first value of query parameter `name`, percent-decoded (`+` is a space).
+    pub fn query_text(&self, name: &str) -> Option<String> {
+        self.query_param(name).map(percent_decode)
+    }
+
     /// Reads the body as JSON of type `T`: 400 when it is missing, not JSON,
     /// or not of that shape (the detail names where serde stopped).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
@@ -135,6 +140,35 @@ impl ApiRequest {
             }
         })
     }
+}
+
+/// Decodes `%XX` escapes and `+`; a malformed escape is kept as it is.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' => {
+                match (
+                    bytes.get(i + 1).and_then(|b| hex(*b)),
+                    bytes.get(i + 2).and_then(|b| hex(*b)),
+                ) {
+                    (Some(high), Some(low)) => {
+                        out.push((high * 16 + low) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A response ready to be written back by the host adapter.
@@ -208,6 +242,14 @@ mod tests {
         assert_eq!(request.query_param("flag"), Some(""));
         assert_eq!(request.query_param("before"), Some("abc"));
         assert_eq!(request.query_param("missing"), None);
+    }
+
+    #[test]
+    fn query_text_is_percent_decoded() {
+        let request = ApiRequest::new(Method::Get, "/x?q=caf%C3%A9+bar&bad=%zz%&end=%4");
+        assert_eq!(request.query_text("q").as_deref(), Some("café bar"));
+        assert_eq!(request.query_text("bad").as_deref(), Some("%zz%"));
+        assert_eq!(request.query_text("end").as_deref(), Some("%4"));
     }
 
     #[test]

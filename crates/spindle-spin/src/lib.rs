@@ -11,11 +11,16 @@
 //! ```
 #![deny(missing_docs)]
 
+mod outbound;
+
 use futures::TryStreamExt;
 use spin_sdk::http::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
 use spin_sdk::{key_value, sqlite};
 use spindle_api::{Backends, RequestContext};
-use spindle_http::{ApiError, ApiRequest, ApiResponse, MAX_BODY_BYTES, Method, Router};
+use spindle_http::{
+    ApiError, ApiRequest, ApiResponse, MAX_BODY_BYTES, Method, OutboundError, OutboundRequest,
+    OutboundResponse, Router,
+};
 use spindle_store::{Db, DbError, KvError, KvStore, Rows, Value};
 
 /// Spin's `default` SQLite database and key-value store.
@@ -36,6 +41,14 @@ impl Backends for SpinBackends {
     fn variable(&self, name: &str) -> Option<String> {
         // Undefined (not mapped in this component's spin.toml) and unset alike.
         spin_sdk::variables::get(name).ok()
+    }
+
+    fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        outbound::send(request)
+    }
+
+    fn sleep_ms(&self, ms: u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
     }
 
     fn random_bytes(&self, buffer: &mut [u8]) {

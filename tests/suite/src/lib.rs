@@ -5,11 +5,12 @@
 //! built components from `spin.toml`. No test may depend on which it is.
 #![deny(missing_docs)]
 
+use fake_llm::FakeLlm;
 use serde_json::{Value, json};
 use spin_test_host::{HostOptions, RunningHost};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -32,16 +33,49 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The fake LLM provider the suite's app talks to: on a free port with the
+/// test host, on `127.0.0.1:9999` for an app the suite did not start (which
+/// must be configured with [`suite_variables`] for that port).
+pub fn fake_llm() -> &'static FakeLlm {
+    static FAKE: OnceLock<FakeLlm> = OnceLock::new();
+    FAKE.get_or_init(|| {
+        let port = if is_external() { 9999 } else { 0 };
+        FakeLlm::start_blocking(SocketAddr::from(([127, 0, 0, 1], port)))
+            .expect("the fake LLM provider starts")
+    })
+}
+
+/// The API key the suite configures for `provider` (its `<provider>_api_key`).
+pub fn provider_key(provider: &str) -> String {
+    format!("test-{provider}-key")
+}
+
 /// The Spin variables the suite's app runs with. A real `spin up` under test
 /// must be started with the same values (README.md, "Testing against Spin").
 pub fn suite_variables() -> HashMap<String, String> {
-    HashMap::from([
+    let fake = fake_llm().url();
+    let mut variables = HashMap::from([
+        ("openai_base_url".to_string(), format!("{fake}/v1")),
+        ("anthropic_base_url".to_string(), format!("{fake}/v1")),
+        ("gemini_base_url".to_string(), format!("{fake}/v1beta")),
+        ("groq_base_url".to_string(), format!("{fake}/openai/v1")),
+        (
+            "openai_compatible_base_url".to_string(),
+            format!("{fake}/compat/v1"),
+        ),
+        ("provider_timeout_ms".to_string(), "5000".to_string()),
+    ]);
+    for provider in ["openai", "anthropic", "gemini", "groq"] {
+        variables.insert(format!("{provider}_api_key"), provider_key(provider));
+    }
+    variables.extend([
         ("admin_key".to_string(), ADMIN_KEY.to_string()),
         ("jwt_secret".to_string(), JWT_SECRET.to_string()),
         ("jwt_issuer".to_string(), JWT_ISSUER.to_string()),
         ("jwt_audience".to_string(), JWT_AUDIENCE.to_string()),
         ("jwt_public_key".to_string(), fixture("jwt-ed25519.pub.pem")),
-    ])
+    ]);
+    variables
 }
 
 /// Whether the suite runs against an app it did not start (`SPINDLE_URL`).

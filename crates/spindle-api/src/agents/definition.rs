@@ -1,0 +1,399 @@
+//! What an agent is: its definition, validation and system prompt.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use spindle_http::{ApiError, ErrorDetail};
+use spindle_providers::Provider;
+use spindle_providers::tools::BUILTIN_TOOLS;
+
+/// Statuses an agent may be given.
+pub const STATUSES: &[&str] = &["IDLE", "BUSY", "OFFLINE", "ERROR"];
+const MAX_NAME_CHARS: usize = 200;
+const MAX_DESCRIPTION_CHARS: usize = 2_000;
+const MAX_INSTRUCTIONS_CHARS: usize = 20_000;
+const MAX_TRAITS: usize = 20;
+const MAX_STYLE_CHARS: usize = 500;
+const MAX_OUTPUT_TOKENS: u32 = 200_000;
+
+/// An agent as the API reads and writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Display name.
+    pub name: String,
+    /// What the agent is for.
+    #[serde(default)]
+    pub description: String,
+    /// Which model answers, and how.
+    pub model_config: ModelConfig,
+    /// How it speaks.
+    #[serde(default)]
+    pub personality: Personality,
+    /// Standing instructions, added to the system prompt.
+    #[serde(default)]
+    pub instructions: String,
+    /// Built-in tools it may call.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Conversation memory.
+    #[serde(default)]
+    pub memory: MemoryConfig,
+    /// IDLE, BUSY, OFFLINE or ERROR.
+    #[serde(default = "idle")]
+    pub status: String,
+}
+
+fn idle() -> String {
+    "IDLE".into()
+}
+
+/// The provider, model and sampling parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `openai`, `anthropic`, `gemini`, `groq` or `openai_compatible`.
+    pub provider: String,
+    /// The provider's model name.
+    pub model: String,
+    /// 0 to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Most output tokens per call, 1 to 200 000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Above 0, at most 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+}
+
+/// How the agent speaks, rendered into its system prompt.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Personality {
+    /// Traits such as "curious", "concise".
+    #[serde(default)]
+    pub traits: Vec<String>,
+    /// Tone of voice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tone: Option<String>,
+    /// How it behaves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<String>,
+    /// How it writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_style: Option<String>,
+}
+
+/// Conversation memory settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Whether turns with a `conversation_id` are remembered.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Most past messages sent with a request, 1 to 200.
+    #[serde(default = "default_max_history")]
+    pub max_history: u32,
+    /// Token budget of the request (history is trimmed to fit), 256 to 2 000 000.
+    #[serde(default = "default_context_window")]
+    pub context_window_tokens: u64,
+}
+
+fn default_max_history() -> u32 {
+    20
+}
+
+fn default_context_window() -> u64 {
+    8_000
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_history: default_max_history(),
+            context_window_tokens: default_context_window(),
+        }
+    }
+}
+
+impl AgentSpec {
+    /// Reads a spec from JSON: 400 for wrong shapes, then 422 listing every
+    /// invalid field with its path.
+    pub fn from_json(value: Json) -> Result<Self, ApiError> {
+        let spec: Self = serde_json::from_value(value).map_err(|e| ApiError::BadRequest {
+            message: "request body is JSON of the wrong shape".into(),
+            details: vec![ErrorDetail::new("body", e.to_string())],
+        })?;
+        spec.validate()?;
+        Ok(spec.normalised())
+    }
+
+    /// The provider, known to be valid after [`AgentSpec::from_json`].
+    pub fn provider(&self) -> Provider {
+        Provider::parse(&self.model_config.provider).unwrap_or(Provider::OpenAi)
+    }
+
+    fn normalised(mut self) -> Self {
+        self.name = self.name.trim().to_string();
+        self
+    }
+
+    fn validate(&self) -> Result<(), ApiError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, path: &str, problem: String| {
+            if !ok {
+                problems.push(ErrorDetail::new(path, problem));
+            }
+        };
+        let name = self.name.trim().chars().count();
+        check(
+            (1..=MAX_NAME_CHARS).contains(&name),
+            "name",
+            format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        );
+        check(
+            self.description.chars().count() <= MAX_DESCRIPTION_CHARS,
+            "description",
+            format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+        );
+        let model = &self.model_config;
+        check(
+            Provider::parse(&model.provider).is_some(),
+            "model_config.provider",
+            format!(
+                "unknown provider {:?}; expected openai, anthropic, gemini, groq or openai_compatible",
+                model.provider
+            ),
+        );
+        check(
+            (1..=MAX_NAME_CHARS).contains(&model.model.trim().chars().count()),
+            "model_config.model",
+            format!("must be 1 to {MAX_NAME_CHARS} characters"),
+        );
+        check(
+            model.temperature.is_none_or(|t| (0.0..=2.0).contains(&t)),
+            "model_config.temperature",
+            "must be between 0 and 2".into(),
+        );
+        check(
+            model
+                .max_tokens
+                .is_none_or(|m| (1..=MAX_OUTPUT_TOKENS).contains(&m)),
+            "model_config.max_tokens",
+            format!("must be between 1 and {MAX_OUTPUT_TOKENS}"),
+        );
+        check(
+            model.top_p.is_none_or(|p| p > 0.0 && p <= 1.0),
+            "model_config.top_p",
+            "must be above 0 and at most 1".into(),
+        );
+        let personality = &self.personality;
+        check(
+            personality.traits.len() <= MAX_TRAITS,
+            "personality.traits",
+            format!("at most {MAX_TRAITS} traits"),
+        );
+        for (i, t) in personality.traits.iter().enumerate() {
+            check(
+                (1..=100).contains(&t.trim().chars().count()),
+                &format!("personality.traits[{i}]"),
+                "must be 1 to 100 characters".into(),
+            );
+        }
+        for (field, value) in [
+            ("tone", &personality.tone),
+            ("behavior", &personality.behavior),
+            ("language_style", &personality.language_style),
+        ] {
+            check(
+                value
+                    .as_ref()
+                    .is_none_or(|v| v.chars().count() <= MAX_STYLE_CHARS),
+                &format!("personality.{field}"),
+                format!("must be at most {MAX_STYLE_CHARS} characters"),
+            );
+        }
+        check(
+            self.instructions.chars().count() <= MAX_INSTRUCTIONS_CHARS,
+            "instructions",
+            format!("must be at most {MAX_INSTRUCTIONS_CHARS} characters"),
+        );
+        for (i, tool) in self.tools.iter().enumerate() {
+            check(
+                BUILTIN_TOOLS.contains(&tool.as_str()),
+                &format!("tools[{i}]"),
+                format!(
+                    "unknown tool {tool:?}; available: {}",
+                    BUILTIN_TOOLS.join(", ")
+                ),
+            );
+            check(
+                !self.tools[..i].contains(tool),
+                &format!("tools[{i}]"),
+                format!("tool {tool:?} is listed twice"),
+            );
+        }
+        check(
+            (1..=200).contains(&self.memory.max_history),
+            "memory.max_history",
+            "must be between 1 and 200".into(),
+        );
+        check(
+            (256..=2_000_000).contains(&self.memory.context_window_tokens),
+            "memory.context_window_tokens",
+            "must be between 256 and 2000000".into(),
+        );
+        check(
+            STATUSES.contains(&self.status.as_str()),
+            "status",
+            format!("must be one of {}", STATUSES.join(", ")),
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation {
+                message: "the agent definition is invalid".into(),
+                details: problems,
+            })
+        }
+    }
+
+    /// The system prompt, built deterministically from the name, description,
+    /// instructions and personality.
+    pub fn system_prompt(&self) -> String {
+        let mut parts = vec![match self.description.trim() {
+            "" => format!("You are {}.", self.name),
+            description => format!("You are {}: {description}", self.name),
+        }];
+        if !self.instructions.trim().is_empty() {
+            parts.push(self.instructions.trim().to_string());
+        }
+        let p = &self.personality;
+        let mut style = Vec::new();
+        if !p.traits.is_empty() {
+            style.push(format!("- Traits: {}", p.traits.join(", ")));
+        }
+        for (label, value) in [
+            ("Tone", &p.tone),
+            ("Behavior", &p.behavior),
+            ("Language style", &p.language_style),
+        ] {
+            if let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+                style.push(format!("- {label}: {value}"));
+            }
+        }
+        if !style.is_empty() {
+            parts.push(format!("Personality:\n{}", style.join("\n")));
+        }
+        parts.join("\n\n")
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7396) to `target`: objects merge, `null`
+/// removes a field (so it takes its default again), anything else replaces.
+pub fn merge_patch(target: &mut Json, patch: &Json) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(target), Some(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    target.remove(key);
+                } else {
+                    merge_patch(target.entry(key.clone()).or_insert(Json::Null), value);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(extra: Json) -> Result<AgentSpec, ApiError> {
+        let mut base = json!({"name": "Scout", "model_config": {"provider": "openai", "model": "gpt-4o-mini"}});
+        merge_patch(&mut base, &extra);
+        AgentSpec::from_json(base)
+    }
+
+    fn paths(error: ApiError) -> Vec<String> {
+        match error {
+            ApiError::Validation { details, .. } => details.into_iter().map(|d| d.path).collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_what_is_not_given() {
+        let spec = spec(json!({})).unwrap();
+        assert_eq!(spec.status, "IDLE");
+        assert_eq!(spec.memory, MemoryConfig::default());
+        assert!(spec.tools.is_empty());
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_with_its_path() {
+        let error = spec(json!({
+            "name": "",
+            "model_config": {"provider": "skynet", "model": "x", "temperature": 3.5, "max_tokens": 0, "top_p": 0},
+            "tools": ["calculator", "rm_rf", "calculator"],
+            "memory": {"max_history": 0},
+            "status": "SLEEPING"
+        }))
+        .unwrap_err();
+        assert_eq!(
+            paths(error),
+            [
+                "name",
+                "model_config.provider",
+                "model_config.temperature",
+                "model_config.max_tokens",
+                "model_config.top_p",
+                "tools[1]",
+                "tools[2]",
+                "memory.max_history",
+                "status"
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_fields_are_a_bad_request() {
+        assert_eq!(spec(json!({"name": 7})).unwrap_err().status(), 400);
+        assert_eq!(spec(json!({"colour": "red"})).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn system_prompt_is_pinned() {
+        let spec = spec(json!({
+            "description": "finds and qualifies sales leads",
+            "instructions": "Always answer in JSON.",
+            "personality": {"traits": ["curious", "concise"], "tone": "friendly", "behavior": "asks before assuming", "language_style": "plain English"}
+        }))
+        .unwrap();
+        assert_eq!(
+            spec.system_prompt(),
+            "You are Scout: finds and qualifies sales leads\n\n\
+             Always answer in JSON.\n\n\
+             Personality:\n\
+             - Traits: curious, concise\n\
+             - Tone: friendly\n\
+             - Behavior: asks before assuming\n\
+             - Language style: plain English"
+        );
+    }
+
+    #[test]
+    fn minimal_system_prompt_names_the_agent() {
+        assert_eq!(spec(json!({})).unwrap().system_prompt(), "You are Scout.");
+    }
+
+    #[test]
+    fn merge_patch_merges_objects_and_null_resets() {
+        let mut target = json!({"a": 1, "m": {"x": 1, "y": 2}});
+        merge_patch(&mut target, &json!({"a": null, "m": {"y": 3}, "b": [1]}));
+        assert_eq!(target, json!({"m": {"x": 1, "y": 3}, "b": [1]}));
+    }
+}

@@ -1,0 +1,811 @@
+//! Agents over HTTP, against the fake LLM provider speaking each provider's
+//! wire format. The fake's script is shared, so these tests take turns.
+
+use fake_llm::{ReceivedRequest, Reply};
+use serde_json::{Value, json};
+use spindle_providers::pricing::{cost_of, price_for};
+use spindle_providers::{Provider, Usage};
+use spindle_suite::{Org, Target, configured, fake_llm, provider_key, shared, suite_variables};
+use std::sync::{Mutex, MutexGuard};
+
+/// One test at a time drives the fake; each starts from an empty script.
+fn turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    let guard = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    fake_llm().clear();
+    guard
+}
+
+fn create_agent(target: &Target, org: &Org, definition: Value) -> String {
+    let reply = target.call(
+        "POST",
+        "/api/v1/agents",
+        Some(&org.owner_key),
+        Some(&definition),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn execute(target: &Target, org: &Org, agent: &str, body: Value) -> Value {
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/agents/{agent}/execute"),
+        Some(&org.owner_key),
+        Some(&body),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+fn requests() -> Vec<ReceivedRequest> {
+    fake_llm().received()
+}
+
+fn scout(provider: &str, model: &str) -> Value {
+    json!({
+        "name": "Scout",
+        "description": "qualifies leads",
+        "model_config": {"provider": provider, "model": model, "temperature": 0.2, "max_tokens": 300, "top_p": 0.9},
+        "personality": {"traits": ["curious"], "tone": "friendly"},
+        "instructions": "Answer briefly."
+    })
+}
+
+const SYSTEM: &str = "You are Scout: qualifies leads\n\nAnswer briefly.\n\nPersonality:\n- Traits: curious\n- Tone: friendly";
+
+fn billed(provider: Provider, model: &str, input: u64, output: u64) -> i64 {
+    let price = price_for(provider, model).expect("a priced model");
+    cost_of(
+        price,
+        Usage {
+            input_tokens: input,
+            output_tokens: output,
+        },
+        20,
+    )
+    .billed_micros
+}
+
+#[test]
+fn openai_run_sends_the_exact_request_and_bills_the_usage() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("openai");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::text("Hello there").tokens(1200, 400));
+    let execution = execute(
+        target,
+        &org,
+        &agent,
+        json!({"task": "Say hi", "context": {"lead": "Ada"}}),
+    );
+    assert_eq!(execution["status"], "completed");
+    assert_eq!(execution["output"], "Hello there");
+    assert_eq!(execution["usage"]["input_tokens"], 1200);
+    assert_eq!(execution["usage"]["output_tokens"], 400);
+    assert_eq!(
+        execution["cost"]["billed_micros"],
+        billed(Provider::OpenAi, "gpt-4o-mini", 1200, 400)
+    );
+    assert_eq!(execution["cost"]["pricing_missing"], false);
+    let sent = requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].path, "/v1/chat/completions");
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {}", provider_key("openai")).as_str())
+    );
+    assert_eq!(
+        sent[0].body,
+        json!({
+            "model": "gpt-4o-mini",
+            "messages": [
+                {"role": "system", "content": SYSTEM},
+                {"role": "user", "content": "Say hi\n\nContext:\n{\"lead\":\"Ada\"}"}
+            ],
+            "temperature": 0.2,
+            "max_tokens": 300,
+            "top_p": 0.9
+        })
+    );
+}
+
+#[test]
+fn anthropic_run_uses_the_messages_api() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("anthropic");
+    let agent = create_agent(target, &org, scout("anthropic", "claude-sonnet-4"));
+    fake_llm().push(Reply::text("Hi from Claude").tokens(50, 7));
+    let execution = execute(
+        target,
+        &org,
+        &agent,
+        json!({"task": "Say hi", "max_tokens": 100}),
+    );
+    assert_eq!(execution["output"], "Hi from Claude");
+    assert_eq!(execution["usage"]["total_tokens"], 57);
+    let sent = &requests()[0];
+    assert_eq!(sent.path, "/v1/messages");
+    assert_eq!(
+        sent.header("x-api-key"),
+        Some(provider_key("anthropic").as_str())
+    );
+    assert_eq!(sent.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(
+        sent.body,
+        json!({
+            "model": "claude-sonnet-4",
+            "max_tokens": 100,
+            "system": SYSTEM,
+            "messages": [{"role": "user", "content": "Say hi"}],
+            "temperature": 0.2,
+            "top_p": 0.9
+        })
+    );
+}
+
+#[test]
+fn gemini_run_uses_generate_content() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("gemini");
+    let agent = create_agent(target, &org, scout("gemini", "gemini-2.0-flash"));
+    fake_llm().push(Reply::text("Hi from Gemini").tokens(40, 4));
+    let execution = execute(target, &org, &agent, json!({"task": "Say hi"}));
+    assert_eq!(execution["output"], "Hi from Gemini");
+    assert_eq!(execution["usage"]["input_tokens"], 40);
+    let sent = &requests()[0];
+    assert_eq!(sent.path, "/v1beta/models/gemini-2.0-flash:generateContent");
+    assert_eq!(
+        sent.header("x-goog-api-key"),
+        Some(provider_key("gemini").as_str())
+    );
+    assert_eq!(
+        sent.body,
+        json!({
+            "systemInstruction": {"parts": [{"text": SYSTEM}]},
+            "contents": [{"role": "user", "parts": [{"text": "Say hi"}]}],
+            "generationConfig": {"temperature": 0.2, "maxOutputTokens": 300, "topP": 0.9}
+        })
+    );
+}
+
+#[test]
+fn groq_and_self_hosted_models_speak_the_openai_format() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("compatible");
+    let groq = create_agent(target, &org, scout("groq", "llama-3.3-70b-versatile"));
+    let local = create_agent(target, &org, scout("openai_compatible", "llama3.2"));
+    execute(target, &org, &groq, json!({"task": "a"}));
+    let execution = execute(target, &org, &local, json!({"task": "b"}));
+    assert_eq!(execution["status"], "completed");
+    assert_eq!(
+        execution["cost"]["pricing_missing"], true,
+        "a self-hosted model has no price"
+    );
+    assert_eq!(execution["cost"]["billed_micros"], 0);
+    let sent = requests();
+    assert_eq!(sent[0].path, "/openai/v1/chat/completions");
+    assert_eq!(
+        sent[0].header("authorization"),
+        Some(format!("Bearer {}", provider_key("groq")).as_str())
+    );
+    assert_eq!(sent[1].path, "/compat/v1/chat/completions");
+    assert_eq!(
+        sent[1].header("authorization"),
+        None,
+        "no key is configured for it"
+    );
+    assert_eq!(sent[1].body["model"], "llama3.2");
+}
+
+#[test]
+fn tool_calls_round_trip_and_every_round_counts() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("tools");
+    let mut definition = scout("openai", "gpt-4o-mini");
+    definition["tools"] = json!(["calculator"]);
+    let agent = create_agent(target, &org, definition);
+    fake_llm().push(Reply::tool_call("calculator", json!({"expression": "6 * 7"})).tokens(100, 20));
+    fake_llm().push(Reply::text("The answer is 42").tokens(150, 10));
+    let execution = execute(target, &org, &agent, json!({"task": "What is 6 times 7?"}));
+    assert_eq!(execution["status"], "completed");
+    assert_eq!(execution["output"], "The answer is 42");
+    assert_eq!(execution["tool_calls"][0]["name"], "calculator");
+    assert_eq!(execution["tool_calls"][0]["result"], "42");
+    assert_eq!(execution["usage"]["input_tokens"], 250);
+    assert_eq!(execution["usage"]["output_tokens"], 30);
+    assert_eq!(execution["usage"]["provider_calls"], 2);
+    assert_eq!(
+        execution["cost"]["billed_micros"],
+        billed(Provider::OpenAi, "gpt-4o-mini", 100, 20)
+            + billed(Provider::OpenAi, "gpt-4o-mini", 150, 10)
+    );
+    let sent = requests();
+    assert_eq!(sent[0].body["tools"][0]["function"]["name"], "calculator");
+    let followup = sent[1].body["messages"].as_array().unwrap();
+    let call_id = followup[2]["tool_calls"][0]["id"].as_str().unwrap();
+    assert_eq!(followup[2]["role"], "assistant");
+    assert_eq!(
+        followup[3],
+        json!({"role": "tool", "tool_call_id": call_id, "content": "42"})
+    );
+}
+
+#[test]
+fn a_tool_the_agent_lacks_is_answered_with_an_error_not_run() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("no-tools");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::tool_call(
+        "http_get",
+        json!({"url": "http://127.0.0.1:1/secret"}),
+    ));
+    fake_llm().push(Reply::text("ok"));
+    let execution = execute(target, &org, &agent, json!({"task": "fetch"}));
+    assert_eq!(execution["status"], "completed");
+    let result = execution["tool_calls"][0]["result"].as_str().unwrap();
+    assert!(
+        result.starts_with("error: tool \"http_get\" is not available"),
+        "{result}"
+    );
+}
+
+#[test]
+fn memory_carries_turns_across_calls_and_is_trimmed() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("memory");
+    let mut definition = scout("openai", "gpt-4o-mini");
+    definition["memory"] =
+        json!({"enabled": true, "max_history": 2, "context_window_tokens": 8000});
+    let agent = create_agent(target, &org, definition);
+    for (task, answer) in [
+        ("my name is Ada", "Hello Ada"),
+        ("I like tea", "Noted"),
+        ("who am I?", "Ada"),
+    ] {
+        fake_llm().push(Reply::text(answer));
+        execute(
+            target,
+            &org,
+            &agent,
+            json!({"task": task, "conversation_id": "c-1"}),
+        );
+    }
+    let sent = requests();
+    let turns = |i: usize| -> Vec<(String, String)> {
+        sent[i].body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|m| {
+                (
+                    m["role"].as_str().unwrap().into(),
+                    m["content"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let pair = |r: &str, c: &str| (r.to_string(), c.to_string());
+    assert_eq!(turns(0), [pair("user", "my name is Ada")]);
+    assert_eq!(
+        turns(1),
+        [
+            pair("user", "my name is Ada"),
+            pair("assistant", "Hello Ada"),
+            pair("user", "I like tea")
+        ]
+    );
+    // max_history 2: only the last exchange is sent.
+    assert_eq!(
+        turns(2),
+        [
+            pair("user", "I like tea"),
+            pair("assistant", "Noted"),
+            pair("user", "who am I?")
+        ]
+    );
+    // Another conversation starts empty.
+    fake_llm().push(Reply::text("?"));
+    execute(
+        target,
+        &org,
+        &agent,
+        json!({"task": "hi", "conversation_id": "c-2"}),
+    );
+    assert_eq!(requests()[3].body["messages"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn memory_is_trimmed_to_the_context_window() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("window");
+    let mut definition = scout("openai", "gpt-4o-mini");
+    definition["model_config"]["max_tokens"] = json!(100);
+    definition["memory"] =
+        json!({"enabled": true, "max_history": 50, "context_window_tokens": 400});
+    let agent = create_agent(target, &org, definition);
+    // About 375 tokens: with the system prompt, the new task and room for a
+    // 100-token answer, it no longer fits a 400-token window.
+    let long = "word ".repeat(300);
+    fake_llm().push(Reply::text("first"));
+    execute(
+        target,
+        &org,
+        &agent,
+        json!({"task": long, "conversation_id": "w"}),
+    );
+    fake_llm().push(Reply::text("second"));
+    execute(
+        target,
+        &org,
+        &agent,
+        json!({"task": "short", "conversation_id": "w"}),
+    );
+    let messages = requests()[1].body["messages"].as_array().unwrap().clone();
+    assert!(
+        messages.iter().all(|m| m["content"] != long.as_str()),
+        "the long turn no longer fits and is dropped: {messages:?}"
+    );
+    assert_eq!(messages.last().unwrap()["content"], "short");
+}
+
+#[test]
+fn rate_limited_then_successful_call_is_billed_once() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("retry");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::rate_limited(1));
+    fake_llm().push(Reply::text("made it").tokens(100, 50));
+    let started = std::time::Instant::now();
+    let execution = execute(target, &org, &agent, json!({"task": "go"}));
+    assert!(
+        started.elapsed().as_millis() >= 1000,
+        "Retry-After: 1 was honoured"
+    );
+    assert_eq!(execution["status"], "completed");
+    assert_eq!(execution["usage"]["provider_calls"], 2);
+    assert_eq!(execution["usage"]["input_tokens"], 100);
+    assert_eq!(
+        execution["cost"]["billed_micros"],
+        billed(Provider::OpenAi, "gpt-4o-mini", 100, 50)
+    );
+    assert_eq!(requests().len(), 2);
+}
+
+#[test]
+fn server_errors_exhaust_the_retries_and_fail_the_execution() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("outage");
+    let agent = create_agent(target, &org, scout("anthropic", "claude-sonnet-4"));
+    for _ in 0..4 {
+        fake_llm().push(Reply::server_error());
+    }
+    let execution = execute(target, &org, &agent, json!({"task": "go"}));
+    assert_eq!(execution["status"], "failed");
+    assert_eq!(execution["error"]["code"], "provider_unavailable");
+    assert_eq!(
+        execution["usage"]["provider_calls"], 4,
+        "one call and three retries"
+    );
+    assert_eq!(execution["cost"]["billed_micros"], 0);
+    assert!(execution["output"].is_null());
+}
+
+#[test]
+fn client_errors_fail_at_once_with_the_providers_message() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("rejected");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::error(400, "maximum context length exceeded"));
+    let execution = execute(target, &org, &agent, json!({"task": "go"}));
+    assert_eq!(execution["status"], "failed");
+    assert_eq!(execution["error"]["code"], "provider_rejected");
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length exceeded"),
+        "{execution}"
+    );
+    assert_eq!(execution["usage"]["provider_calls"], 1, "no retry");
+}
+
+#[test]
+fn malformed_provider_body_fails_with_a_clear_message() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("malformed");
+    let agent = create_agent(target, &org, scout("gemini", "gemini-2.0-flash"));
+    fake_llm().push(Reply::malformed());
+    let execution = execute(target, &org, &agent, json!({"task": "go"}));
+    assert_eq!(execution["status"], "failed");
+    assert_eq!(execution["error"]["code"], "provider_malformed_response");
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Gemini returned a body that is not JSON"),
+        "{execution}"
+    );
+}
+
+#[test]
+fn missing_api_key_fails_clearly() {
+    let _turn = turn();
+    let mut variables = suite_variables();
+    variables.remove("openai_api_key");
+    let Some(target) = configured(variables) else {
+        return; // needs its own configuration: only on the test host
+    };
+    let org = target.create_org("no-key");
+    let agent = create_agent(&target, &org, scout("openai", "gpt-4o-mini"));
+    let execution = execute(&target, &org, &agent, json!({"task": "go"}));
+    assert_eq!(execution["status"], "failed");
+    assert_eq!(execution["error"]["code"], "provider_not_configured");
+    assert!(
+        execution["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("openai_api_key")
+    );
+    assert!(requests().is_empty(), "nothing was sent");
+}
+
+#[test]
+fn metrics_follow_successes_and_failures() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("metrics");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::text("a").tokens(10, 10));
+    fake_llm().push(Reply::error(400, "no"));
+    fake_llm().push(Reply::text("b").tokens(30, 10));
+    for _ in 0..3 {
+        execute(target, &org, &agent, json!({"task": "go"}));
+    }
+    let detail = target
+        .call(
+            "GET",
+            &format!("/api/v1/agents/{agent}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    let metrics = &detail["metrics"];
+    assert_eq!(metrics["execution_count"], 3);
+    assert!((metrics["success_rate"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9);
+    assert_eq!(metrics["avg_tokens"], 20);
+    assert!(metrics["last_executed_at"].is_string());
+    assert_eq!(detail["recent_executions"].as_array().unwrap().len(), 3);
+    let failed = target
+        .call(
+            "GET",
+            &format!("/api/v1/agents/{agent}/executions?status=failed"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    assert_eq!(failed["total"], 1);
+    assert_eq!(failed["data"][0]["error"]["code"], "provider_rejected");
+}
+
+// --- the definition API ----------------------------------------------------------
+
+fn assert_error(reply: &spindle_suite::Reply, status: u16, code: &str) {
+    assert_eq!(
+        reply.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["error"]["code"], code);
+}
+
+fn count_agents(target: &Target, org: &Org) -> u64 {
+    target
+        .call("GET", "/api/v1/agents", Some(&org.owner_key), None)
+        .json()["total"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn invalid_definitions_name_every_problem_and_store_nothing() {
+    let target = shared();
+    let org = target.create_org("invalid-agents");
+    let reply = target.call(
+        "POST",
+        "/api/v1/agents",
+        Some(&org.owner_key),
+        Some(&json!({
+            "name": "x",
+            "model_config": {"provider": "skynet", "model": "m", "temperature": 9},
+            "tools": ["teleport"]
+        })),
+    );
+    assert_error(&reply, 422, "validation_failed");
+    let paths: Vec<String> = reply.json()["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "model_config.provider",
+            "model_config.temperature",
+            "tools[0]"
+        ]
+    );
+    for body in [
+        &b"{\"name\":"[..],
+        b"[]",
+        b"{\"name\": 5}",
+        b"{\"name\": \"x\"}",
+    ] {
+        let reply = target.request(
+            "POST",
+            "/api/v1/agents",
+            &[("authorization", &format!("Bearer {}", org.owner_key))],
+            Some(body),
+        );
+        assert_error(&reply, 400, "bad_request");
+    }
+    assert_eq!(count_agents(target, &org), 0);
+}
+
+#[test]
+fn agents_are_listed_filtered_sorted_and_paged() {
+    let target = shared();
+    let org = target.create_org("listing");
+    for (name, provider) in [
+        ("Alpha", "openai"),
+        ("Beta", "anthropic"),
+        ("Gamma", "openai"),
+    ] {
+        let mut definition = scout(provider, "m");
+        definition["name"] = json!(name);
+        definition["description"] = json!(format!("{name} does things"));
+        create_agent(target, &org, definition);
+    }
+    let list = |query: &str| {
+        let reply = target.call(
+            "GET",
+            &format!("/api/v1/agents{query}"),
+            Some(&org.owner_key),
+            None,
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{query}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        let names: Vec<String> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect();
+        (body["total"].as_u64().unwrap(), names)
+    };
+    assert_eq!(
+        list("?sort_by=name&sort_order=asc"),
+        (3, vec!["Alpha".into(), "Beta".into(), "Gamma".into()])
+    );
+    assert_eq!(
+        list("?provider=openai&sort_by=name&sort_order=desc"),
+        (2, vec!["Gamma".into(), "Alpha".into()])
+    );
+    assert_eq!(list("?search=bet"), (1, vec!["Beta".into()]));
+    assert_eq!(
+        list("?search=does%20things&limit=1&offset=1&sort_by=name&sort_order=asc"),
+        (3, vec!["Beta".into()])
+    );
+    assert_eq!(
+        list("?search=100%25").0,
+        0,
+        "a literal % matches nothing here"
+    );
+    for bad in [
+        "?limit=0",
+        "?limit=abc",
+        "?sort_by=secret",
+        "?sort_order=up",
+        "?offset=-1",
+    ] {
+        assert_error(
+            &target.call(
+                "GET",
+                &format!("/api/v1/agents{bad}"),
+                Some(&org.owner_key),
+                None,
+            ),
+            400,
+            "bad_request",
+        );
+    }
+}
+
+#[test]
+fn patch_changes_only_what_it_names_and_is_validated() {
+    let target = shared();
+    let org = target.create_org("patching");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let path = format!("/api/v1/agents/{agent}");
+    let patch = |body: Value| target.call("PATCH", &path, Some(&org.owner_key), Some(&body));
+    let reply = patch(
+        json!({"model_config": {"temperature": 1.5}, "tools": ["calculator"], "status": "OFFLINE"}),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let updated = reply.json();
+    assert_eq!(updated["model_config"]["temperature"], 1.5);
+    assert_eq!(
+        updated["model_config"]["model"], "gpt-4o-mini",
+        "untouched fields stay"
+    );
+    assert_eq!(updated["tools"], json!(["calculator"]));
+    assert_eq!(updated["status"], "OFFLINE");
+    let before = target.call("GET", &path, Some(&org.owner_key), None).json();
+    assert_error(
+        &patch(json!({"model_config": {"provider": "nope"}})),
+        422,
+        "validation_failed",
+    );
+    assert_error(&patch(json!({"surprise": true})), 400, "bad_request");
+    assert_error(&patch(json!([1, 2])), 400, "bad_request");
+    let after = target.call("GET", &path, Some(&org.owner_key), None).json();
+    assert_eq!(before, after, "rejected patches change nothing");
+}
+
+#[test]
+fn deleted_agents_are_gone_from_the_api() {
+    let target = shared();
+    let org = target.create_org("deleting");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let path = format!("/api/v1/agents/{agent}");
+    assert_eq!(
+        target
+            .call("DELETE", &path, Some(&org.owner_key), None)
+            .status,
+        204
+    );
+    assert_error(
+        &target.call("GET", &path, Some(&org.owner_key), None),
+        404,
+        "not_found",
+    );
+    assert_error(
+        &target.call("DELETE", &path, Some(&org.owner_key), None),
+        404,
+        "not_found",
+    );
+    assert_eq!(count_agents(target, &org), 0);
+}
+
+#[test]
+fn another_organisations_agent_answers_404_everywhere() {
+    let target = shared();
+    let ours = target.create_org("ours-agents");
+    let theirs = target.create_org("theirs-agents");
+    let agent = create_agent(target, &theirs, scout("openai", "gpt-4o-mini"));
+    let cases = [
+        ("GET", format!("/api/v1/agents/{agent}"), None),
+        (
+            "PATCH",
+            format!("/api/v1/agents/{agent}"),
+            Some(json!({"name": "mine"})),
+        ),
+        ("DELETE", format!("/api/v1/agents/{agent}"), None),
+        (
+            "POST",
+            format!("/api/v1/agents/{agent}/execute"),
+            Some(json!({"task": "x"})),
+        ),
+        ("GET", format!("/api/v1/agents/{agent}/executions"), None),
+    ];
+    for (method, path, body) in cases {
+        let reply = target.call(method, &path, Some(&ours.owner_key), body.as_ref());
+        assert_error(&reply, 404, "not_found");
+    }
+    assert_eq!(count_agents(target, &ours), 0);
+    let theirs_view = target.call(
+        "GET",
+        &format!("/api/v1/agents/{agent}"),
+        Some(&theirs.owner_key),
+        None,
+    );
+    assert_eq!(theirs_view.json()["name"], "Scout", "untouched");
+}
+
+#[test]
+fn viewers_read_but_cannot_define_or_run_agents() {
+    let target = shared();
+    let org = target.create_org("viewer-agents");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    assert_eq!(
+        target
+            .call("GET", "/api/v1/agents", Some(&viewer), None)
+            .status,
+        200
+    );
+    let create = target.call(
+        "POST",
+        "/api/v1/agents",
+        Some(&viewer),
+        Some(&scout("openai", "m")),
+    );
+    assert_error(&create, 403, "forbidden");
+    let run = target.call(
+        "POST",
+        &format!("/api/v1/agents/{agent}/execute"),
+        Some(&viewer),
+        Some(&json!({"task": "x"})),
+    );
+    assert_error(&run, 403, "forbidden");
+    assert_error(
+        &target.call("GET", "/api/v1/agents", None, None),
+        401,
+        "unauthenticated",
+    );
+}
+
+#[test]
+fn invalid_execution_requests_are_refused_before_any_call() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("bad-runs");
+    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let path = format!("/api/v1/agents/{agent}/execute");
+    let run = |body: Value| target.call("POST", &path, Some(&org.owner_key), Some(&body));
+    assert_error(&run(json!({"task": ""})), 422, "validation_failed");
+    assert_error(
+        &run(json!({"task": "x", "max_tokens": 0})),
+        422,
+        "validation_failed",
+    );
+    assert_error(
+        &run(json!({"task": "x", "context": "not an object"})),
+        400,
+        "bad_request",
+    );
+    assert_error(&run(json!({"prompt": "x"})), 400, "bad_request");
+    assert!(requests().is_empty());
+    let runs = target.call(
+        "GET",
+        &format!("/api/v1/agents/{agent}/executions"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(runs.json()["total"], 0);
+}
