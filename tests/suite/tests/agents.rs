@@ -267,6 +267,36 @@ fn a_tool_the_agent_lacks_is_answered_with_an_error_not_run() {
 }
 
 #[test]
+fn http_get_reaches_allowed_hosts_only() {
+    let _turn = turn();
+    let target = shared();
+    let org = target.create_org("http-get");
+    let mut definition = scout("openai", "gpt-4o-mini");
+    definition["tools"] = json!(["http_get"]);
+    let agent = create_agent(target, &org, definition);
+    // The fake itself is on an allowed host (loopback); example.com is not.
+    let allowed = format!("{}/not-a-provider-path", fake_llm().url());
+    fake_llm().push(
+        Reply::tool_call("http_get", json!({"url": allowed}))
+            .and_tool_call("http_get", json!({"url": "http://example.com/"})),
+    );
+    fake_llm().push(Reply::text("done"));
+    let execution = execute(target, &org, &agent, json!({"task": "fetch both"}));
+    assert_eq!(execution["status"], "completed", "{execution}");
+    let results: Vec<&str> = execution["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["result"].as_str().unwrap())
+        .collect();
+    assert!(results[0].starts_with("HTTP 404"), "{results:?}");
+    assert_eq!(
+        results[1],
+        "error: http://example.com/ is not an allowed host"
+    );
+}
+
+#[test]
 fn memory_carries_turns_across_calls_and_is_trimmed() {
     let _turn = turn();
     let target = shared();
