@@ -2,7 +2,7 @@
 
 use crate::auth::{AuthSettings, authenticate, record_activity};
 use crate::context::RequestContext;
-use crate::{now_ms, timestamp};
+use crate::{fetch_one, json_column, now_ms, timestamp};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
 use spindle_auth::{
@@ -40,7 +40,7 @@ pub fn router() -> Router<RequestContext> {
 fn healthz(ctx: &RequestContext, _: &ApiRequest, _: &Params) -> Result<ApiResponse, ApiError> {
     let schema = ctx.db().and_then(|db| {
         let rows = db.execute("SELECT MAX(version) FROM schema_migrations", &[])?;
-        Ok(rows.scalar().and_then(Value::as_i64).unwrap_or(0))
+        Ok(rows.scalar_i64().unwrap_or(0))
     });
     // A read proves the store answers without writing on every probe.
     let kv = ctx.kv().and_then(|kv| Ok(kv.exists("healthz")?));
@@ -208,7 +208,7 @@ fn list_activity(
                 "action": row[2].as_str(),
                 "resource_type": row[3].as_str(),
                 "resource_id": row[4].as_str(),
-                "details": row[5].as_str().and_then(|d| serde_json::from_str::<Json>(d).ok()),
+                "details": json_column(&row[5]),
                 "created_at": row[6].as_i64().map(timestamp),
             })
         })
@@ -508,14 +508,13 @@ fn insert_key(
 }
 
 fn key_json(org: &OrgScoped, key_id: &str) -> Result<Json, ApiError> {
-    let rows = org.execute(
+    let row = fetch_one(
+        org,
         &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE org_id = ?1 AND id = ?2"),
         &[Value::from(key_id)],
+        || format!("API key {key_id}"),
     )?;
-    rows.rows
-        .first()
-        .map(|row| key_row_json(row))
-        .ok_or_else(|| ApiError::NotFound(format!("API key {key_id} not found")))
+    Ok(key_row_json(&row))
 }
 
 fn key_row_json(row: &[Value]) -> Json {
@@ -588,13 +587,19 @@ mod tests {
     use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
     use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb, migrations};
 
-    struct Native;
+    /// Real SQLite in memory; a key-value store that works or is down.
+    struct Native {
+        kv_down: bool,
+    }
 
     impl Backends for Native {
         fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
             Ok(Box::new(RusqliteDb::memory()))
         }
         fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
+            if self.kv_down {
+                return Err(KvError("no such store".into()));
+            }
             Ok(Box::new(MemoryKv::default()))
         }
         fn variable(&self, _: &str) -> Option<String> {
@@ -609,26 +614,7 @@ mod tests {
         fn sleep_ms(&self, _: u64) {}
     }
 
-    struct NoKv;
-
-    impl Backends for NoKv {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::memory()))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            Err(KvError("no such store".into()))
-        }
-        fn variable(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            getrandom::fill(buffer).unwrap();
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
+    const UP: Native = Native { kv_down: false };
 
     fn call(backends: Box<dyn Backends>, method: Method, path: &str) -> (u16, Json) {
         let response = router().handle(
@@ -643,7 +629,7 @@ mod tests {
 
     #[test]
     fn healthz_reports_the_schema_level_after_migrating() {
-        let (status, body) = call(Box::new(Native), Method::Get, "/healthz");
+        let (status, body) = call(Box::new(UP), Method::Get, "/healthz");
         assert_eq!(status, 200);
         assert_eq!(body["status"], "ok");
         assert_eq!(body["schema"], migrations::latest_version());
@@ -652,7 +638,7 @@ mod tests {
 
     #[test]
     fn healthz_is_503_naming_the_failing_store() {
-        let (status, body) = call(Box::new(NoKv), Method::Get, "/healthz");
+        let (status, body) = call(Box::new(Native { kv_down: true }), Method::Get, "/healthz");
         assert_eq!(status, 503);
         assert_eq!(body["status"], "unavailable");
         assert_eq!(body["checks"]["sqlite"], "ok");
@@ -666,7 +652,7 @@ mod tests {
 
     #[test]
     fn org_creation_without_an_admin_key_configured_is_disabled() {
-        let (status, body) = call(Box::new(Native), Method::Post, "/api/v1/orgs");
+        let (status, body) = call(Box::new(UP), Method::Post, "/api/v1/orgs");
         assert_eq!(status, 403);
         assert_eq!(body["error"]["code"], "feature_disabled");
     }

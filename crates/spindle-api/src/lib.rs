@@ -28,6 +28,25 @@ pub fn usage_router() -> Router<RequestContext> {
     Router::new()
 }
 
+/// The first row of a scoped query, or a 404 naming what was not found.
+pub(crate) fn fetch_one(
+    org: &spindle_store::OrgScoped,
+    sql: &str,
+    params: &[spindle_store::Value],
+    what: impl FnOnce() -> String,
+) -> Result<Vec<spindle_store::Value>, spindle_http::ApiError> {
+    org.execute(sql, params)?
+        .into_first()
+        .ok_or_else(|| spindle_http::ApiError::NotFound(format!("{} not found", what())))
+}
+
+/// A TEXT column holding JSON, parsed; `None` for NULL or unreadable text.
+pub(crate) fn json_column(value: &spindle_store::Value) -> Option<serde_json::Value> {
+    value
+        .as_str()
+        .and_then(|text| serde_json::from_str(text).ok())
+}
+
 /// A stored time as the API shows it: RFC 3339 UTC with milliseconds.
 pub fn timestamp(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)

@@ -73,6 +73,16 @@ impl Rows {
     pub fn scalar(&self) -> Option<&Value> {
         self.rows.first().and_then(|row| row.first())
     }
+
+    /// The first column of the first row as an integer (a `COUNT(*)`, a `MAX`).
+    pub fn scalar_i64(&self) -> Option<i64> {
+        self.scalar().and_then(Value::as_i64)
+    }
+
+    /// The first row, if any.
+    pub fn into_first(self) -> Option<Vec<Value>> {
+        self.rows.into_iter().next()
+    }
 }
 
 /// What kind of failure a statement met; decides whether a retry may help.

@@ -105,7 +105,7 @@ pub fn migrate_with(
     let latest = migrations.last().map_or(0, |m| m.version);
     // Fast path: a missing table is an error here, and simply means "not yet".
     if let Ok(rows) = db.execute("SELECT MAX(version) FROM schema_migrations", &[]) {
-        let current = rows.scalar().and_then(Value::as_i64).unwrap_or(0);
+        let current = rows.scalar_i64().unwrap_or(0);
         if current == latest {
             return Ok(MigrationOutcome {
                 schema: current,

@@ -174,6 +174,31 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Asserts DESIGN.md's error shape: this status, a JSON body
+    /// `{"error": {"code", "message", "details"?}}` with this code and a message.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let body = self.json();
+        let error = body["error"].as_object().expect("an `error` object");
+        assert_eq!(error["code"], code, "{body}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "a message: {body}"
+        );
+        assert!(
+            error
+                .keys()
+                .all(|k| ["code", "message", "details"].contains(&k.as_str())),
+            "only code, message and details: {body}"
+        );
+    }
+
     /// The body as JSON; panics with the body when it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {

@@ -543,16 +543,6 @@ fn metrics_follow_successes_and_failures() {
 
 // --- the definition API ----------------------------------------------------------
 
-fn assert_error(reply: &spindle_suite::Reply, status: u16, code: &str) {
-    assert_eq!(
-        reply.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert_eq!(reply.json()["error"]["code"], code);
-}
-
 fn count_agents(target: &Target, org: &Org) -> u64 {
     target
         .call("GET", "/api/v1/agents", Some(&org.owner_key), None)
@@ -575,7 +565,7 @@ fn invalid_definitions_name_every_problem_and_store_nothing() {
             "tools": ["teleport"]
         })),
     );
-    assert_error(&reply, 422, "validation_failed");
+    reply.assert_error(422, "validation_failed");
     let paths: Vec<String> = reply.json()["error"]["details"]
         .as_array()
         .unwrap()
@@ -602,7 +592,7 @@ fn invalid_definitions_name_every_problem_and_store_nothing() {
             &[("authorization", &format!("Bearer {}", org.owner_key))],
             Some(body),
         );
-        assert_error(&reply, 400, "bad_request");
+        reply.assert_error(400, "bad_request");
     }
     assert_eq!(count_agents(target, &org), 0);
 }
@@ -668,16 +658,14 @@ fn agents_are_listed_filtered_sorted_and_paged() {
         "?sort_order=up",
         "?offset=-1",
     ] {
-        assert_error(
-            &target.call(
+        target
+            .call(
                 "GET",
                 &format!("/api/v1/agents{bad}"),
                 Some(&org.owner_key),
                 None,
-            ),
-            400,
-            "bad_request",
-        );
+            )
+            .assert_error(400, "bad_request");
     }
 }
 
@@ -706,13 +694,9 @@ fn patch_changes_only_what_it_names_and_is_validated() {
     assert_eq!(updated["tools"], json!(["calculator"]));
     assert_eq!(updated["status"], "OFFLINE");
     let before = target.call("GET", &path, Some(&org.owner_key), None).json();
-    assert_error(
-        &patch(json!({"model_config": {"provider": "nope"}})),
-        422,
-        "validation_failed",
-    );
-    assert_error(&patch(json!({"surprise": true})), 400, "bad_request");
-    assert_error(&patch(json!([1, 2])), 400, "bad_request");
+    patch(json!({"model_config": {"provider": "nope"}})).assert_error(422, "validation_failed");
+    patch(json!({"surprise": true})).assert_error(400, "bad_request");
+    patch(json!([1, 2])).assert_error(400, "bad_request");
     let after = target.call("GET", &path, Some(&org.owner_key), None).json();
     assert_eq!(before, after, "rejected patches change nothing");
 }
@@ -729,16 +713,12 @@ fn deleted_agents_are_gone_from_the_api() {
             .status,
         204
     );
-    assert_error(
-        &target.call("GET", &path, Some(&org.owner_key), None),
-        404,
-        "not_found",
-    );
-    assert_error(
-        &target.call("DELETE", &path, Some(&org.owner_key), None),
-        404,
-        "not_found",
-    );
+    target
+        .call("GET", &path, Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
+    target
+        .call("DELETE", &path, Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
     assert_eq!(count_agents(target, &org), 0);
 }
 
@@ -765,7 +745,7 @@ fn another_organisations_agent_answers_404_everywhere() {
     ];
     for (method, path, body) in cases {
         let reply = target.call(method, &path, Some(&ours.owner_key), body.as_ref());
-        assert_error(&reply, 404, "not_found");
+        reply.assert_error(404, "not_found");
     }
     assert_eq!(count_agents(target, &ours), 0);
     let theirs_view = target.call(
@@ -795,19 +775,17 @@ fn viewers_read_but_cannot_define_or_run_agents() {
         Some(&viewer),
         Some(&scout("openai", "m")),
     );
-    assert_error(&create, 403, "forbidden");
+    create.assert_error(403, "forbidden");
     let run = target.call(
         "POST",
         &format!("/api/v1/agents/{agent}/execute"),
         Some(&viewer),
         Some(&json!({"task": "x"})),
     );
-    assert_error(&run, 403, "forbidden");
-    assert_error(
-        &target.call("GET", "/api/v1/agents", None, None),
-        401,
-        "unauthenticated",
-    );
+    run.assert_error(403, "forbidden");
+    target
+        .call("GET", "/api/v1/agents", None, None)
+        .assert_error(401, "unauthenticated");
 }
 
 #[test]
@@ -818,18 +796,10 @@ fn invalid_execution_requests_are_refused_before_any_call() {
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
     let path = format!("/api/v1/agents/{agent}/execute");
     let run = |body: Value| target.call("POST", &path, Some(&org.owner_key), Some(&body));
-    assert_error(&run(json!({"task": ""})), 422, "validation_failed");
-    assert_error(
-        &run(json!({"task": "x", "max_tokens": 0})),
-        422,
-        "validation_failed",
-    );
-    assert_error(
-        &run(json!({"task": "x", "context": "not an object"})),
-        400,
-        "bad_request",
-    );
-    assert_error(&run(json!({"prompt": "x"})), 400, "bad_request");
+    run(json!({"task": ""})).assert_error(422, "validation_failed");
+    run(json!({"task": "x", "max_tokens": 0})).assert_error(422, "validation_failed");
+    run(json!({"task": "x", "context": "not an object"})).assert_error(400, "bad_request");
+    run(json!({"prompt": "x"})).assert_error(400, "bad_request");
     assert!(requests().is_empty());
     let runs = target.call(
         "GET",

@@ -8,16 +8,6 @@ use spindle_suite::{
 };
 use std::collections::HashMap;
 
-fn assert_error(reply: &Reply, status: u16, code: &str) {
-    assert_eq!(
-        reply.status,
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert_eq!(reply.json()["error"]["code"], code);
-}
-
 fn current_org(target: &Target, token: &str) -> Reply {
     target.call("GET", "/api/v1/orgs/current", Some(token), None)
 }
@@ -122,7 +112,7 @@ fn org_creation_needs_the_platform_admin_key() {
     let org = target.create_org("tenant");
     for token in [None, Some("wrong-admin-key"), Some(org.owner_key.as_str())] {
         let reply = target.call("POST", "/api/v1/orgs", token, Some(&json!({"name": "x"})));
-        assert_error(&reply, 401, "unauthenticated");
+        reply.assert_error(401, "unauthenticated");
     }
 }
 
@@ -137,16 +127,12 @@ fn bad_org_bodies_are_refused_with_their_problem() {
             Some(body),
         )
     };
-    assert_error(&post(b"{\"name\": "), 400, "bad_request");
-    assert_error(&post(b"{\"name\": 7}"), 400, "bad_request");
-    assert_error(
-        &post(b"{\"name\": \"x\", \"plan\": \"gold\"}"),
-        400,
-        "bad_request",
-    );
-    assert_error(&post(b""), 400, "bad_request");
+    post(b"{\"name\": ").assert_error(400, "bad_request");
+    post(b"{\"name\": 7}").assert_error(400, "bad_request");
+    post(b"{\"name\": \"x\", \"plan\": \"gold\"}").assert_error(400, "bad_request");
+    post(b"").assert_error(400, "bad_request");
     let reply = post(b"{\"name\": \"   \"}");
-    assert_error(&reply, 422, "validation_failed");
+    reply.assert_error(422, "validation_failed");
     assert_eq!(reply.json()["error"]["details"][0]["path"], "name");
 }
 
@@ -163,7 +149,7 @@ fn org_creation_is_disabled_without_an_admin_key() {
         Some(ADMIN_KEY),
         Some(&json!({"name": "x"})),
     );
-    assert_error(&reply, 403, "feature_disabled");
+    reply.assert_error(403, "feature_disabled");
     assert!(
         reply.json()["error"]["message"]
             .as_str()
@@ -256,14 +242,14 @@ fn revoked_key_is_refused_on_next_request() {
     );
     assert_eq!(reply.status, 200);
     assert!(reply.json()["revoked_at"].is_string());
-    assert_error(&current_org(target, &secret), 401, "unauthenticated");
+    current_org(target, &secret).assert_error(401, "unauthenticated");
     let again = target.call(
         "DELETE",
         &format!("/api/v1/api-keys/{id}"),
         Some(&org.owner_key),
         None,
     );
-    assert_error(&again, 409, "conflict");
+    again.assert_error(409, "conflict");
     let actions: Vec<String> = activity(target, &org.owner_key)
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_string())
@@ -284,7 +270,7 @@ fn expired_key_is_refused() {
         Some(&org.owner_key),
         Some(&json!({"name": "past", "expires_at": "2020-01-01T00:00:00Z"})),
     );
-    assert_error(&reply, 422, "validation_failed");
+    reply.assert_error(422, "validation_failed");
     assert_eq!(reply.json()["error"]["details"][0]["path"], "expires_at");
 }
 
@@ -305,13 +291,11 @@ fn roles_limit_what_keys_can_do() {
             Some(&json!({"name": "x", "role": role})),
         )
     };
-    assert_error(&create(&viewer, "viewer"), 403, "forbidden");
-    assert_error(&create(&admin, "owner"), 403, "forbidden");
-    assert_error(
-        &target.call("GET", "/api/v1/api-keys", Some(&viewer), None),
-        403,
-        "forbidden",
-    );
+    create(&viewer, "viewer").assert_error(403, "forbidden");
+    create(&admin, "owner").assert_error(403, "forbidden");
+    target
+        .call("GET", "/api/v1/api-keys", Some(&viewer), None)
+        .assert_error(403, "forbidden");
     assert_eq!(
         keys(target, &org.owner_key).len(),
         before,
@@ -347,7 +331,7 @@ fn an_admin_cannot_revoke_an_owner_key() {
         Some(&admin),
         None,
     );
-    assert_error(&reply, 403, "forbidden");
+    reply.assert_error(403, "forbidden");
     assert_eq!(current_org(target, &org.owner_key).status, 200);
 }
 
@@ -361,7 +345,7 @@ fn invalid_key_requests_name_each_problem() {
         Some(&org.owner_key),
         Some(&json!({"name": "", "role": "root", "rate_limit_per_minute": 0})),
     );
-    assert_error(&reply, 422, "validation_failed");
+    reply.assert_error(422, "validation_failed");
     let paths: Vec<String> = reply.json()["error"]["details"]
         .as_array()
         .unwrap()
@@ -386,7 +370,7 @@ fn another_organisations_key_ids_answer_404_on_every_method() {
             Some(&ours.owner_key),
             None,
         );
-        assert_error(&reply, 404, "not_found");
+        reply.assert_error(404, "not_found");
     }
     // Another organisation's key looks exactly like a missing one.
     let missing_id = "00000000-0000-7000-8000-000000000000";
@@ -475,17 +459,17 @@ fn an_api_key_is_exchanged_for_a_short_lived_token() {
         Some(token),
         Some(&json!({"name": "x"})),
     );
-    assert_error(&create, 403, "forbidden");
+    create.assert_error(403, "forbidden");
     // A token cannot be exchanged for another.
     let again = target.call("POST", "/api/v1/auth/token", Some(token), None);
-    assert_error(&again, 401, "unauthenticated");
+    again.assert_error(401, "unauthenticated");
     let too_long = target.call(
         "POST",
         "/api/v1/auth/token",
         Some(&member),
         Some(&json!({"ttl_seconds": 86400})),
     );
-    assert_error(&too_long, 422, "validation_failed");
+    too_long.assert_error(422, "validation_failed");
 }
 
 #[test]
@@ -506,7 +490,7 @@ fn tokens_of_an_external_identity_provider_are_accepted() {
     let stranger = Ed25519KeyPair::generate()
         .sign(valid_claims(&org.id, "viewer"))
         .unwrap();
-    assert_error(&current_org(target, &stranger), 401, "unauthenticated");
+    current_org(target, &stranger).assert_error(401, "unauthenticated");
 }
 
 #[test]
@@ -542,7 +526,7 @@ fn the_request_after_a_keys_limit_is_429_with_retry_after() {
         if codes == [200, 200, 200, 429] || attempt == 1 {
             assert_eq!(codes[3], 429, "{codes:?}");
             let limited = &statuses[3];
-            assert_error(limited, 429, "rate_limited");
+            limited.assert_error(429, "rate_limited");
             let retry: u64 = limited.header("retry-after").unwrap().parse().unwrap();
             assert!((1..=60).contains(&retry), "{retry}");
             break;
@@ -560,7 +544,7 @@ fn misconfigured_settings_are_a_clear_fault_not_a_panic() {
         return; // needs its own configuration: only on the test host
     };
     let reply = target.call("GET", "/api/v1/orgs/current", Some("sk_whatever"), None);
-    assert_error(&reply, 500, "internal");
+    reply.assert_error(500, "internal");
     assert!(
         reply.json()["error"]["message"]
             .as_str()

@@ -3,31 +3,7 @@
 
 use serde_json::Value;
 use spindle_store::migrations::latest_version;
-use spindle_suite::{Reply, fresh, shared};
-
-/// Asserts DESIGN.md's error shape: `{"error": {"code", "message", ...}}`.
-fn assert_error(reply: &Reply, status: u16, code: &str) {
-    assert_eq!(
-        reply.status,
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    let body = reply.json();
-    let error = body["error"].as_object().expect("an `error` object");
-    assert_eq!(error["code"], code);
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "a message: {body}"
-    );
-    assert!(
-        error
-            .keys()
-            .all(|k| ["code", "message", "details"].contains(&k.as_str())),
-        "only code, message and details: {body}"
-    );
-}
+use spindle_suite::{fresh, shared};
 
 #[test]
 fn healthz_answers_ok_with_version_and_schema_level() {
@@ -114,7 +90,7 @@ fn unknown_routes_answer_json_404() {
         "/api/v1/executions/unknown-id",
         "/api/v1/usage/nothing-here",
     ] {
-        assert_error(&shared().get(path), 404, "not_found");
+        shared().get(path).assert_error(404, "not_found");
     }
 }
 
@@ -122,7 +98,7 @@ fn unknown_routes_answer_json_404() {
 fn wrong_method_answers_405_with_allow() {
     for method in ["POST", "PUT", "DELETE", "PATCH"] {
         let reply = shared().request(method, "/healthz", &[], None);
-        assert_error(&reply, 405, "method_not_allowed");
+        reply.assert_error(405, "method_not_allowed");
         assert_eq!(reply.header("allow"), Some("GET"));
     }
 }
@@ -130,7 +106,7 @@ fn wrong_method_answers_405_with_allow() {
 #[test]
 fn non_standard_method_answers_405() {
     let reply = shared().request("BREW", "/healthz", &[], None);
-    assert_error(&reply, 405, "method_not_allowed");
+    reply.assert_error(405, "method_not_allowed");
 }
 
 #[test]
@@ -140,7 +116,7 @@ fn oversized_body_answers_413_unread() {
         "POST /api/v1/workflows HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 3145728",
         b"",
     );
-    assert_error(&reply, 413, "payload_too_large");
+    reply.assert_error(413, "payload_too_large");
 }
 
 #[test]
@@ -153,5 +129,5 @@ fn oversized_chunked_body_answers_413() {
         "POST /api/v1/agents HTTP/1.1\r\ncontent-type: application/json\r\ntransfer-encoding: chunked",
         &chunk,
     );
-    assert_error(&reply, 413, "payload_too_large");
+    reply.assert_error(413, "payload_too_large");
 }

@@ -8,7 +8,7 @@ pub use run::{MAX_TOOL_ROUNDS, RunInput, StoredAgent, run_agent};
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
-use crate::{now_ms, timestamp};
+use crate::{fetch_one, json_column, now_ms, timestamp};
 use run::{EXECUTION_COLUMNS, execution_row_json};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
@@ -158,6 +158,41 @@ impl ListQuery {
     }
 }
 
+impl ListQuery {
+    /// One page of `SELECT columns FROM from_where ORDER BY order` with the
+    /// total count, in the API's list shape. `params` bind `?2…` (`?1` is the
+    /// organisation); the page bounds follow them.
+    fn page(
+        &self,
+        org: &OrgScoped,
+        columns: &str,
+        from_where: &str,
+        params: &[Value],
+        order: &str,
+        row_json: impl Fn(&[Value]) -> Json,
+    ) -> Result<ApiResponse, ApiError> {
+        let total = org
+            .execute(&format!("SELECT COUNT(*) FROM {from_where}"), params)?
+            .scalar_i64()
+            .unwrap_or(0);
+        let next = params.len() + 2;
+        let mut page_params = params.to_vec();
+        page_params.extend([Value::Integer(self.limit), Value::Integer(self.offset)]);
+        let rows = org.execute(
+            &format!(
+                "SELECT {columns} FROM {from_where} ORDER BY {order} LIMIT ?{next} OFFSET ?{}",
+                next + 1
+            ),
+            &page_params,
+        )?;
+        let data: Vec<Json> = rows.rows.iter().map(|row| row_json(row)).collect();
+        Ok(ApiResponse::json(
+            200,
+            &json!({"data": data, "total": total, "limit": self.limit, "offset": self.offset}),
+        ))
+    }
+}
+
 /// `GET /api/v1/agents` (viewer): filters `status`, `provider`, `search`
 /// (name and description); `limit`/`offset`; `sort_by`, `sort_order`.
 fn list_agents(
@@ -185,30 +220,15 @@ fn list_agents(
         Value::from(pattern),
     ];
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
-    let total = org
-        .execute(
-            &format!("SELECT COUNT(*) FROM agents WHERE {filters}"),
-            &params,
-        )?
-        .scalar()
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
     let direction = if query.descending { "DESC" } else { "ASC" };
-    let mut page_params = params.to_vec();
-    page_params.extend([Value::Integer(query.limit), Value::Integer(query.offset)]);
-    let rows = org.execute(
-        &format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE {filters} \
-             ORDER BY {} {direction}, id {direction} LIMIT ?5 OFFSET ?6",
-            query.order_by
-        ),
-        &page_params,
-    )?;
-    let data: Vec<Json> = rows.rows.iter().map(|row| agent_row_json(row)).collect();
-    Ok(ApiResponse::json(
-        200,
-        &json!({"data": data, "total": total, "limit": query.limit, "offset": query.offset}),
-    ))
+    query.page(
+        &org,
+        AGENT_COLUMNS,
+        &format!("agents WHERE {filters}"),
+        &params,
+        &format!("{} {direction}, id {direction}", query.order_by),
+        agent_row_json,
+    )
 }
 
 /// `GET /api/v1/agents/:id` (viewer): the agent with its recent executions.
@@ -404,32 +424,14 @@ fn list_executions(
     load(&org, id)?;
     let filters = "org_id = ?1 AND agent_id = ?2 AND (?3 IS NULL OR status = ?3)";
     let params = [Value::from(id), Value::from(query.status.clone())];
-    let total = org
-        .execute(
-            &format!("SELECT COUNT(*) FROM agent_executions WHERE {filters}"),
-            &params,
-        )?
-        .scalar()
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let mut page_params = params.to_vec();
-    page_params.extend([Value::Integer(query.limit), Value::Integer(query.offset)]);
-    let rows = org.execute(
-        &format!(
-            "SELECT {EXECUTION_COLUMNS} FROM agent_executions WHERE {filters} \
-             ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
-        ),
-        &page_params,
-    )?;
-    let data: Vec<Json> = rows
-        .rows
-        .iter()
-        .map(|row| execution_row_json(row, false))
-        .collect();
-    Ok(ApiResponse::json(
-        200,
-        &json!({"data": data, "total": total, "limit": query.limit, "offset": query.offset}),
-    ))
+    query.page(
+        &org,
+        EXECUTION_COLUMNS,
+        &format!("agent_executions WHERE {filters}"),
+        &params,
+        "created_at DESC, id DESC",
+        |row| execution_row_json(row, false),
+    )
 }
 
 const AGENT_COLUMNS: &str = "id, config, execution_count, success_count, total_tokens, total_cost_micros, \
@@ -437,16 +439,15 @@ const AGENT_COLUMNS: &str = "id, config, execution_count, success_count, total_t
 
 /// A live (not deleted) agent of the organisation: its definition and JSON.
 fn load(org: &OrgScoped, id: &str) -> Result<(AgentSpec, Json), ApiError> {
-    let rows = org.execute(
-        &format!("SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 AND id = ?2 AND deleted_at IS NULL"),
+    let row = fetch_one(
+        org,
+        &format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE org_id = ?1 AND id = ?2 AND deleted_at IS NULL"
+        ),
         &[Value::from(id)],
+        || format!("agent {id}"),
     )?;
-    let row = rows
-        .rows
-        .first()
-        .ok_or_else(|| ApiError::NotFound(format!("agent {id} not found")))?;
-    let spec = stored_spec(row)?;
-    Ok((spec, agent_row_json(row)))
+    Ok((stored_spec(&row)?, agent_row_json(&row)))
 }
 
 fn stored_spec(row: &[Value]) -> Result<AgentSpec, ApiError> {
@@ -459,10 +460,7 @@ fn spec_json(spec: &AgentSpec) -> Json {
 }
 
 fn agent_row_json(row: &[Value]) -> Json {
-    let mut agent = row[1]
-        .as_str()
-        .and_then(|c| serde_json::from_str::<Json>(c).ok())
-        .unwrap_or_else(|| json!({}));
+    let mut agent = json_column(&row[1]).unwrap_or_else(|| json!({}));
     let count = row[2].as_i64().unwrap_or(0);
     let average = |total: i64| if count == 0 { 0 } else { total / count };
     let success_rate = if count == 0 {

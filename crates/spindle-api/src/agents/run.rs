@@ -4,7 +4,7 @@
 use super::definition::AgentSpec;
 use crate::auth::record_activity;
 use crate::context::RequestContext;
-use crate::{now_ms, timestamp};
+use crate::{fetch_one, json_column, now_ms, timestamp};
 use serde_json::{Value as Json, json};
 use spindle_auth::Caller;
 use spindle_http::{ApiError, OutboundError, OutboundRequest};
@@ -572,8 +572,7 @@ fn remember(
              WHERE org_id = ?1 AND agent_id = ?2 AND conversation_id = ?3",
             &[Value::from(agent_id), Value::from(conversation)],
         )?
-        .scalar()
-        .and_then(Value::as_i64)
+        .scalar_i64()
         .unwrap_or(0);
     for (offset, (role, content)) in [("user", user), ("assistant", answer)]
         .into_iter()
@@ -603,23 +602,20 @@ fn int(n: u64) -> Value {
 
 /// The stored execution as the API shows it.
 pub fn execution_json(org: &OrgScoped, execution_id: &str) -> Result<Json, ApiError> {
-    let rows = org.execute(
+    let row = fetch_one(
+        org,
         &format!("SELECT {EXECUTION_COLUMNS} FROM agent_executions WHERE org_id = ?1 AND id = ?2"),
         &[Value::from(execution_id)],
+        || format!("agent execution {execution_id}"),
     )?;
-    let row = rows
-        .rows
-        .first()
-        .ok_or_else(|| ApiError::NotFound(format!("agent execution {execution_id} not found")))?;
     let missing = org
         .execute(
             "SELECT COUNT(*) FROM usage_records WHERE org_id = ?1 AND agent_execution_id = ?2 AND pricing_missing = 1",
             &[Value::from(execution_id)],
         )?
-        .scalar()
-        .and_then(Value::as_i64)
+        .scalar_i64()
         .unwrap_or(0);
-    Ok(execution_row_json(row, missing > 0))
+    Ok(execution_row_json(&row, missing > 0))
 }
 
 /// The columns [`execution_row_json`] reads, in order.
@@ -629,10 +625,6 @@ pub const EXECUTION_COLUMNS: &str = "id, agent_id, conversation_id, status, task
 
 /// One execution row (selected with [`EXECUTION_COLUMNS`]) as JSON.
 pub fn execution_row_json(row: &[Value], pricing_missing: bool) -> Json {
-    let parse = |v: &Value| {
-        v.as_str()
-            .and_then(|s| serde_json::from_str::<Json>(s).ok())
-    };
     let input = row[8].as_i64().unwrap_or(0);
     let output = row[9].as_i64().unwrap_or(0);
     let base = row[10].as_i64().unwrap_or(0);
@@ -643,9 +635,9 @@ pub fn execution_row_json(row: &[Value], pricing_missing: bool) -> Json {
         "conversation_id": row[2].as_str(),
         "status": row[3].as_str(),
         "task": row[4].as_str(),
-        "context": parse(&row[5]),
+        "context": json_column(&row[5]),
         "output": row[6].as_str(),
-        "tool_calls": parse(&row[7]).unwrap_or(json!([])),
+        "tool_calls": json_column(&row[7]).unwrap_or(json!([])),
         "usage": {
             "input_tokens": input,
             "output_tokens": output,
@@ -660,7 +652,7 @@ pub fn execution_row_json(row: &[Value], pricing_missing: bool) -> Json {
             "pricing_missing": pricing_missing,
         },
         "duration_ms": row[13].as_i64(),
-        "error": parse(&row[14]),
+        "error": json_column(&row[14]),
         "created_at": row[15].as_i64().map(timestamp),
         "finished_at": row[16].as_i64().map(timestamp),
     })
