@@ -107,8 +107,13 @@ CREATE TABLE workflows (
     org_id TEXT NOT NULL REFERENCES organizations (id),
     name TEXT NOT NULL,
     description TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL DEFAULT 'active',
+    is_active INTEGER NOT NULL DEFAULT 1,
     current_version INTEGER NOT NULL DEFAULT 1,
+    -- The Standard Webhooks secret (`whsec_…`) that signs calls to its
+    -- webhook. Kept in clear because verifying needs it; never returned
+    -- after creation or rotation.
+    webhook_secret TEXT NOT NULL,
+    created_by TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
     deleted_at INTEGER

@@ -7,16 +7,13 @@ pub mod accounts;
 pub mod agents;
 pub mod auth;
 mod context;
+mod listing;
+pub mod workflows;
 
 pub use context::{Backends, RequestContext};
 
 use spindle_http::Router;
 pub use spindle_store::now_ms;
-
-/// `/api/v1/workflows/...` and `/api/v1/templates/...`; its routes arrive with the workflow-definitions issue.
-pub fn workflows_router() -> Router<RequestContext> {
-    Router::new()
-}
 
 /// Execution, webhooks and internal dispatch; its routes arrive with the engine issue.
 pub fn execute_router() -> Router<RequestContext> {

@@ -85,7 +85,7 @@ fn unknown_routes_answer_json_404() {
     for path in [
         "/nowhere",
         "/api/v2/workflows",
-        "/api/v1/workflows/00000000-0000-0000-0000-000000000000",
+        "/api/v1/workflows/abc/no/such/route",
         "/api/v1/agents/abc/no/such/route",
         "/api/v1/executions/unknown-id",
         "/api/v1/usage/nothing-here",

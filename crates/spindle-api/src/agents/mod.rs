@@ -8,6 +8,7 @@ pub use run::{MAX_TOOL_ROUNDS, RunInput, StoredAgent, run_agent};
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
+use crate::listing::{Page, like_pattern};
 use crate::{fetch_one, json_column, now_ms, timestamp};
 use run::{EXECUTION_COLUMNS, execution_row_json};
 use serde::Deserialize;
@@ -79,120 +80,6 @@ fn create_agent(
     Ok(ApiResponse::json(201, &load(&org, &id)?.1))
 }
 
-/// Filters, paging and sorting of `GET /api/v1/agents`.
-struct ListQuery {
-    status: Option<String>,
-    provider: Option<String>,
-    search: Option<String>,
-    limit: i64,
-    offset: i64,
-    order_by: &'static str,
-    descending: bool,
-}
-
-impl ListQuery {
-    fn parse(request: &ApiRequest) -> Result<Self, ApiError> {
-        let mut problems = Vec::new();
-        let number = |name: &str,
-                      default: i64,
-                      range: std::ops::RangeInclusive<i64>,
-                      problems: &mut Vec<ErrorDetail>| {
-            match request.query_param(name) {
-                None => default,
-                Some(text) => text
-                    .parse()
-                    .ok()
-                    .filter(|n| range.contains(n))
-                    .unwrap_or_else(|| {
-                        problems.push(ErrorDetail::new(
-                            format!("query.{name}"),
-                            format!(
-                                "must be an integer from {} to {}",
-                                range.start(),
-                                range.end()
-                            ),
-                        ));
-                        default
-                    }),
-            }
-        };
-        let limit = number("limit", 20, 1..=100, &mut problems);
-        let offset = number("offset", 0, 0..=1_000_000, &mut problems);
-        let order_by = match request.query_param("sort_by").unwrap_or("created_at") {
-            "created_at" => "created_at",
-            "updated_at" => "updated_at",
-            "name" => "name",
-            "execution_count" => "execution_count",
-            _ => {
-                problems.push(ErrorDetail::new(
-                    "query.sort_by",
-                    "must be created_at, updated_at, name or execution_count",
-                ));
-                "created_at"
-            }
-        };
-        let descending = match request.query_param("sort_order").unwrap_or("desc") {
-            "desc" => true,
-            "asc" => false,
-            _ => {
-                problems.push(ErrorDetail::new("query.sort_order", "must be asc or desc"));
-                true
-            }
-        };
-        let text = |name: &str| request.query_text(name).filter(|v| !v.is_empty());
-        if !problems.is_empty() {
-            return Err(ApiError::BadRequest {
-                message: "invalid query parameters".into(),
-                details: problems,
-            });
-        }
-        Ok(Self {
-            status: text("status"),
-            provider: text("provider"),
-            search: text("search"),
-            limit,
-            offset,
-            order_by,
-            descending,
-        })
-    }
-}
-
-impl ListQuery {
-    /// One page of `SELECT columns FROM from_where ORDER BY order` with the
-    /// total count, in the API's list shape. `params` bind `?2…` (`?1` is the
-    /// organisation); the page bounds follow them.
-    fn page(
-        &self,
-        org: &OrgScoped,
-        columns: &str,
-        from_where: &str,
-        params: &[Value],
-        order: &str,
-        row_json: impl Fn(&[Value]) -> Json,
-    ) -> Result<ApiResponse, ApiError> {
-        let total = org
-            .execute(&format!("SELECT COUNT(*) FROM {from_where}"), params)?
-            .scalar_i64()
-            .unwrap_or(0);
-        let next = params.len() + 2;
-        let mut page_params = params.to_vec();
-        page_params.extend([Value::Integer(self.limit), Value::Integer(self.offset)]);
-        let rows = org.execute(
-            &format!(
-                "SELECT {columns} FROM {from_where} ORDER BY {order} LIMIT ?{next} OFFSET ?{}",
-                next + 1
-            ),
-            &page_params,
-        )?;
-        let data: Vec<Json> = rows.rows.iter().map(|row| row_json(row)).collect();
-        Ok(ApiResponse::json(
-            200,
-            &json!({"data": data, "total": total, "limit": self.limit, "offset": self.offset}),
-        ))
-    }
-}
-
 /// `GET /api/v1/agents` (viewer): filters `status`, `provider`, `search`
 /// (name and description); `limit`/`offset`; `sort_by`, `sort_order`.
 fn list_agents(
@@ -202,31 +89,26 @@ fn list_agents(
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Viewer)?;
-    let query = ListQuery::parse(request)?;
-    let pattern = query.search.as_ref().map(|s| {
-        let escaped = s
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        format!("%{escaped}%")
-    });
+    let page = Page::parse(
+        request,
+        &["created_at", "updated_at", "name", "execution_count"],
+    )?;
+    let pattern = like_pattern(request.query_text("search"));
     // Each filter is `?n IS NULL OR …`, so one statement serves every combination.
     let filters = "org_id = ?1 AND deleted_at IS NULL AND (?2 IS NULL OR status = ?2) \
          AND (?3 IS NULL OR provider = ?3) \
          AND (?4 IS NULL OR name LIKE ?4 ESCAPE '\\' OR description LIKE ?4 ESCAPE '\\')";
     let params = [
-        Value::from(query.status.clone()),
-        Value::from(query.provider.clone()),
+        Value::from(request.query_text("status")),
+        Value::from(request.query_text("provider")),
         Value::from(pattern),
     ];
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
-    let direction = if query.descending { "DESC" } else { "ASC" };
-    query.page(
+    page.respond(
         &org,
         AGENT_COLUMNS,
         &format!("agents WHERE {filters}"),
         &params,
-        &format!("{} {direction}, id {direction}", query.order_by),
         agent_row_json,
     )
 }
@@ -418,18 +300,17 @@ fn list_executions(
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Viewer)?;
-    let query = ListQuery::parse(request)?;
+    let page = Page::parse(request, &["created_at"])?;
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     let id = params.get("id").unwrap_or_default();
     load(&org, id)?;
     let filters = "org_id = ?1 AND agent_id = ?2 AND (?3 IS NULL OR status = ?3)";
-    let params = [Value::from(id), Value::from(query.status.clone())];
-    query.page(
+    let params = [Value::from(id), Value::from(request.query_text("status"))];
+    page.respond(
         &org,
         EXECUTION_COLUMNS,
         &format!("agent_executions WHERE {filters}"),
         &params,
-        "created_at DESC, id DESC",
         |row| execution_row_json(row, false),
     )
 }

@@ -1,0 +1,541 @@
+//! Workflow definitions over HTTP: CRUD, versions, validation, bulk delete,
+//! templates, export/import, tenancy and limits.
+
+use serde_json::{Value, json};
+use spindle_suite::{Org, Reply, Target, shared};
+
+fn create_agent(target: &Target, org: &Org) -> String {
+    let reply = target.call(
+        "POST",
+        "/api/v1/agents",
+        Some(&org.owner_key),
+        Some(&json!({"name": "Writer", "model_config": {"provider": "openai", "model": "gpt-4o-mini"}})),
+    );
+    assert_eq!(reply.status, 201);
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+/// A small valid graph: trigger → agent → condition → (transform | output) → output.
+fn graph(agent: &str) -> Value {
+    json!({
+        "name": "Lead flow",
+        "description": "scores leads",
+        "variables": {"threshold": 70},
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "score", "type": "agent", "config": {"agent_id": agent, "prompt": "Score {{ trigger.lead }}"}},
+            {"id": "check", "type": "condition", "config": {"expression": "steps.score.output.score >= variables.threshold"}},
+            {"id": "hot", "type": "transform", "config": {"template": {"tier": "hot"}}},
+            {"id": "cold", "type": "transform", "config": {"template": {"tier": "cold"}}},
+            {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "score"},
+            {"source": "score", "target": "check"},
+            {"source": "check", "target": "hot", "source_handle": "true"},
+            {"source": "check", "target": "cold", "source_handle": "false"},
+            {"source": "hot", "target": "done"},
+            {"source": "cold", "target": "done"}
+        ]
+    })
+}
+
+fn create(target: &Target, org: &Org, body: &Value) -> Reply {
+    target.call(
+        "POST",
+        "/api/v1/workflows",
+        Some(&org.owner_key),
+        Some(body),
+    )
+}
+
+fn count(target: &Target, org: &Org) -> u64 {
+    target
+        .call("GET", "/api/v1/workflows", Some(&org.owner_key), None)
+        .json()["total"]
+        .as_u64()
+        .unwrap()
+}
+
+fn paths(reply: &Reply) -> Vec<String> {
+    reply.json()["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn full_crud_cycle_with_versions() {
+    let target = shared();
+    let org = target.create_org("wf-crud");
+    let agent = create_agent(target, &org);
+    let reply = create(target, &org, &graph(&agent));
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let created = reply.json();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(created["version"], 1);
+    assert!(
+        created["webhook_secret"]
+            .as_str()
+            .unwrap()
+            .starts_with("whsec_")
+    );
+    let path = format!("/api/v1/workflows/{id}");
+    let fetched = target.call("GET", &path, Some(&org.owner_key), None).json();
+    assert_eq!(fetched["name"], "Lead flow");
+    assert_eq!(fetched["nodes"].as_array().unwrap().len(), 6);
+    assert!(
+        fetched.get("webhook_secret").is_none(),
+        "the secret is shown once"
+    );
+
+    let mut changed = graph(&agent);
+    changed["variables"]["threshold"] = json!(80);
+    let replaced = target.call("PUT", &path, Some(&org.owner_key), Some(&changed));
+    assert_eq!(
+        replaced.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&replaced.body)
+    );
+    assert_eq!(replaced.json()["version"], 2);
+    assert_eq!(replaced.json()["variables"]["threshold"], 80);
+    let v1 = target
+        .call(
+            "GET",
+            &format!("{path}/versions/1"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    assert_eq!(
+        v1["variables"]["threshold"], 70,
+        "old versions stay readable"
+    );
+    let versions = target
+        .call(
+            "GET",
+            &format!("{path}/versions"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    assert_eq!(versions["current_version"], 2);
+    assert_eq!(versions["data"].as_array().unwrap().len(), 2);
+    target
+        .call(
+            "GET",
+            &format!("{path}/versions/3"),
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(404, "not_found");
+
+    let patched = target.call(
+        "PATCH",
+        &path,
+        Some(&org.owner_key),
+        Some(&json!({"is_active": false})),
+    );
+    assert_eq!(patched.json()["is_active"], false);
+    assert_eq!(
+        patched.json()["version"],
+        2,
+        "settings do not make a version"
+    );
+
+    assert_eq!(
+        target
+            .call("DELETE", &path, Some(&org.owner_key), None)
+            .status,
+        204
+    );
+    target
+        .call("GET", &path, Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
+    assert_eq!(count(target, &org), 0);
+}
+
+#[test]
+fn the_sequential_form_becomes_a_graph() {
+    let target = shared();
+    let org = target.create_org("wf-tasks");
+    let agent = create_agent(target, &org);
+    let reply = create(
+        target,
+        &org,
+        &json!({"name": "Pipeline", "tasks": [{"agent": agent, "input": "Draft about {{ trigger.topic }}"}, {"agent": agent}]}),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    let types: Vec<&str> = body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["trigger", "agent", "agent", "output"]);
+}
+
+#[test]
+fn export_then_import_makes_an_identical_copy() {
+    let target = shared();
+    let org = target.create_org("wf-export");
+    let agent = create_agent(target, &org);
+    let id = create(target, &org, &graph(&agent)).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exported = target
+        .call(
+            "GET",
+            &format!("/api/v1/workflows/{id}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    let imported = create(target, &org, &exported);
+    assert_eq!(
+        imported.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&imported.body)
+    );
+    let copy = imported.json();
+    assert_ne!(copy["id"], exported["id"]);
+    for key in [
+        "name",
+        "description",
+        "is_active",
+        "nodes",
+        "edges",
+        "variables",
+    ] {
+        assert_eq!(copy[key], exported[key], "{key}");
+    }
+}
+
+#[test]
+fn invalid_definitions_report_every_problem_with_its_path_and_store_nothing() {
+    let target = shared();
+    let org = target.create_org("wf-invalid");
+    let mut body = graph("00000000-0000-7000-8000-00000000dead");
+    body["nodes"][3]["type"] = json!("teleport");
+    body["edges"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"source": "done", "target": "nowhere"}));
+    let reply = create(target, &org, &body);
+    reply.assert_error(422, "validation_failed");
+    let found = paths(&reply);
+    assert!(
+        found.iter().any(|p| p == "nodes[1].config.agent_id"),
+        "unknown agent: {found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.starts_with("nodes[3]")),
+        "unknown type: {found:?}"
+    );
+    assert!(
+        found.iter().any(|p| p.starts_with("edges[6]")),
+        "dangling edge: {found:?}"
+    );
+    assert_eq!(count(target, &org), 0);
+
+    let mut cyclic = graph(&create_agent(target, &org));
+    cyclic["edges"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"source": "done", "target": "score"}));
+    create(target, &org, &cyclic).assert_error(422, "validation_failed");
+
+    for bad in [
+        json!({"nodes": []}),
+        json!({"name": "x", "nodes": "many"}),
+        json!({"name": "x", "surprise": 1}),
+    ] {
+        let reply = create(target, &org, &bad);
+        assert!(matches!(reply.status, 400 | 422), "{bad}: {}", reply.status);
+    }
+    assert_eq!(count(target, &org), 0);
+}
+
+#[test]
+fn validate_checks_without_storing() {
+    let target = shared();
+    let org = target.create_org("wf-validate");
+    let agent = create_agent(target, &org);
+    let ok = target
+        .call(
+            "POST",
+            "/api/v1/workflows/validate",
+            Some(&org.owner_key),
+            Some(&graph(&agent)),
+        )
+        .json();
+    assert_eq!(ok, json!({"valid": true, "problems": []}));
+    let mut broken = graph(&agent);
+    broken["edges"].as_array_mut().unwrap().remove(3);
+    let bad = target
+        .call(
+            "POST",
+            "/api/v1/workflows/validate",
+            Some(&org.owner_key),
+            Some(&broken),
+        )
+        .json();
+    assert_eq!(bad["valid"], false);
+    assert!(!bad["problems"].as_array().unwrap().is_empty());
+    assert_eq!(count(target, &org), 0);
+}
+
+#[test]
+fn a_definition_over_one_mebibyte_is_413() {
+    let target = shared();
+    let org = target.create_org("wf-size");
+    let agent = create_agent(target, &org);
+    let mut body = graph(&agent);
+    body["variables"]["padding"] = json!("x".repeat(1024 * 1024 + 1));
+    create(target, &org, &body).assert_error(413, "payload_too_large");
+    assert_eq!(count(target, &org), 0);
+}
+
+#[test]
+fn bulk_delete_is_all_or_nothing_within_the_organisation() {
+    let target = shared();
+    let ours = target.create_org("wf-bulk-ours");
+    let theirs = target.create_org("wf-bulk-theirs");
+    let agent = create_agent(target, &ours);
+    let mine: Vec<String> = (0..2)
+        .map(|_| {
+            create(target, &ours, &graph(&agent)).json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let their_agent = create_agent(target, &theirs);
+    let foreign = create(target, &theirs, &graph(&their_agent)).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = target.call(
+        "POST",
+        "/api/v1/workflows/bulk-delete",
+        Some(&ours.owner_key),
+        Some(&json!({"ids": [mine[0], foreign, mine[1]]})),
+    );
+    reply.assert_error(404, "not_found");
+    assert_eq!(count(target, &ours), 2, "nothing was deleted");
+    assert_eq!(count(target, &theirs), 1);
+    let reply = target.call(
+        "POST",
+        "/api/v1/workflows/bulk-delete",
+        Some(&ours.owner_key),
+        Some(&json!({"ids": mine})),
+    );
+    assert_eq!(reply.json(), json!({"deleted": 2}));
+    assert_eq!(count(target, &ours), 0);
+    for bad in [json!({"ids": []}), json!({"ids": "x"}), json!({})] {
+        let reply = target.call(
+            "POST",
+            "/api/v1/workflows/bulk-delete",
+            Some(&ours.owner_key),
+            Some(&bad),
+        );
+        assert!(matches!(reply.status, 400 | 422), "{bad}");
+    }
+}
+
+#[test]
+fn another_organisations_workflow_answers_404_everywhere() {
+    let target = shared();
+    let ours = target.create_org("wf-tenancy-ours");
+    let theirs = target.create_org("wf-tenancy-theirs");
+    let agent = create_agent(target, &theirs);
+    let id = create(target, &theirs, &graph(&agent)).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cases = [
+        ("GET", format!("/api/v1/workflows/{id}"), None),
+        (
+            "PUT",
+            format!("/api/v1/workflows/{id}"),
+            Some(graph(&agent)),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/workflows/{id}"),
+            Some(json!({"name": "mine"})),
+        ),
+        ("DELETE", format!("/api/v1/workflows/{id}"), None),
+        ("GET", format!("/api/v1/workflows/{id}/versions"), None),
+        ("GET", format!("/api/v1/workflows/{id}/versions/1"), None),
+        (
+            "POST",
+            format!("/api/v1/workflows/{id}/webhook-secret"),
+            None,
+        ),
+    ];
+    for (method, path, body) in cases {
+        target
+            .call(method, &path, Some(&ours.owner_key), body.as_ref())
+            .assert_error(404, "not_found");
+    }
+    // Their agent is unknown to us as well.
+    let reply = create(target, &ours, &graph(&agent));
+    reply.assert_error(422, "validation_failed");
+    assert_eq!(
+        target
+            .call(
+                "GET",
+                &format!("/api/v1/workflows/{id}"),
+                Some(&theirs.owner_key),
+                None
+            )
+            .json()["version"],
+        1
+    );
+}
+
+#[test]
+fn webhook_secret_rotation_shows_the_new_secret_once() {
+    let target = shared();
+    let org = target.create_org("wf-secret");
+    let agent = create_agent(target, &org);
+    let created = create(target, &org, &graph(&agent)).json();
+    let id = created["id"].as_str().unwrap();
+    let (_, member) = target.create_key(&org.owner_key, "member");
+    let path = format!("/api/v1/workflows/{id}/webhook-secret");
+    target
+        .call("POST", &path, Some(&member), None)
+        .assert_error(403, "forbidden");
+    let rotated = target
+        .call("POST", &path, Some(&org.owner_key), None)
+        .json();
+    let secret = rotated["webhook_secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"));
+    assert_ne!(secret, created["webhook_secret"].as_str().unwrap());
+    let raw = target.call(
+        "GET",
+        &format!("/api/v1/workflows/{id}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert!(!String::from_utf8_lossy(&raw.body).contains(secret));
+}
+
+#[test]
+fn lists_search_filter_and_page() {
+    let target = shared();
+    let org = target.create_org("wf-list");
+    let agent = create_agent(target, &org);
+    for name in ["Alpha", "Beta", "Gamma"] {
+        let mut body = graph(&agent);
+        body["name"] = json!(name);
+        body["is_active"] = json!(name != "Beta");
+        create(target, &org, &body);
+    }
+    let names = |query: &str| -> (u64, Vec<String>) {
+        let body = target
+            .call(
+                "GET",
+                &format!("/api/v1/workflows{query}"),
+                Some(&org.owner_key),
+                None,
+            )
+            .json();
+        let names = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect();
+        (body["total"].as_u64().unwrap(), names)
+    };
+    assert_eq!(
+        names("?sort_by=name&sort_order=asc&limit=2"),
+        (3, vec!["Alpha".into(), "Beta".into()])
+    );
+    assert_eq!(names("?is_active=false"), (1, vec!["Beta".into()]));
+    assert_eq!(names("?search=amm"), (1, vec!["Gamma".into()]));
+    target
+        .call(
+            "GET",
+            "/api/v1/workflows?is_active=maybe",
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(400, "bad_request");
+}
+
+#[test]
+fn templates_are_listed_and_usable() {
+    let target = shared();
+    let org = target.create_org("wf-templates");
+    let list = target
+        .call("GET", "/api/v1/templates", Some(&org.owner_key), None)
+        .json();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "content-pipeline",
+        "lead-scoring",
+        "it-incident-triage",
+        "contract-review",
+    ] {
+        assert!(ids.contains(&expected), "{expected} in {ids:?}");
+    }
+    for template in list["data"].as_array().unwrap() {
+        let id = template["id"].as_str().unwrap();
+        let roles: Vec<String> = template["agents"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        let agent = create_agent(target, &org);
+        let mapping: serde_json::Map<String, Value> =
+            roles.iter().map(|r| (r.clone(), json!(agent))).collect();
+        let reply = target.call(
+            "POST",
+            &format!("/api/v1/templates/{id}/use"),
+            Some(&org.owner_key),
+            Some(&json!({"agents": mapping})),
+        );
+        assert_eq!(
+            reply.status,
+            201,
+            "{id}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        assert_eq!(reply.json()["name"], template["name"]);
+    }
+    let unmapped = target.call(
+        "POST",
+        "/api/v1/templates/lead-scoring/use",
+        Some(&org.owner_key),
+        Some(&json!({})),
+    );
+    unmapped.assert_error(422, "validation_failed");
+    target
+        .call("GET", "/api/v1/templates/nope", Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
+}
