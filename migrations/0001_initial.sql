@@ -143,6 +143,8 @@ CREATE TABLE executions (
     inputs TEXT NOT NULL DEFAULT '{}',
     output TEXT,
     error TEXT,
+    -- The node whose failure failed the run.
+    failed_node TEXT,
     api_key_id TEXT,
     tokens_in INTEGER NOT NULL DEFAULT 0,
     tokens_out INTEGER NOT NULL DEFAULT 0,
@@ -170,6 +172,8 @@ CREATE TABLE steps (
     attempts INTEGER NOT NULL DEFAULT 0,
     input TEXT,
     output TEXT,
+    -- The handle the node chose (`true`/`false`, a switch case, `error`).
+    outcome TEXT,
     error TEXT,
     run_after INTEGER,
     lease_expires_at INTEGER,

@@ -8,5 +8,5 @@ use spin_sdk::http::{IncomingRequest, ResponseOutparam};
 
 #[spin_sdk::http_component]
 async fn handle(request: IncomingRequest, out: ResponseOutparam) {
-    spindle_spin::serve("execute", &spindle_api::execute_router(), request, out).await
+    spindle_spin::serve("execute", &spindle_api::engine::router(), request, out).await
 }

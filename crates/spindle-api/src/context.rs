@@ -2,7 +2,7 @@
 
 use spindle_http::{ApiError, OutboundError, OutboundRequest, OutboundResponse};
 use spindle_store::{Db, DbError, KvError, KvStore, migrate, now_ms};
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 /// The host's storage, as a component provides it (Spin's SQLite and
 /// key-value store in production, rusqlite and memory in native tests).
@@ -27,7 +27,11 @@ pub struct RequestContext {
     backends: Box<dyn Backends>,
     db: OnceCell<Box<dyn Db>>,
     kv: OnceCell<Box<dyn KvStore>>,
+    deferred: RefCell<Vec<Deferred>>,
 }
+
+/// Work a handler leaves for after its response has been sent.
+type Deferred = Box<dyn FnOnce(&RequestContext)>;
 
 impl RequestContext {
     /// A context over `backends`.
@@ -36,6 +40,7 @@ impl RequestContext {
             backends,
             db: OnceCell::new(),
             kv: OnceCell::new(),
+            deferred: RefCell::new(Vec::new()),
         }
     }
 
@@ -47,6 +52,27 @@ impl RequestContext {
         let db = self.backends.open_db()?;
         migrate(db.as_ref())?;
         Ok(self.db.get_or_init(|| db).as_ref())
+    }
+
+    /// Runs `work` after the response has been sent: Spin keeps the
+    /// component running until its handler returns, but a host that stops
+    /// drops that work at once, so it must be safe to lose and redo.
+    pub fn defer(&self, work: impl FnOnce(&RequestContext) + 'static) {
+        self.deferred.borrow_mut().push(Box::new(work));
+    }
+
+    /// Runs the deferred work, including any it defers in turn; the host
+    /// adapter calls this once the response is out.
+    pub fn run_deferred(&self) {
+        loop {
+            let batch: Vec<Deferred> = self.deferred.borrow_mut().drain(..).collect();
+            if batch.is_empty() {
+                return;
+            }
+            for work in batch {
+                work(self);
+            }
+        }
     }
 
     /// A setting: the Spin variable `name`, `None` when unset or empty.

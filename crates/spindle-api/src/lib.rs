@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod agents;
 pub mod auth;
 mod context;
+pub mod engine;
 mod listing;
 pub mod workflows;
 
@@ -14,11 +15,6 @@ pub use context::{Backends, RequestContext};
 
 use spindle_http::Router;
 pub use spindle_store::now_ms;
-
-/// Execution, webhooks and internal dispatch; its routes arrive with the engine issue.
-pub fn execute_router() -> Router<RequestContext> {
-    Router::new()
-}
 
 /// `/api/v1/usage/...` and `/metrics`; its routes arrive with the usage issue.
 pub fn usage_router() -> Router<RequestContext> {

@@ -135,13 +135,16 @@ pub async fn serve(
     request: IncomingRequest,
     out: ResponseOutparam,
 ) {
+    let ctx = RequestContext::new(Box::new(SpinBackends));
     let mut response = match read_request(request).await {
-        Ok(request) => router.handle(&RequestContext::new(Box::new(SpinBackends)), &request),
+        Ok(request) => router.handle(&ctx, &request),
         Err(error) => error.into_response(),
     };
     // Says which component answered: routing is Spin's, and this makes it visible.
     response.set_header("spindle-component", component);
     write_response(out, response).await;
+    // The client has its answer; Spin runs the component on until this returns.
+    ctx.run_deferred();
 }
 
 async fn read_request(request: IncomingRequest) -> Result<ApiRequest, ApiError> {

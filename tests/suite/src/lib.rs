@@ -7,12 +7,12 @@
 
 use fake_llm::FakeLlm;
 use serde_json::{Value, json};
-use spin_test_host::{HostOptions, RunningHost};
+use spin_test_host::{FaultPlan, HostOptions, RunningHost};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 use ureq::Agent;
 
@@ -24,6 +24,14 @@ pub const JWT_SECRET: &str = "suite-jwt-secret-of-at-least-32-bytes";
 pub const JWT_ISSUER: &str = "spindle-suite";
 /// The audience the suite's app requires (`jwt_audience`).
 pub const JWT_AUDIENCE: &str = "spindle-api";
+
+/// The key that signs the app's internal dispatch (`internal_key`).
+pub const INTERNAL_KEY: &str = "suite-internal-key-not-for-production";
+/// The key an external scheduler calls `/internal/tick` with (`tick_key`).
+pub const TICK_KEY: &str = "suite-tick-key-not-for-production";
+/// How long a claimed step may run before the tick may hand it to another
+/// invocation (`step_lease_ms`): short, so recovery tests are quick.
+pub const STEP_LEASE_MS: u64 = 2_000;
 
 /// A fixture file's text (`tests/suite/fixtures/NAME`).
 pub fn fixture(name: &str) -> String {
@@ -64,6 +72,9 @@ pub fn suite_variables() -> HashMap<String, String> {
             format!("{fake}/compat/v1"),
         ),
         ("provider_timeout_ms".to_string(), "5000".to_string()),
+        ("internal_key".to_string(), INTERNAL_KEY.to_string()),
+        ("tick_key".to_string(), TICK_KEY.to_string()),
+        ("step_lease_ms".to_string(), STEP_LEASE_MS.to_string()),
     ]);
     for provider in ["openai", "anthropic", "gemini", "groq"] {
         variables.insert(format!("{provider}_api_key"), provider_key(provider));
@@ -109,7 +120,29 @@ pub fn configured(variables: HashMap<String, String>) -> Option<Target> {
     (!is_external()).then(|| fresh_with(variables))
 }
 
+/// A new test host on empty state with `variables` and a fault plan (which
+/// invocations to abort); `None` with `SPINDLE_URL`.
+pub fn configured_with_faults(
+    variables: HashMap<String, String>,
+    faults: Arc<dyn FaultPlan>,
+) -> Option<Target> {
+    (!is_external()).then(|| start_host(variables, Some(faults)))
+}
+
+/// Takes the fake provider for one test: tests that script it run one at a
+/// time, each from an empty script and record.
+pub fn fake_turn() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    let guard = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    fake_llm().clear();
+    guard
+}
+
 fn fresh_with(variables: HashMap<String, String>) -> Target {
+    start_host(variables, None)
+}
+
+fn start_host(variables: HashMap<String, String>, faults: Option<Arc<dyn FaultPlan>>) -> Target {
     let agent: Agent = Agent::config_builder()
         .http_status_as_error(false)
         .allow_non_standard_methods(true)
@@ -130,6 +163,7 @@ fn fresh_with(variables: HashMap<String, String>) -> Target {
         .expect("tokio runtime");
     let mut options = HostOptions::new(manifest_path(), state.path().to_path_buf());
     options.variables = variables;
+    options.faults = faults;
     let host = runtime
         .block_on(spin_test_host::serve(options))
         .expect("the test host starts on the built components (build them first: cargo build --target wasm32-wasip2 --release)");

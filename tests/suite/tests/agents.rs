@@ -5,16 +5,9 @@ use fake_llm::{ReceivedRequest, Reply};
 use serde_json::{Value, json};
 use spindle_providers::pricing::{cost_of, price_for};
 use spindle_providers::{Provider, Usage};
-use spindle_suite::{Org, Target, configured, fake_llm, provider_key, shared, suite_variables};
-use std::sync::{Mutex, MutexGuard};
-
-/// One test at a time drives the fake; each starts from an empty script.
-fn turn() -> MutexGuard<'static, ()> {
-    static TURN: Mutex<()> = Mutex::new(());
-    let guard = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    fake_llm().clear();
-    guard
-}
+use spindle_suite::{
+    Org, Target, configured, fake_llm, fake_turn, provider_key, shared, suite_variables,
+};
 
 fn create_agent(target: &Target, org: &Org, definition: Value) -> String {
     let reply = target.call(
@@ -79,7 +72,7 @@ fn billed(provider: Provider, model: &str, input: u64, output: u64) -> i64 {
 
 #[test]
 fn openai_run_sends_the_exact_request_and_bills_the_usage() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("openai");
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
@@ -123,7 +116,7 @@ fn openai_run_sends_the_exact_request_and_bills_the_usage() {
 
 #[test]
 fn anthropic_run_uses_the_messages_api() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("anthropic");
     let agent = create_agent(target, &org, scout("anthropic", "claude-sonnet-4"));
@@ -158,7 +151,7 @@ fn anthropic_run_uses_the_messages_api() {
 
 #[test]
 fn gemini_run_uses_generate_content() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("gemini");
     let agent = create_agent(target, &org, scout("gemini", "gemini-2.0-flash"));
@@ -184,7 +177,7 @@ fn gemini_run_uses_generate_content() {
 
 #[test]
 fn groq_and_self_hosted_models_speak_the_openai_format() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("compatible");
     let groq = create_agent(target, &org, scout("groq", "llama-3.3-70b-versatile"));
@@ -214,7 +207,7 @@ fn groq_and_self_hosted_models_speak_the_openai_format() {
 
 #[test]
 fn tool_calls_round_trip_and_every_round_counts() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("tools");
     let mut definition = scout("openai", "gpt-4o-mini");
@@ -248,7 +241,7 @@ fn tool_calls_round_trip_and_every_round_counts() {
 
 #[test]
 fn a_tool_the_agent_lacks_is_answered_with_an_error_not_run() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("no-tools");
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
@@ -268,7 +261,7 @@ fn a_tool_the_agent_lacks_is_answered_with_an_error_not_run() {
 
 #[test]
 fn http_get_reaches_allowed_hosts_only() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("http-get");
     let mut definition = scout("openai", "gpt-4o-mini");
@@ -298,7 +291,7 @@ fn http_get_reaches_allowed_hosts_only() {
 
 #[test]
 fn memory_carries_turns_across_calls_and_is_trimmed() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("memory");
     let mut definition = scout("openai", "gpt-4o-mini");
@@ -365,7 +358,7 @@ fn memory_carries_turns_across_calls_and_is_trimmed() {
 
 #[test]
 fn memory_is_trimmed_to_the_context_window() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("window");
     let mut definition = scout("openai", "gpt-4o-mini");
@@ -400,7 +393,7 @@ fn memory_is_trimmed_to_the_context_window() {
 
 #[test]
 fn rate_limited_then_successful_call_is_billed_once() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("retry");
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
@@ -424,7 +417,7 @@ fn rate_limited_then_successful_call_is_billed_once() {
 
 #[test]
 fn server_errors_exhaust_the_retries_and_fail_the_execution() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("outage");
     let agent = create_agent(target, &org, scout("anthropic", "claude-sonnet-4"));
@@ -444,7 +437,7 @@ fn server_errors_exhaust_the_retries_and_fail_the_execution() {
 
 #[test]
 fn client_errors_fail_at_once_with_the_providers_message() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("rejected");
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
@@ -464,7 +457,7 @@ fn client_errors_fail_at_once_with_the_providers_message() {
 
 #[test]
 fn malformed_provider_body_fails_with_a_clear_message() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("malformed");
     let agent = create_agent(target, &org, scout("gemini", "gemini-2.0-flash"));
@@ -483,7 +476,7 @@ fn malformed_provider_body_fails_with_a_clear_message() {
 
 #[test]
 fn missing_api_key_fails_clearly() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let mut variables = suite_variables();
     variables.remove("openai_api_key");
     let Some(target) = configured(variables) else {
@@ -505,7 +498,7 @@ fn missing_api_key_fails_clearly() {
 
 #[test]
 fn metrics_follow_successes_and_failures() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("metrics");
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
@@ -790,7 +783,7 @@ fn viewers_read_but_cannot_define_or_run_agents() {
 
 #[test]
 fn invalid_execution_requests_are_refused_before_any_call() {
-    let _turn = turn();
+    let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("bad-runs");
     let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));

@@ -87,7 +87,7 @@ fn unknown_routes_answer_json_404() {
         "/api/v2/workflows",
         "/api/v1/workflows/abc/no/such/route",
         "/api/v1/agents/abc/no/such/route",
-        "/api/v1/executions/unknown-id",
+        "/api/v1/executions/abc/no/such/route",
         "/api/v1/usage/nothing-here",
     ] {
         shared().get(path).assert_error(404, "not_found");

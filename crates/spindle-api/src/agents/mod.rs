@@ -4,7 +4,7 @@ mod definition;
 mod run;
 
 pub use definition::{AgentSpec, merge_patch};
-pub use run::{MAX_TOOL_ROUNDS, RunInput, StoredAgent, run_agent};
+pub use run::{MAX_TOOL_ROUNDS, RunInput, StepLink, StoredAgent, run_agent};
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
@@ -284,6 +284,7 @@ fn execute_agent(
         context: body.context.map(Json::Object),
         max_tokens: body.max_tokens,
         conversation_id: body.conversation_id,
+        step: None,
     };
     Ok(ApiResponse::json(
         200,
@@ -319,7 +320,7 @@ const AGENT_COLUMNS: &str = "id, config, execution_count, success_count, total_t
      total_latency_ms, last_executed_at, created_at, updated_at";
 
 /// A live (not deleted) agent of the organisation: its definition and JSON.
-fn load(org: &OrgScoped, id: &str) -> Result<(AgentSpec, Json), ApiError> {
+pub(crate) fn load(org: &OrgScoped, id: &str) -> Result<(AgentSpec, Json), ApiError> {
     let row = fetch_one(
         org,
         &format!(

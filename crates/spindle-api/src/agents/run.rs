@@ -39,6 +39,19 @@ pub struct RunInput {
     pub max_tokens: Option<u32>,
     /// Remembers and recalls turns under this id when memory is enabled.
     pub conversation_id: Option<String>,
+    /// The workflow step this run is, if it is one.
+    pub step: Option<StepLink>,
+}
+
+/// The workflow step an agent run belongs to; its usage records carry it.
+#[derive(Debug, Clone)]
+pub struct StepLink {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The workflow execution.
+    pub execution_id: String,
+    /// The step.
+    pub step_id: String,
 }
 
 /// A stored agent: its id and definition.
@@ -91,12 +104,14 @@ pub fn run_agent(
     let org = OrgScoped::new(db, &caller.org_id);
     let context_text = input.context.as_ref().map(Json::to_string);
     db.execute(
-        "INSERT INTO agent_executions (id, org_id, agent_id, conversation_id, status, task, context, created_by, created_at) \
-         VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+        "INSERT INTO agent_executions (id, org_id, agent_id, execution_id, step_id, conversation_id, status, task, \
+         context, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
         &[
             Value::from(execution_id.as_str()),
             Value::from(caller.org_id.as_str()),
             Value::from(agent.id.as_str()),
+            Value::from(input.step.as_ref().map(|s| s.execution_id.clone())),
+            Value::from(input.step.as_ref().map(|s| s.step_id.clone())),
             Value::from(input.conversation_id.clone()),
             Value::from(input.task.as_str()),
             Value::from(context_text),
@@ -231,6 +246,7 @@ fn converse(
             execution_id,
             tally,
             &mut retry_wait,
+            input.step.as_ref(),
         )?;
         if response.tool_calls.is_empty() {
             return Ok(response.text);
@@ -322,6 +338,7 @@ fn call_with_retries(
     execution_id: &str,
     tally: &mut Tally,
     retry_wait: &mut u64,
+    step: Option<&StepLink>,
 ) -> Result<ChatResponse, RunFailure> {
     let mut attempt = 0;
     loop {
@@ -333,6 +350,7 @@ fn call_with_retries(
             caller,
             agent_id: &agent.id,
             execution_id,
+            step,
             endpoint,
             model: &request.model,
             latency,
@@ -407,6 +425,7 @@ struct UsageRecord<'a> {
     caller: &'a Caller,
     agent_id: &'a str,
     execution_id: &'a str,
+    step: Option<&'a StepLink>,
     endpoint: &'a Endpoint,
     model: &'a str,
     latency: i64,
@@ -444,15 +463,18 @@ impl UsageRecord<'_> {
     ) -> Result<(), ApiError> {
         let db = ctx.db()?;
         db.execute(
-            "INSERT INTO usage_records (id, org_id, agent_id, agent_execution_id, api_key_id, provider, model, \
-             status, error_code, input_tokens, output_tokens, total_tokens, base_cost_micros, billed_cost_micros, \
-             markup_percent, pricing_missing, latency_ms, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO usage_records (id, org_id, agent_id, agent_execution_id, workflow_id, execution_id, step_id, \
+             api_key_id, provider, model, status, error_code, input_tokens, output_tokens, total_tokens, \
+             base_cost_micros, billed_cost_micros, markup_percent, pricing_missing, latency_ms, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
                 Value::Text(ctx.new_id()),
                 Value::from(self.caller.org_id.as_str()),
                 Value::from(self.agent_id),
                 Value::from(self.execution_id),
+                Value::from(self.step.map(|s| s.workflow_id.clone())),
+                Value::from(self.step.map(|s| s.execution_id.clone())),
+                Value::from(self.step.map(|s| s.step_id.clone())),
                 Value::from(self.caller.api_key_id.clone()),
                 Value::from(self.endpoint.provider.as_str()),
                 Value::from(self.model),

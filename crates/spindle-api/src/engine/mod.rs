@@ -1,0 +1,320 @@
+//! The execute area: starting workflow runs, reading them, and the internal
+//! endpoints that run steps (`/internal/steps/:id`) and time-based work
+//! (`/internal/tick`).
+
+mod dispatch;
+mod runner;
+mod status;
+
+pub use status::{RunStatus, StepStatus};
+
+use crate::auth::{authenticate, record_activity};
+use crate::context::RequestContext;
+use crate::listing::Page;
+use crate::{fetch_one, json_column, now_ms, timestamp};
+use dispatch::{dispatch_step, internal_key, verify};
+use serde_json::{Map, Value as Json, json};
+use spindle_auth::{Role, constant_time_eq};
+use spindle_definition::{Definition, InputType, NodeConfig};
+use spindle_http::{ApiError, ApiRequest, ApiResponse, ErrorDetail, Method, Params, Router};
+use spindle_store::{OrgScoped, Value};
+
+/// Most steps one tick re-dispatches.
+const TICK_BATCH: i64 = 100;
+/// A queued step older than this was never dispatched (its dispatcher died).
+const UNDISPATCHED_AFTER_MS: i64 = 2_000;
+
+/// The execute component's routes.
+pub fn router() -> Router<RequestContext> {
+    Router::new()
+        .route(
+            Method::Post,
+            "/api/v1/workflows/:id/execute",
+            execute_workflow,
+        )
+        .route(Method::Get, "/api/v1/executions", list_executions)
+        .route(Method::Get, "/api/v1/executions/:id", get_execution)
+        .route(Method::Post, "/internal/steps/:id", run_step)
+        .route(Method::Post, "/internal/tick", tick)
+}
+
+/// `POST /api/v1/workflows/:id/execute` (member) `{inputs?}`: checks the
+/// inputs against the trigger's declared ones, stores the run pinned to the
+/// workflow's current version, and answers `202` while its steps run.
+fn execute_workflow(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Member)?;
+    internal_key(ctx)?;
+    let workflow_id = params.get("id").unwrap_or_default();
+    let body: Json = if request.body.is_empty() {
+        json!({})
+    } else {
+        request.json()?
+    };
+    let Some(body) = body.as_object() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some(unknown) = body.keys().find(|k| k.as_str() != "inputs") {
+        return Err(ApiError::BadRequest {
+            message: "unknown field".into(),
+            details: vec![ErrorDetail::new(
+                unknown.clone(),
+                "only `inputs` is accepted",
+            )],
+        });
+    }
+    let inputs = match body.get("inputs") {
+        None | Some(Json::Null) => Map::new(),
+        Some(Json::Object(inputs)) => inputs.clone(),
+        Some(_) => return Err(ApiError::bad_request("`inputs` must be a JSON object")),
+    };
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    let row = fetch_one(
+        &org,
+        "SELECT w.is_active, w.current_version, v.definition FROM workflows w JOIN workflow_versions v \
+         ON v.workflow_id = w.id AND v.version = w.current_version \
+         WHERE w.org_id = ?1 AND w.id = ?2 AND w.deleted_at IS NULL",
+        &[Value::from(workflow_id)],
+        || format!("workflow {workflow_id}"),
+    )?;
+    if row[0].as_i64() != Some(1) {
+        return Err(ApiError::Conflict(format!(
+            "workflow {workflow_id} is not active"
+        )));
+    }
+    let version = row[1].as_i64().unwrap_or(1);
+    let definition: Definition = serde_json::from_str(row[2].as_str().unwrap_or_default())
+        .map_err(|e| ApiError::Internal(format!("stored definition is unreadable: {e}")))?;
+    check_inputs(&definition, &inputs)?;
+    let id = runner::start_run(
+        ctx,
+        &caller,
+        workflow_id,
+        version,
+        &definition,
+        Json::Object(inputs),
+    )?;
+    record_activity(
+        ctx,
+        ctx.db()?,
+        &caller.org_id,
+        &caller.subject,
+        "workflow.started",
+        ("execution", &id),
+        &json!({"workflow_id": workflow_id}),
+    )?;
+    Ok(ApiResponse::json(
+        202,
+        &json!({"execution_id": id, "status": "running", "status_url": format!("/api/v1/executions/{id}")}),
+    ))
+}
+
+/// Declared trigger inputs: required ones present, each of its type.
+fn check_inputs(definition: &Definition, inputs: &Map<String, Json>) -> Result<(), ApiError> {
+    let declared = definition
+        .nodes
+        .iter()
+        .find(|n| n.node_type == "trigger")
+        .and_then(|n| match n.typed_config("config") {
+            Ok(NodeConfig::Trigger(config)) => Some(config.inputs),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for (name, spec) in &declared {
+        let path = format!("inputs.{name}");
+        match inputs.get(name) {
+            None | Some(Json::Null) if spec.required => {
+                problems.push(ErrorDetail::new(path, "is required"))
+            }
+            None | Some(Json::Null) => {}
+            Some(value) => {
+                let fits = match spec.input_type {
+                    InputType::String => value.is_string(),
+                    InputType::Number => value.is_number(),
+                    InputType::Boolean => value.is_boolean(),
+                    InputType::Object => value.is_object(),
+                    InputType::Array => value.is_array(),
+                };
+                if !fits {
+                    problems.push(ErrorDetail::new(
+                        path,
+                        format!("must be of type {:?}", spec.input_type).to_lowercase(),
+                    ));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation {
+            message: "the run's inputs do not match the trigger's declared inputs".into(),
+            details: problems,
+        })
+    }
+}
+
+const EXECUTION_COLUMNS: &str = "id, workflow_id, workflow_version, status, inputs, output, error, failed_node, \
+     tokens_in, tokens_out, base_cost_micros, billed_cost_micros, created_at, started_at, finished_at";
+
+fn execution_row_json(row: &[Value]) -> Json {
+    json!({
+        "id": row[0].as_str(),
+        "workflow_id": row[1].as_str(),
+        "version": row[2].as_i64(),
+        "status": row[3].as_str(),
+        "inputs": json_column(&row[4]),
+        "output": json_column(&row[5]),
+        "error": json_column(&row[6]),
+        "failed_node": row[7].as_str(),
+        "usage": {"input_tokens": row[8].as_i64(), "output_tokens": row[9].as_i64()},
+        "cost": {"base_micros": row[10].as_i64(), "billed_micros": row[11].as_i64()},
+        "created_at": row[12].as_i64().map(timestamp),
+        "started_at": row[13].as_i64().map(timestamp),
+        "finished_at": row[14].as_i64().map(timestamp),
+    })
+}
+
+/// `GET /api/v1/executions` (viewer): newest first; `workflow_id`, `status`.
+fn list_executions(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    _: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Viewer)?;
+    let page = Page::parse(request, &["created_at"])?;
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    let filters =
+        "org_id = ?1 AND (?2 IS NULL OR workflow_id = ?2) AND (?3 IS NULL OR status = ?3)";
+    let params = [
+        Value::from(request.query_text("workflow_id")),
+        Value::from(request.query_text("status")),
+    ];
+    page.respond(
+        &org,
+        EXECUTION_COLUMNS,
+        &format!("executions WHERE {filters}"),
+        &params,
+        execution_row_json,
+    )
+}
+
+/// `GET /api/v1/executions/:id` (viewer): the run with every step.
+fn get_execution(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Viewer)?;
+    let id = params.get("id").unwrap_or_default();
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    let row = fetch_one(
+        &org,
+        &format!("SELECT {EXECUTION_COLUMNS} FROM executions WHERE org_id = ?1 AND id = ?2"),
+        &[Value::from(id)],
+        || format!("execution {id}"),
+    )?;
+    let mut execution = execution_row_json(&row);
+    let steps = org.execute(
+        "SELECT node_id, status, attempts, output, outcome, error, tokens_in, tokens_out, base_cost_micros, \
+         billed_cost_micros, started_at, finished_at FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
+         ORDER BY created_at, id",
+        &[Value::from(id)],
+    )?;
+    execution["steps"] = steps
+        .rows
+        .iter()
+        .map(|s| {
+            json!({
+                "node_id": s[0].as_str(),
+                "status": s[1].as_str(),
+                "attempts": s[2].as_i64(),
+                "output": json_column(&s[3]),
+                "outcome": s[4].as_str(),
+                "error": json_column(&s[5]),
+                "usage": {"input_tokens": s[6].as_i64(), "output_tokens": s[7].as_i64()},
+                "cost": {"base_micros": s[8].as_i64(), "billed_micros": s[9].as_i64()},
+                "started_at": s[10].as_i64().map(timestamp),
+                "finished_at": s[11].as_i64().map(timestamp),
+            })
+        })
+        .collect();
+    Ok(ApiResponse::json(200, &execution))
+}
+
+/// `POST /internal/steps/:id` (dispatch token): claims the step and answers
+/// `202` at once, then runs it after the response. A step already claimed
+/// or finished answers `200 {"claimed": false}` and nothing runs.
+fn run_step(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let step_id = params.get("id").unwrap_or_default().to_string();
+    let now = now_ms();
+    let hops = verify(ctx, request, &step_id, now)?;
+    let Some(lease) = runner::claim(ctx, ctx.db()?, &step_id, now)? else {
+        return Ok(ApiResponse::json(200, &json!({"claimed": false})));
+    };
+    let step = step_id.clone();
+    ctx.defer(move |ctx| {
+        // The lease and the tick recover a step whose run fails here.
+        if let Err(error) = runner::run_step(ctx, &step, &lease, hops) {
+            eprintln!("spindle: step {step} failed to run: {error}");
+        }
+    });
+    Ok(ApiResponse::json(
+        202,
+        &json!({"claimed": true, "step_id": step_id}),
+    ))
+}
+
+/// `POST /internal/tick` (dispatch token for `tick`, or `Bearer <tick_key>`):
+/// re-dispatches steps whose lease expired (their invocation died) and
+/// queued steps nobody dispatched, in a bounded batch.
+fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiResponse, ApiError> {
+    let now = now_ms();
+    let by_key = match (ctx.variable("tick_key"), request.header("authorization")) {
+        (Some(key), Some(header)) => header
+            .strip_prefix("Bearer ")
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())),
+        _ => false,
+    };
+    let hops = if by_key {
+        0
+    } else {
+        verify(ctx, request, "tick", now)?
+    };
+    // The one cross-organisation query: the tick is the platform's, not a tenant's.
+    let due = ctx.db()?.execute(
+        "SELECT id FROM steps WHERE (status = 'running' AND lease_expires_at < ?) \
+         OR (status = 'queued' AND created_at < ?) ORDER BY created_at LIMIT ?",
+        &[
+            Value::Integer(now),
+            Value::Integer(now - UNDISPATCHED_AFTER_MS),
+            Value::Integer(TICK_BATCH),
+        ],
+    )?;
+    let ids: Vec<String> = due
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_str().map(String::from))
+        .collect();
+    let mut failed = 0;
+    for id in &ids {
+        if dispatch_step(ctx, id, hops, now).is_err() {
+            failed += 1;
+        }
+    }
+    Ok(ApiResponse::json(
+        200,
+        &json!({"redispatched": ids.len() - failed, "failed": failed}),
+    ))
+}

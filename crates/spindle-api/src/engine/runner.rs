@@ -1,0 +1,692 @@
+//! Running workflows: starting a run, advancing it node by node, running
+//! one claimed step, and finishing the run. Cheap nodes run inline; each
+//! agent step is handed to an invocation of its own.
+
+use super::dispatch::dispatch_step;
+use super::status::{RunStatus, StepStatus};
+use crate::agents::{self, RunInput, StepLink, StoredAgent, run_agent};
+use crate::context::RequestContext;
+use crate::{json_column, now_ms};
+use serde_json::{Map, Value as Json, json};
+use spindle_auth::{Caller, Role};
+use spindle_definition::{
+    Definition, Node, NodeConfig, NodeState, OnError, edge_taken, evaluate, is_truthy, plan, render,
+};
+use spindle_http::ApiError;
+use spindle_store::{Db, OrgScoped, Value, in_transaction};
+use std::collections::HashMap;
+
+/// How long a claimed step may run before another invocation may take it over.
+const DEFAULT_LEASE_MS: i64 = 300_000;
+
+/// A stored run and the definition version it is pinned to.
+struct Run {
+    id: String,
+    org_id: String,
+    workflow_id: String,
+    status: RunStatus,
+    inputs: Json,
+    api_key_id: Option<String>,
+    definition: Definition,
+}
+
+/// One stored step.
+struct Step {
+    id: String,
+    status: StepStatus,
+    outcome: Option<String>,
+    output: Json,
+}
+
+/// Why a node failed, as stored on its step and run.
+struct StepFailure {
+    code: String,
+    message: String,
+}
+
+impl StepFailure {
+    fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What a node produced.
+#[derive(Default)]
+struct NodeResult {
+    output: Json,
+    outcome: Option<String>,
+    tokens_in: i64,
+    tokens_out: i64,
+    base_micros: i64,
+    billed_micros: i64,
+}
+
+fn lease_ms(ctx: &RequestContext) -> i64 {
+    ctx.variable("step_lease_ms")
+        .and_then(|v| v.parse().ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(DEFAULT_LEASE_MS)
+}
+
+/// Agent steps get an invocation of their own; the rest are cheap and run inline.
+fn is_expensive(node: &Node) -> bool {
+    matches!(node.node_type.as_str(), "agent" | "http")
+}
+
+/// Stores a new run of `definition` (pinned at `version`) with its trigger
+/// step done, then advances it. Returns the run's id.
+pub fn start_run(
+    ctx: &RequestContext,
+    caller: &Caller,
+    workflow_id: &str,
+    version: i64,
+    definition: &Definition,
+    inputs: Json,
+) -> Result<String, ApiError> {
+    let id = ctx.new_id();
+    let now = now_ms();
+    let trigger = definition
+        .nodes
+        .iter()
+        .find(|n| n.node_type == "trigger")
+        .ok_or_else(|| ApiError::Internal("a stored definition has no trigger".into()))?;
+    in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
+        db.execute(
+            "INSERT INTO executions (id, org_id, workflow_id, workflow_version, status, trigger_kind, inputs, \
+             api_key_id, created_at, started_at, updated_at) VALUES (?, ?, ?, ?, 'running', 'api', ?, ?, ?, ?, ?)",
+            &[
+                Value::from(id.as_str()),
+                Value::from(caller.org_id.as_str()),
+                Value::from(workflow_id),
+                Value::Integer(version),
+                Value::Text(inputs.to_string()),
+                Value::from(caller.api_key_id.clone()),
+                Value::Integer(now),
+                Value::Integer(now),
+                Value::Integer(now),
+            ],
+        )?;
+        insert_step(
+            ctx,
+            db,
+            &caller.org_id,
+            &id,
+            &trigger.id,
+            StepStatus::Completed,
+            Some(&inputs),
+        )?;
+        Ok(())
+    })?;
+    advance(ctx, &caller.org_id, &id, 0)?;
+    Ok(id)
+}
+
+fn insert_step(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    org_id: &str,
+    execution_id: &str,
+    node_id: &str,
+    status: StepStatus,
+    output: Option<&Json>,
+) -> Result<Option<String>, ApiError> {
+    let now = now_ms();
+    // The (execution, node, iteration) key makes a second insert a no-op, so
+    // two invocations advancing the same run create each step once.
+    let rows = db.execute(
+        "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, created_at, finished_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, node_id, iteration) DO NOTHING RETURNING id",
+        &[
+            Value::Text(ctx.new_id()),
+            Value::from(org_id),
+            Value::from(execution_id),
+            Value::from(node_id),
+            Value::from(status.as_str()),
+            Value::from(output.map(Json::to_string)),
+            Value::Integer(now),
+            Value::from((status != StepStatus::Queued).then_some(now)),
+        ],
+    )?;
+    Ok(rows
+        .into_first()
+        .and_then(|row| row[0].as_str().map(String::from)))
+}
+
+fn load_run(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<Run, ApiError> {
+    let org = OrgScoped::new(db, org_id);
+    let row = crate::fetch_one(
+        &org,
+        "SELECT e.id, e.workflow_id, e.status, e.inputs, e.api_key_id, v.definition FROM executions e \
+         JOIN workflow_versions v ON v.workflow_id = e.workflow_id AND v.version = e.workflow_version \
+         WHERE e.org_id = ?1 AND e.id = ?2",
+        &[Value::from(execution_id)],
+        || format!("execution {execution_id}"),
+    )?;
+    let definition: Definition = serde_json::from_str(row[5].as_str().unwrap_or_default())
+        .map_err(|e| ApiError::Internal(format!("stored definition is unreadable: {e}")))?;
+    Ok(Run {
+        id: execution_id.to_string(),
+        org_id: org_id.to_string(),
+        workflow_id: row[1].as_str().unwrap_or_default().to_string(),
+        status: row[2]
+            .as_str()
+            .and_then(RunStatus::parse)
+            .unwrap_or(RunStatus::Failed),
+        inputs: json_column(&row[3]).unwrap_or(Json::Null),
+        api_key_id: row[4].as_str().map(String::from),
+        definition,
+    })
+}
+
+/// The run's steps by node. A run has at most one step per node (loops
+/// are not run yet), so this is bounded by the definition's size.
+fn load_steps(db: &dyn Db, run: &Run) -> Result<HashMap<String, Step>, ApiError> {
+    let rows = OrgScoped::new(db, &run.org_id).execute(
+        "SELECT node_id, id, status, outcome, output FROM steps WHERE org_id = ?1 AND execution_id = ?2",
+        &[Value::from(run.id.as_str())],
+    )?;
+    Ok(rows
+        .rows
+        .into_iter()
+        .map(|row| {
+            let step = Step {
+                id: row[1].as_str().unwrap_or_default().to_string(),
+                status: row[2]
+                    .as_str()
+                    .and_then(StepStatus::parse)
+                    .unwrap_or(StepStatus::Queued),
+                outcome: row[3].as_str().map(String::from),
+                output: json_column(&row[4]).unwrap_or(Json::Null),
+            };
+            (row[0].as_str().unwrap_or_default().to_string(), step)
+        })
+        .collect())
+}
+
+fn node_states(steps: &HashMap<String, Step>) -> HashMap<String, NodeState> {
+    steps
+        .iter()
+        .filter_map(|(node, step)| {
+            let state = match step.status {
+                StepStatus::Completed => NodeState::Done {
+                    handle: step.outcome.clone(),
+                },
+                StepStatus::Skipped => NodeState::Skipped,
+                _ => return None,
+            };
+            Some((node.clone(), state))
+        })
+        .collect()
+}
+
+/// The template context of `node`: the trigger's inputs, every finished
+/// step's output, the run's variables and id, and the output of the node
+/// before it (the last taken input, in definition order).
+fn template_context(run: &Run, steps: &HashMap<String, Step>, node: &Node) -> Json {
+    let outputs: Map<String, Json> = steps
+        .iter()
+        .filter(|(_, s)| s.status == StepStatus::Completed)
+        .map(|(id, s)| {
+            (
+                id.clone(),
+                json!({"output": s.output, "status": s.status.as_str()}),
+            )
+        })
+        .collect();
+    let previous = run
+        .definition
+        .edges
+        .iter()
+        .filter(|e| e.target == node.id)
+        .filter_map(|e| {
+            let source = steps.get(&e.source)?;
+            (source.status == StepStatus::Completed && edge_taken(e, source.outcome.as_deref()))
+                .then(|| source.output.clone())
+        })
+        .next_back()
+        .unwrap_or(Json::Null);
+    json!({
+        "trigger": run.inputs,
+        "steps": outputs,
+        "previous_output": previous,
+        "variables": run.definition.variables,
+        "execution": {"id": run.id},
+    })
+}
+
+/// Moves a run forward: skips what the planner skips, runs cheap ready
+/// nodes inline, queues expensive ones and dispatches them after the
+/// response, and finishes the run when nothing is left.
+pub fn advance(
+    ctx: &RequestContext,
+    org_id: &str,
+    execution_id: &str,
+    hops: u64,
+) -> Result<(), ApiError> {
+    let db = ctx.db()?;
+    loop {
+        let run = load_run(db, org_id, execution_id)?;
+        if run.status.is_terminal() {
+            return Ok(());
+        }
+        let steps = load_steps(db, &run)?;
+        let plan = plan(&run.definition, &node_states(&steps));
+        let now = now_ms();
+        let mut progressed = false;
+        for node in &plan.skip {
+            progressed |= insert_step(
+                ctx,
+                db,
+                org_id,
+                execution_id,
+                node,
+                StepStatus::Skipped,
+                None,
+            )?
+            .is_some();
+        }
+        for node_id in plan.ready.iter().filter(|n| !steps.contains_key(*n)) {
+            let Some(node) = run.definition.nodes.iter().find(|n| &n.id == node_id) else {
+                continue;
+            };
+            let Some(step_id) = insert_step(
+                ctx,
+                db,
+                org_id,
+                execution_id,
+                node_id,
+                StepStatus::Queued,
+                None,
+            )?
+            else {
+                continue;
+            };
+            if is_expensive(node) {
+                let (ctx_org, step) = (org_id.to_string(), step_id.clone());
+                ctx.defer(move |ctx| {
+                    // A failed dispatch leaves the step queued for the tick.
+                    if let Err(problem) = dispatch_step(ctx, &step, hops, now_ms()) {
+                        eprintln!("spindle: dispatch of step {step} ({ctx_org}) failed: {problem}");
+                    }
+                });
+            } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
+                finish_step(
+                    db,
+                    &run,
+                    node,
+                    &step_id,
+                    &lease,
+                    run_cheap(&run, &steps, node),
+                )?;
+                progressed = true;
+                break;
+            }
+        }
+        if !progressed {
+            if plan.finished {
+                complete_run(db, &run, &load_steps(db, &run)?)?;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Claims a queued step, or a running one whose lease expired (its
+/// invocation died), for a new lease. Exactly one claimer wins.
+pub fn claim(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    step_id: &str,
+    now: i64,
+) -> Result<Option<String>, ApiError> {
+    let lease = ctx.new_id();
+    let rows = db.execute(
+        "UPDATE steps SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_expires_at = ?, \
+         started_at = COALESCE(started_at, ?) \
+         WHERE id = ? AND (status = 'queued' OR (status = 'running' AND lease_expires_at < ?)) RETURNING id",
+        &[
+            Value::from(lease.as_str()),
+            Value::Integer(now + lease_ms(ctx)),
+            Value::Integer(now),
+            Value::from(step_id),
+            Value::Integer(now),
+        ],
+    )?;
+    Ok((!rows.rows.is_empty()).then_some(lease))
+}
+
+/// The run a step belongs to: (org, execution).
+pub fn step_owner(db: &dyn Db, step_id: &str) -> Result<Option<(String, String)>, ApiError> {
+    let rows = db.execute(
+        "SELECT org_id, execution_id FROM steps WHERE id = ?",
+        &[Value::from(step_id)],
+    )?;
+    Ok(rows.into_first().map(|row| {
+        (
+            row[0].as_str().unwrap_or_default().to_string(),
+            row[1].as_str().unwrap_or_default().to_string(),
+        )
+    }))
+}
+
+/// Runs a claimed expensive step, stores its result, and advances the run.
+pub fn run_step(
+    ctx: &RequestContext,
+    step_id: &str,
+    lease: &str,
+    hops: u64,
+) -> Result<(), ApiError> {
+    let db = ctx.db()?;
+    let Some((org_id, execution_id)) = step_owner(db, step_id)? else {
+        return Ok(());
+    };
+    let run = load_run(db, &org_id, &execution_id)?;
+    let steps = load_steps(db, &run)?;
+    let Some(node) = run
+        .definition
+        .nodes
+        .iter()
+        .find(|n| steps.get(&n.id).is_some_and(|s| s.id == step_id))
+    else {
+        return Ok(());
+    };
+    if run.status.is_terminal() {
+        return Ok(());
+    }
+    let result = run_expensive(ctx, &run, &steps, node, step_id);
+    finish_step(db, &run, node, step_id, lease, result)?;
+    advance(ctx, &org_id, &execution_id, hops)
+}
+
+fn run_cheap(
+    run: &Run,
+    steps: &HashMap<String, Step>,
+    node: &Node,
+) -> Result<NodeResult, StepFailure> {
+    let context = template_context(run, steps, node);
+    let config = node.typed_config("config").map_err(|_| {
+        StepFailure::new(
+            "invalid_node",
+            format!("node {} has an invalid config", node.id),
+        )
+    })?;
+    let template_failure =
+        |e: spindle_definition::TemplateError| StepFailure::new("template_failed", e.to_string());
+    Ok(match config {
+        NodeConfig::Condition(c) => {
+            let value = evaluate(&c.expression, &context).map_err(template_failure)?;
+            let truth = is_truthy(&value);
+            NodeResult {
+                output: json!(truth),
+                outcome: Some(truth.to_string()),
+                ..NodeResult::default()
+            }
+        }
+        NodeConfig::Switch(c) => {
+            let value = evaluate(&c.expression, &context).map_err(template_failure)?;
+            let key = match &value {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let outcome = if c.cases.contains(&key) {
+                key
+            } else {
+                "default".into()
+            };
+            NodeResult {
+                output: value,
+                outcome: Some(outcome),
+                ..NodeResult::default()
+            }
+        }
+        NodeConfig::Transform(c) => NodeResult {
+            output: render(&c.template, &context).map_err(template_failure)?,
+            ..NodeResult::default()
+        },
+        NodeConfig::Output(c) => NodeResult {
+            output: render(&c.value, &context).map_err(template_failure)?,
+            ..NodeResult::default()
+        },
+        _ => {
+            return Err(StepFailure::new(
+                "node_not_supported",
+                format!("the engine does not run {} nodes yet", node.node_type),
+            ));
+        }
+    })
+}
+
+fn run_expensive(
+    ctx: &RequestContext,
+    run: &Run,
+    steps: &HashMap<String, Step>,
+    node: &Node,
+    step_id: &str,
+) -> Result<NodeResult, StepFailure> {
+    let Ok(NodeConfig::Agent(config)) = node.typed_config("config") else {
+        return Err(StepFailure::new(
+            "node_not_supported",
+            format!("the engine does not run {} nodes yet", node.node_type),
+        ));
+    };
+    let context = template_context(run, steps, node);
+    let prompt = match render(&Json::String(config.prompt.clone()), &context)
+        .map_err(|e| StepFailure::new("template_failed", e.to_string()))?
+    {
+        Json::String(text) => text,
+        other => other.to_string(),
+    };
+    let db = ctx
+        .db()
+        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
+    let (spec, _) =
+        agents::load(&OrgScoped::new(db, &run.org_id), &config.agent_id).map_err(|_| {
+            StepFailure::new(
+                "agent_not_found",
+                format!("agent {} no longer exists", config.agent_id),
+            )
+        })?;
+    let caller = Caller {
+        org_id: run.org_id.clone(),
+        subject: format!("execution:{}", run.id),
+        role: Role::Member,
+        api_key_id: run.api_key_id.clone(),
+    };
+    let input = RunInput {
+        task: prompt,
+        context: None,
+        max_tokens: config.max_tokens.and_then(|m| u32::try_from(m).ok()),
+        conversation_id: None,
+        step: Some(StepLink {
+            workflow_id: run.workflow_id.clone(),
+            execution_id: run.id.clone(),
+            step_id: step_id.to_string(),
+        }),
+    };
+    let agent = StoredAgent {
+        id: config.agent_id.clone(),
+        spec,
+    };
+    let execution = run_agent(ctx, &caller, &agent, input)
+        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
+    if execution["status"] != "completed" {
+        return Err(StepFailure::new(
+            execution["error"]["code"]
+                .as_str()
+                .unwrap_or("agent_failed"),
+            execution["error"]["message"]
+                .as_str()
+                .unwrap_or("the agent run failed"),
+        ));
+    }
+    let text = execution["output"].as_str().unwrap_or_default();
+    let output = if config.output_schema.is_some() {
+        structured_output(text).ok_or_else(|| {
+            StepFailure::new(
+                "invalid_structured_output",
+                "the agent's answer is not the JSON its output_schema asks for",
+            )
+        })?
+    } else {
+        Json::String(text.to_string())
+    };
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(&execution, |v, k| &v[*k])
+            .as_i64()
+            .unwrap_or(0)
+    };
+    Ok(NodeResult {
+        output,
+        outcome: None,
+        tokens_in: number(&["usage", "input_tokens"]),
+        tokens_out: number(&["usage", "output_tokens"]),
+        base_micros: number(&["cost", "base_micros"]),
+        billed_micros: number(&["cost", "billed_micros"]),
+    })
+}
+
+/// A model's JSON answer, also when wrapped in a Markdown code fence.
+fn structured_output(text: &str) -> Option<Json> {
+    let trimmed = text.trim();
+    let unfenced = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(trimmed);
+    serde_json::from_str(unfenced.trim()).ok()
+}
+
+/// Stores a step's result under its lease; a failure follows the node's
+/// `on_error`. A lease lost to another invocation stores nothing.
+fn finish_step(
+    db: &dyn Db,
+    run: &Run,
+    node: &Node,
+    step_id: &str,
+    lease: &str,
+    result: Result<NodeResult, StepFailure>,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    let on_error = node.on_error;
+    in_transaction(db, |db| -> Result<(), ApiError> {
+        let (status, result, error) = match result {
+            Ok(result) => (StepStatus::Completed, result, None),
+            Err(failure) => {
+                let error = json!({"code": failure.code, "message": failure.message});
+                match on_error {
+                    OnError::Fail => (StepStatus::Failed, NodeResult::default(), Some(error)),
+                    OnError::Continue => {
+                        (StepStatus::Completed, NodeResult::default(), Some(error))
+                    }
+                    OnError::Route => (
+                        StepStatus::Completed,
+                        NodeResult {
+                            outcome: Some("error".into()),
+                            output: error.clone(),
+                            ..NodeResult::default()
+                        },
+                        Some(error),
+                    ),
+                }
+            }
+        };
+        let stored = db.execute(
+            "UPDATE steps SET status = ?, output = ?, outcome = ?, error = ?, tokens_in = ?, tokens_out = ?, \
+             base_cost_micros = ?, billed_cost_micros = ?, finished_at = ?, lease_expires_at = NULL \
+             WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
+            &[
+                Value::from(status.as_str()),
+                Value::Text(result.output.to_string()),
+                Value::from(result.outcome.clone()),
+                Value::from(error.as_ref().map(Json::to_string)),
+                Value::Integer(result.tokens_in),
+                Value::Integer(result.tokens_out),
+                Value::Integer(result.base_micros),
+                Value::Integer(result.billed_micros),
+                Value::Integer(now),
+                Value::from(step_id),
+                Value::from(lease),
+            ],
+        )?;
+        if stored.rows.is_empty() {
+            return Ok(());
+        }
+        if status == StepStatus::Failed {
+            OrgScoped::new(db, &run.org_id).execute(
+                "UPDATE executions SET status = 'failed', error = ?2, failed_node = ?3, finished_at = ?4, \
+                 updated_at = ?4 WHERE org_id = ?1 AND id = ?5 AND status IN ('pending', 'running')",
+                &[
+                    Value::from(error.as_ref().map(Json::to_string)),
+                    Value::from(node.id.as_str()),
+                    Value::Integer(now),
+                    Value::from(run.id.as_str()),
+                ],
+            )?;
+            add_totals(db, run)?;
+        }
+        Ok(())
+    })
+}
+
+/// Sums the run's tokens and cost from its steps.
+fn add_totals(db: &dyn Db, run: &Run) -> Result<(), ApiError> {
+    OrgScoped::new(db, &run.org_id).execute(
+        "UPDATE executions SET \
+         tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM steps WHERE execution_id = ?2), \
+         tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM steps WHERE execution_id = ?2), \
+         base_cost_micros = (SELECT COALESCE(SUM(base_cost_micros), 0) FROM steps WHERE execution_id = ?2), \
+         billed_cost_micros = (SELECT COALESCE(SUM(billed_cost_micros), 0) FROM steps WHERE execution_id = ?2) \
+         WHERE org_id = ?1 AND id = ?2",
+        &[Value::from(run.id.as_str())],
+    )?;
+    Ok(())
+}
+
+/// Completes a run whose every node is done or skipped; its output is the
+/// last output node's value (in definition order) that ran.
+fn complete_run(db: &dyn Db, run: &Run, steps: &HashMap<String, Step>) -> Result<(), ApiError> {
+    let output = run
+        .definition
+        .nodes
+        .iter()
+        .filter(|n| n.node_type == "output")
+        .filter_map(|n| {
+            steps
+                .get(&n.id)
+                .filter(|s| s.status == StepStatus::Completed)
+        })
+        .map(|s| s.output.clone())
+        .next_back()
+        .unwrap_or(Json::Null);
+    let now = now_ms();
+    in_transaction(db, |db| -> Result<(), ApiError> {
+        OrgScoped::new(db, &run.org_id).execute(
+            "UPDATE executions SET status = 'completed', output = ?2, finished_at = ?3, updated_at = ?3 \
+             WHERE org_id = ?1 AND id = ?4 AND status IN ('pending', 'running')",
+            &[Value::Text(output.to_string()), Value::Integer(now), Value::from(run.id.as_str())],
+        )?;
+        add_totals(db, run)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_output_reads_plain_and_fenced_json() {
+        assert_eq!(
+            structured_output(r#"{"score": 80}"#),
+            Some(json!({"score": 80}))
+        );
+        assert_eq!(
+            structured_output("```json\n{\"score\": 80}\n```"),
+            Some(json!({"score": 80}))
+        );
+        assert_eq!(structured_output("eighty"), None);
+    }
+}

@@ -1,0 +1,401 @@
+//! Workflow runs over HTTP: steps chained by self requests, branches,
+//! fan-out and joins, failures, recovery of a step whose instance died,
+//! and the internal endpoints' guard.
+
+use fake_llm::Reply;
+use serde_json::{Value, json};
+use spin_test_host::{Fault, Invocation};
+use spindle_suite::{
+    Org, STEP_LEASE_MS, TICK_KEY, Target, configured_with_faults, fake_llm, fake_turn, shared,
+    suite_variables,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+fn create_agent(target: &Target, org: &Org) -> String {
+    let reply = target.call(
+        "POST",
+        "/api/v1/agents",
+        Some(&org.owner_key),
+        Some(&json!({"name": "Worker", "model_config": {"provider": "openai", "model": "gpt-4o-mini"}})),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn create_workflow(target: &Target, org: &Org, definition: Value) -> String {
+    let reply = target.call(
+        "POST",
+        "/api/v1/workflows",
+        Some(&org.owner_key),
+        Some(&definition),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["id"].as_str().unwrap().to_string()
+}
+
+fn start(target: &Target, org: &Org, workflow: &str, inputs: Value) -> String {
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/workflows/{workflow}/execute"),
+        Some(&org.owner_key),
+        Some(&json!({"inputs": inputs})),
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let body = reply.json();
+    let id = body["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(body["status_url"], format!("/api/v1/executions/{id}"));
+    id
+}
+
+fn execution(target: &Target, org: &Org, id: &str) -> Value {
+    target
+        .call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json()
+}
+
+/// Polls the run until it is completed, failed or cancelled.
+fn finished(target: &Target, org: &Org, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = execution(target, org, id);
+        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run did not finish: {run}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node_id"] == node)
+        .unwrap_or_else(|| panic!("no step {node} in {run}"))
+}
+
+fn linear(agent: &str) -> Value {
+    json!({
+        "name": "Linear",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {"inputs": {"topic": {"type": "string", "required": true}}}},
+            {"id": "draft", "type": "agent", "config": {"agent_id": agent, "prompt": "Write about {{ trigger.topic }}"}},
+            {"id": "shape", "type": "transform", "config": {"template": {"text": "{{ steps.draft.output }}", "length": "{{ steps.draft.output | length }}"}}},
+            {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "draft"},
+            {"source": "draft", "target": "shape"},
+            {"source": "shape", "target": "done"}
+        ]
+    })
+}
+
+#[test]
+fn a_linear_run_completes_and_templates_keep_their_types() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-linear");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, linear(&agent));
+    fake_llm().push(Reply::text("Draft text").tokens(20, 5));
+    let id = start(target, &org, &workflow, json!({"topic": "tides"}));
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"text": "Draft text", "length": 10}));
+    assert_eq!(run["usage"]["input_tokens"], 20);
+    assert_eq!(step(&run, "draft")["status"], "completed");
+    assert_eq!(step(&run, "draft")["attempts"], 1);
+    let sent = fake_llm().received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].body["messages"][1]["content"], "Write about tides");
+}
+
+#[test]
+fn a_branch_not_taken_is_skipped_down_to_the_join() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-branch");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(
+        target,
+        &org,
+        json!({
+            "name": "Branch",
+            "variables": {"threshold": 70},
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "score", "type": "agent", "config": {"agent_id": agent, "prompt": "Score {{ trigger.lead }}", "output_schema": {"type": "object"}}},
+                {"id": "check", "type": "condition", "config": {"expression": "steps.score.output.score >= variables.threshold"}},
+                {"id": "hot", "type": "transform", "config": {"template": {"tier": "hot", "score": "{{ steps.score.output.score }}"}}},
+                {"id": "cold", "type": "transform", "config": {"template": {"tier": "cold"}}},
+                {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+            ],
+            "edges": [
+                {"source": "start", "target": "score"},
+                {"source": "score", "target": "check"},
+                {"source": "check", "target": "hot", "source_handle": "true"},
+                {"source": "check", "target": "cold", "source_handle": "false"},
+                {"source": "hot", "target": "done"},
+                {"source": "cold", "target": "done"}
+            ]
+        }),
+    );
+    fake_llm().push(Reply::text("```json\n{\"score\": 85}\n```"));
+    let id = start(target, &org, &workflow, json!({"lead": {"name": "Ada"}}));
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"tier": "hot", "score": 85}));
+    assert_eq!(step(&run, "check")["outcome"], "true");
+    assert_eq!(step(&run, "cold")["status"], "skipped");
+}
+
+#[test]
+fn fan_out_of_three_joins_once() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-fanout");
+    let agent = create_agent(target, &org);
+    let node = |id: &str| json!({"id": id, "type": "agent", "config": {"agent_id": agent, "prompt": format!("part {id}")}});
+    let workflow = create_workflow(
+        target,
+        &org,
+        json!({
+            "name": "Fan-out",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                node("a"), node("b"), node("c"),
+                {"id": "join", "type": "transform", "config": {"template": ["{{ steps.a.output }}", "{{ steps.b.output }}", "{{ steps.c.output }}"]}},
+                {"id": "done", "type": "output", "config": {"value": "{{ steps.join.output | length }}"}}
+            ],
+            "edges": [
+                {"source": "start", "target": "a"}, {"source": "start", "target": "b"}, {"source": "start", "target": "c"},
+                {"source": "a", "target": "join"}, {"source": "b", "target": "join"}, {"source": "c", "target": "join"},
+                {"source": "join", "target": "done"}
+            ]
+        }),
+    );
+    let id = start(target, &org, &workflow, json!({}));
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], 3);
+    assert_eq!(step(&run, "join")["attempts"], 1, "the join ran once");
+    assert_eq!(fake_llm().received().len(), 3);
+}
+
+#[test]
+fn a_failing_step_fails_the_run_and_names_the_node() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-failure");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, linear(&agent));
+    fake_llm().push(Reply::error(400, "content policy"));
+    let id = start(target, &org, &workflow, json!({"topic": "x"}));
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["failed_node"], "draft");
+    assert_eq!(run["error"]["code"], "provider_rejected");
+    assert!(run["output"].is_null());
+    assert!(
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["node_id"] != "shape"),
+        "nothing after it ran"
+    );
+}
+
+#[test]
+fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
+    let _turn = fake_turn();
+    // The first step invocation answers, then dies before it calls the provider.
+    let killed = Arc::new(AtomicBool::new(false));
+    let plan = {
+        let killed = killed.clone();
+        move |inv: &Invocation| {
+            if inv.path.starts_with("/internal/steps/") && !killed.swap(true, Ordering::SeqCst) {
+                Fault::AbortAfterResponse
+            } else {
+                Fault::None
+            }
+        }
+    };
+    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
+        return; // needs fault injection: only on the test host
+    };
+    let org = target.create_org("run-recovery");
+    let agent = create_agent(&target, &org);
+    let workflow = create_workflow(&target, &org, linear(&agent));
+    let id = start(&target, &org, &workflow, json!({"topic": "resilience"}));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        killed.load(Ordering::SeqCst),
+        "the step invocation was aborted"
+    );
+    assert_eq!(execution(&target, &org, &id)["status"], "running");
+    assert!(
+        fake_llm().received().is_empty(),
+        "the dead instance called nobody"
+    );
+    // Before the lease expires the tick leaves the step alone.
+    let early = target.request(
+        "POST",
+        "/internal/tick",
+        &[("authorization", &format!("Bearer {TICK_KEY}"))],
+        None,
+    );
+    assert_eq!(
+        early.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&early.body)
+    );
+    std::thread::sleep(Duration::from_millis(STEP_LEASE_MS + 200));
+    let tick = target.request(
+        "POST",
+        "/internal/tick",
+        &[("authorization", &format!("Bearer {TICK_KEY}"))],
+        None,
+    );
+    assert_eq!(tick.json()["redispatched"], 1);
+    let run = finished(&target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(step(&run, "draft")["attempts"], 2);
+    assert_eq!(
+        fake_llm().received().len(),
+        1,
+        "the provider was called once"
+    );
+}
+
+#[test]
+fn internal_endpoints_refuse_requests_without_a_valid_token() {
+    let target = shared();
+    for (path, headers) in [
+        ("/internal/steps/some-step", vec![]),
+        (
+            "/internal/steps/some-step",
+            vec![("x-spindle-dispatch", "99999999999999.deadbeef")],
+        ),
+        (
+            "/internal/steps/some-step",
+            vec![("x-spindle-dispatch", "garbage")],
+        ),
+        ("/internal/tick", vec![]),
+        (
+            "/internal/tick",
+            vec![("authorization", "Bearer wrong-tick-key")],
+        ),
+    ] {
+        target
+            .request("POST", path, &headers, None)
+            .assert_error(403, "forbidden");
+    }
+}
+
+#[test]
+fn run_inputs_are_checked_before_anything_is_stored() {
+    let target = shared();
+    let org = target.create_org("run-inputs");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, linear(&agent));
+    let path = format!("/api/v1/workflows/{workflow}/execute");
+    let post = |body: Value| target.call("POST", &path, Some(&org.owner_key), Some(&body));
+    post(json!({"inputs": {}})).assert_error(422, "validation_failed");
+    post(json!({"inputs": {"topic": 7}})).assert_error(422, "validation_failed");
+    post(json!({"inputs": "topic"})).assert_error(400, "bad_request");
+    post(json!({"input": {"topic": "x"}})).assert_error(400, "bad_request");
+    target.call(
+        "PATCH",
+        &format!("/api/v1/workflows/{workflow}"),
+        Some(&org.owner_key),
+        Some(&json!({"is_active": false})),
+    );
+    post(json!({"inputs": {"topic": "x"}})).assert_error(409, "conflict");
+    let runs = target.call(
+        "GET",
+        &format!("/api/v1/executions?workflow_id={workflow}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(runs.json()["total"], 0);
+}
+
+#[test]
+fn another_organisations_runs_and_workflows_answer_404() {
+    let _turn = fake_turn();
+    let target = shared();
+    let ours = target.create_org("run-ours");
+    let theirs = target.create_org("run-theirs");
+    let agent = create_agent(target, &theirs);
+    let workflow = create_workflow(target, &theirs, linear(&agent));
+    let id = start(target, &theirs, &workflow, json!({"topic": "x"}));
+    finished(target, &theirs, &id);
+    target
+        .call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(&ours.owner_key),
+            None,
+        )
+        .assert_error(404, "not_found");
+    target
+        .call(
+            "POST",
+            &format!("/api/v1/workflows/{workflow}/execute"),
+            Some(&ours.owner_key),
+            Some(&json!({"inputs": {"topic": "x"}})),
+        )
+        .assert_error(404, "not_found");
+    let listed = target
+        .call("GET", "/api/v1/executions", Some(&ours.owner_key), None)
+        .json();
+    assert_eq!(listed["total"], 0);
+}
+
+#[test]
+fn twenty_runs_started_at_once_all_complete() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-concurrent");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, linear(&agent));
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|i| {
+                let (org, workflow) = (&org, &workflow);
+                scope.spawn(move || start(target, org, workflow, json!({"topic": format!("t{i}")})))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for id in &ids {
+        assert_eq!(finished(target, &org, id)["status"], "completed");
+    }
+    assert_eq!(fake_llm().received().len(), 20, "one provider call per run");
+}
