@@ -294,6 +294,48 @@ fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
 }
 
 #[test]
+fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
+    let _turn = fake_turn();
+    // The first step invocation dies before it answers: the dispatch is lost
+    // and the step stays queued, as when the dispatcher itself dies.
+    let killed = Arc::new(AtomicBool::new(false));
+    let plan = {
+        let killed = killed.clone();
+        move |inv: &Invocation| {
+            if inv.path.starts_with("/internal/steps/") && !killed.swap(true, Ordering::SeqCst) {
+                Fault::AbortBeforeResponse
+            } else {
+                Fault::None
+            }
+        }
+    };
+    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
+        return; // needs fault injection: only on the test host
+    };
+    let org = target.create_org("run-undispatched");
+    let agent = create_agent(&target, &org);
+    let workflow = create_workflow(&target, &org, linear(&agent));
+    let id = start(&target, &org, &workflow, json!({"topic": "recovery"}));
+    std::thread::sleep(Duration::from_millis(2_300));
+    assert!(killed.load(Ordering::SeqCst));
+    assert_eq!(
+        step(&execution(&target, &org, &id), "draft")["status"],
+        "queued"
+    );
+    let tick = target.request(
+        "POST",
+        "/internal/tick",
+        &[("authorization", &format!("Bearer {TICK_KEY}"))],
+        None,
+    );
+    assert_eq!(tick.json()["redispatched"], 1);
+    let run = finished(&target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(step(&run, "draft")["attempts"], 1);
+    assert_eq!(fake_llm().received().len(), 1);
+}
+
+#[test]
 fn internal_endpoints_refuse_requests_without_a_valid_token() {
     let target = shared();
     for (path, headers) in [

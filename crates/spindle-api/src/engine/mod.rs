@@ -294,8 +294,9 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
     };
     // The one cross-organisation query: the tick is the platform's, not a tenant's.
     let due = ctx.db()?.execute(
-        "SELECT id FROM steps WHERE (status = 'running' AND lease_expires_at < ?) \
-         OR (status = 'queued' AND created_at < ?) ORDER BY created_at LIMIT ?",
+        "SELECT s.id FROM steps s JOIN executions e ON e.id = s.execution_id AND e.status = 'running' \
+         WHERE (s.status = 'running' AND s.lease_expires_at < ?) OR (s.status = 'queued' AND s.created_at < ?) \
+         ORDER BY s.created_at LIMIT ?",
         &[
             Value::Integer(now),
             Value::Integer(now - UNDISPATCHED_AFTER_MS),

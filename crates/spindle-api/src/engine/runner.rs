@@ -394,9 +394,26 @@ pub fn run_step(
         return Ok(());
     };
     if run.status.is_terminal() {
+        // The run ended while this step waited (a sibling failed): it will
+        // never run, and the tick must not pick it up again.
+        db.execute(
+            "UPDATE steps SET status = 'skipped', lease_expires_at = NULL, finished_at = ? \
+             WHERE id = ? AND lease_token = ?",
+            &[
+                Value::Integer(now_ms()),
+                Value::from(step_id),
+                Value::from(lease),
+            ],
+        )?;
         return Ok(());
     }
-    let result = run_expensive(ctx, &run, &steps, node, step_id);
+    // A cheap node arrives here only when its first invocation died between
+    // queueing and running it, and the tick handed it on.
+    let result = if is_expensive(node) {
+        run_expensive(ctx, &run, &steps, node, step_id)
+    } else {
+        run_cheap(&run, &steps, node)
+    };
     finish_step(db, &run, node, step_id, lease, result)?;
     advance(ctx, &org_id, &execution_id, hops)
 }
@@ -625,6 +642,12 @@ fn finish_step(
                     Value::Integer(now),
                     Value::from(run.id.as_str()),
                 ],
+            )?;
+            // Steps still waiting for an invocation will never run.
+            OrgScoped::new(db, &run.org_id).execute(
+                "UPDATE steps SET status = 'skipped', finished_at = ?2 \
+                 WHERE org_id = ?1 AND execution_id = ?3 AND status = 'queued'",
+                &[Value::Integer(now), Value::from(run.id.as_str())],
             )?;
             add_totals(db, run)?;
         }
