@@ -237,7 +237,11 @@ impl App {
         let busy = Busy::new(self.clone(), seq);
         let mut store = Store::new(
             &self.engine,
-            HostState::new(self.clone(), component.clone()),
+            HostState::new(
+                self.clone(),
+                component.clone(),
+                fault == Fault::AbortAfterResponse,
+            ),
         );
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
@@ -412,7 +416,8 @@ impl Drop for Busy {
 }
 
 /// A response body that drops its instance once the body has been sent (or
-/// abandoned): [`Fault::AbortAfterResponse`].
+/// abandoned): [`Fault::AbortAfterResponse`]. That comes after the guest may
+/// have run on; `HostState::alive` is what stops its side effects at once.
 struct KillWhenSent {
     body: WasiBody,
     kill: Option<AbortHandle>,

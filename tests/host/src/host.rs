@@ -3,12 +3,17 @@
 
 use crate::app::{App, ComponentInfo};
 use rusqlite::types::{Value as SqlValue, ValueRef};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::{outgoing_handler, types as http_types};
-use wasmtime_wasi_http::p2::types::{HostFutureIncomingResponse, HostOutgoingRequest};
-use wasmtime_wasi_http::{WasiHttp, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::p2::body::HostOutgoingBody;
+use wasmtime_wasi_http::p2::types::{
+    HostFutureIncomingResponse, HostOutgoingRequest, HostOutgoingResponse, HostResponseOutparam,
+};
+use wasmtime_wasi_http::{FieldMap, WasiHttp, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -47,10 +52,33 @@ pub struct HostState {
     pub(crate) outbound: crate::app::Outbound,
     component: Arc<ComponentInfo>,
     app: Arc<App>,
+    /// [`crate::Fault::AbortAfterResponse`]: side effects trap once the response is complete.
+    abort_after_response: bool,
+    response: ResponseWatch,
+}
+
+/// Watches the guest answer, so [`HostState::alive`] knows when its response
+/// is complete: set (`response-outparam.set`) and its body finished.
+///
+/// Response bodies are told from request bodies by their resource reps, which
+/// the table reuses; every call that creates an `outgoing-body` updates the
+/// map, so a live rep in it is always a response body.
+#[derive(Default)]
+struct ResponseWatch {
+    /// Live response bodies (`outgoing-body` rep) and their "finished" flag.
+    bodies: HashMap<u32, Arc<AtomicBool>>,
+    /// The same flag by `outgoing-response` rep, for `response-outparam.set`.
+    responses: HashMap<u32, Arc<AtomicBool>>,
+    /// Set with the response: its body's flag (already true without a body).
+    sent: Option<Arc<AtomicBool>>,
 }
 
 impl HostState {
-    pub(crate) fn new(app: Arc<App>, component: Arc<ComponentInfo>) -> HostState {
+    pub(crate) fn new(
+        app: Arc<App>,
+        component: Arc<ComponentInfo>,
+        abort_after_response: bool,
+    ) -> HostState {
         // Like Spin: no preopened directories, no environment, no sockets; the
         // guest's stdout/stderr go to the host's.
         let wasi = WasiCtx::builder().inherit_stdout().inherit_stderr().build();
@@ -64,7 +92,22 @@ impl HostState {
             },
             component,
             app,
+            abort_after_response,
+            response: ResponseWatch::default(),
         }
+    }
+
+    /// Traps when the instance must already be dead: under
+    /// [`crate::Fault::AbortAfterResponse`], once its response is complete. Side
+    /// effecting host calls (outbound HTTP, key-value, SQLite) check it first;
+    /// the guest sets and finishes its response before its next call, so none
+    /// gets through, whenever the host gets round to aborting its task.
+    fn alive(&self) -> wasmtime::Result<()> {
+        let complete = (self.response.sent.as_ref()).is_some_and(|f| f.load(Ordering::SeqCst));
+        if self.abort_after_response && complete {
+            wasmtime::bail!("instance aborted after its response (Fault::AbortAfterResponse)");
+        }
+        Ok(())
     }
 }
 
@@ -95,6 +138,7 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostSta
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     http_types::add_to_linker::<_, WasiHttp>(&mut linker, &Default::default(), HostState::http)?;
     add_outgoing_handler(&mut linker)?;
+    watch_response(&mut linker)?;
     kv::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     sqlite::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
     variables::add_to_linker::<_, HasSelf<HostState>>(&mut linker, |s| s)?;
@@ -169,6 +213,7 @@ fn add_outgoing_handler(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
         "handle",
         |mut store, (request, options): Args| -> wasmtime::Result<Ret> {
             let state: &mut HostState = store.data_mut();
+            state.alive()?;
             let mut view = state.http();
             let req = view.table.get_mut(&request)?;
             // spin-sdk sends a relative URL as authority ":443" (empty host); others send none.
@@ -185,6 +230,81 @@ fn add_outgoing_handler(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
             }
         },
     )?;
+    Ok(())
+}
+
+/// Wraps the `wasi:http/types` functions that make, finish and send a response
+/// body, to keep [`ResponseWatch`] up to date; each then does what
+/// wasmtime-wasi-http does.
+fn watch_response(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    linker.allow_shadowing(true);
+    let mut types = linker.instance("wasi:http/types@0.2.12")?;
+    types.func_wrap(
+        "[method]outgoing-response.body",
+        |mut store, (resp,): (Resource<HostOutgoingResponse>,)| {
+            let state: &mut HostState = store.data_mut();
+            let resp_rep = resp.rep();
+            let body = http_types::HostOutgoingResponse::body(&mut state.http(), resp)?;
+            if let Ok(body) = &body {
+                let finished = Arc::new(AtomicBool::new(false));
+                let watch = &mut state.response;
+                watch.bodies.insert(body.rep(), finished.clone());
+                watch.responses.insert(resp_rep, finished);
+            }
+            Ok((body,))
+        },
+    )?;
+    types.func_wrap(
+        "[method]outgoing-request.body",
+        |mut store, (req,): (Resource<HostOutgoingRequest>,)| {
+            let state: &mut HostState = store.data_mut();
+            let body = http_types::HostOutgoingRequest::body(&mut state.http(), req)?;
+            if let Ok(body) = &body {
+                // Its rep may be that of a response body dropped unfinished.
+                state.response.bodies.remove(&body.rep());
+            }
+            Ok((body,))
+        },
+    )?;
+    type FinishArgs = (Resource<HostOutgoingBody>, Option<Resource<FieldMap>>);
+    types.func_wrap(
+        "[static]outgoing-body.finish",
+        |mut store, (body, trailers): FinishArgs| {
+            let state: &mut HostState = store.data_mut();
+            let finished = state.response.bodies.remove(&body.rep());
+            let mut view = state.http();
+            match http_types::HostOutgoingBody::finish(&mut view, body, trailers) {
+                Ok(()) => {
+                    if let Some(f) = finished {
+                        f.store(true, Ordering::SeqCst);
+                    }
+                    Ok((Ok(()),))
+                }
+                Err(e) => Ok((Err(http_types::Host::convert_error_code(&mut view, e)?),)),
+            }
+        },
+    )?;
+    type SetArgs = (
+        Resource<HostResponseOutparam>,
+        Result<Resource<HostOutgoingResponse>, http_types::ErrorCode>,
+    );
+    types.func_wrap(
+        "[static]response-outparam.set",
+        |mut store, (param, resp): SetArgs| {
+            let state: &mut HostState = store.data_mut();
+            let finished = match &resp {
+                // A body taken from it: complete once that body is finished.
+                Ok(r) if state.table.get(r)?.body.is_some() => {
+                    state.response.responses.remove(&r.rep())
+                }
+                // No body (empty) or an error (Spin's 500): complete now.
+                _ => None,
+            };
+            state.response.sent = Some(finished.unwrap_or_else(|| Arc::new(AtomicBool::new(true))));
+            http_types::HostResponseOutparam::set(&mut state.http(), param, resp)
+        },
+    )?;
+    linker.allow_shadowing(false);
     Ok(())
 }
 
@@ -226,6 +346,7 @@ impl kv::HostStore for HostState {
         &mut self,
         label: String,
     ) -> wasmtime::Result<Result<Resource<KvStore>, kv::Error>> {
+        self.alive()?;
         if !self.component.key_value_stores.contains(&label) {
             return Ok(Err(kv::Error::AccessDenied));
         }
@@ -242,6 +363,7 @@ impl kv::HostStore for HostState {
         store: Resource<KvStore>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, kv::Error>> {
+        self.alive()?;
         let (db, label) = self.kv(&store)?;
         blocking(move || {
             let db = db.lock().unwrap();
@@ -263,6 +385,7 @@ impl kv::HostStore for HostState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), kv::Error>> {
+        self.alive()?;
         let (db, label) = self.kv(&store)?;
         blocking(move || {
             db.lock()
@@ -283,6 +406,7 @@ impl kv::HostStore for HostState {
         store: Resource<KvStore>,
         key: String,
     ) -> wasmtime::Result<Result<(), kv::Error>> {
+        self.alive()?;
         let (db, label) = self.kv(&store)?;
         blocking(move || {
             db.lock()
@@ -300,6 +424,7 @@ impl kv::HostStore for HostState {
         store: Resource<KvStore>,
         key: String,
     ) -> wasmtime::Result<Result<bool, kv::Error>> {
+        self.alive()?;
         let (db, label) = self.kv(&store)?;
         blocking(move || {
             db.lock()
@@ -315,6 +440,7 @@ impl kv::HostStore for HostState {
         &mut self,
         store: Resource<KvStore>,
     ) -> wasmtime::Result<Result<Vec<String>, kv::Error>> {
+        self.alive()?;
         let (db, label) = self.kv(&store)?;
         blocking(move || {
             let db = db.lock().unwrap();
@@ -330,6 +456,7 @@ impl kv::HostStore for HostState {
     }
 
     async fn drop(&mut self, store: Resource<KvStore>) -> wasmtime::Result<()> {
+        self.alive()?;
         self.table.delete(store)?;
         Ok(())
     }
@@ -358,6 +485,7 @@ impl sqlite::HostConnection for HostState {
         &mut self,
         label: String,
     ) -> wasmtime::Result<Result<Resource<SqlConnection>, sqlite::Error>> {
+        self.alive()?;
         if !self.component.sqlite_databases.contains(&label) {
             return Ok(Err(sqlite::Error::AccessDenied));
         }
@@ -383,6 +511,7 @@ impl sqlite::HostConnection for HostState {
         statement: String,
         parameters: Vec<sqlite::Value>,
     ) -> wasmtime::Result<Result<sqlite::QueryResult, sqlite::Error>> {
+        self.alive()?;
         let db = match self.table.get(&conn) {
             Ok(c) => c.0.clone(),
             Err(_) => return Ok(Err(sqlite::Error::InvalidConnection)),
@@ -391,6 +520,7 @@ impl sqlite::HostConnection for HostState {
     }
 
     async fn drop(&mut self, conn: Resource<SqlConnection>) -> wasmtime::Result<()> {
+        self.alive()?;
         // Closing the connection rolls back a transaction the guest left open.
         self.table.delete(conn)?;
         Ok(())

@@ -81,6 +81,11 @@ pub enum Fault {
     AbortBeforeResponse,
     /// The response is delivered, then the instance is dropped at once: no more
     /// guest code runs and its SQLite connections close (open transactions roll back).
+    ///
+    /// Exactly: once the guest has set its response and finished its body, its
+    /// next outbound HTTP, key-value or SQLite call traps, so no side effect
+    /// follows the response; the task is aborted too once the body is sent (that
+    /// stops pure computation).
     AbortAfterResponse,
 }
 

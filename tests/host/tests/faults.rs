@@ -35,6 +35,53 @@ async fn abort_after_response_drops_the_work_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_after_response_stops_side_effects_at_once() {
+    let state = common::fresh_dir("abort-after-exact");
+    let mut opts = common::probe_options(&state);
+    opts.faults = Some(Arc::new(|inv: &Invocation| {
+        if inv.path.starts_with("/post-response") {
+            Fault::AbortAfterResponse
+        } else {
+            Fault::None
+        }
+    }));
+    let host = common::serve(opts).await;
+    let url = host.url();
+
+    // No busy work: right after answering, the probe records `pr:<id>:start` in
+    // key-value, inserts into SQLite, pings itself and records `pr:<id>:done`.
+    // None of it may happen, however the guest and the server race.
+    for i in 0..20 {
+        let id = format!("x{i}");
+        let before = host.invocations();
+        let (status, body) = common::get(&format!("{url}/post-response?id={id}")).await;
+        assert_eq!(status, 202, "{body}");
+        assert!(
+            body.starts_with(&format!("accepted id={id} t_set=")) && body.ends_with('\n'),
+            "the whole response arrives: {body:?}"
+        );
+        host.wait_idle().await;
+        assert_eq!(host.invocations() - before, 1, "round {i}: no self ping");
+        for key in [
+            format!("pr:{id}:start"),
+            format!("pr:{id}:done"),
+            format!("ping:pr-{id}"),
+        ] {
+            let (_, got) = common::get(&format!("{url}/kv/get?key={key}")).await;
+            assert_eq!(got.trim(), format!("{key} => None"), "round {i}");
+        }
+    }
+    host.shutdown().await;
+
+    // The probe's `pr` table got no row (it is not even created).
+    let db = rusqlite::Connection::open(state.join("sqlite_db.db")).unwrap();
+    let rows = db
+        .query_row("SELECT count(*) FROM pr", [], |r| r.get::<_, i64>(0))
+        .unwrap_or(0);
+    assert_eq!(rows, 0, "no SQLite insert after the response");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_after_response_runs_and_wait_idle_waits_for_it() {
     let state = common::fresh_dir("after");
     let host = common::serve(common::probe_options(&state)).await;
