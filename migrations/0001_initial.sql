@@ -145,6 +145,9 @@ CREATE TABLE executions (
     error TEXT,
     -- The node whose failure failed the run.
     failed_node TEXT,
+    -- The caller's Idempotency-Key and a hash of its request, for 24 h.
+    idempotency_key TEXT,
+    request_hash TEXT,
     api_key_id TEXT,
     tokens_in INTEGER NOT NULL DEFAULT 0,
     tokens_out INTEGER NOT NULL DEFAULT 0,
@@ -157,6 +160,10 @@ CREATE TABLE executions (
 );
 
 CREATE INDEX executions_by_org ON executions (org_id, created_at);
+
+-- The same key starts one run: a second insert fails on this index.
+CREATE UNIQUE INDEX executions_idempotency ON executions (org_id, workflow_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 CREATE INDEX executions_by_workflow ON executions (org_id, workflow_id, created_at);
 

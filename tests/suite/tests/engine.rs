@@ -335,6 +335,171 @@ fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
     assert_eq!(fake_llm().received().len(), 1);
 }
 
+fn two_agents(agent: &str) -> Value {
+    json!({
+        "name": "Two steps",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "first", "type": "agent", "config": {"agent_id": agent, "prompt": "first"}},
+            {"id": "second", "type": "agent", "config": {"agent_id": agent, "prompt": "second: {{ previous_output }}"}},
+            {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "first"},
+            {"source": "first", "target": "second"},
+            {"source": "second", "target": "done"}
+        ]
+    })
+}
+
+#[test]
+fn retry_after_a_failure_reuses_the_completed_steps() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-retry");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, two_agents(&agent));
+    fake_llm().push(Reply::text("one").tokens(10, 2));
+    fake_llm().push(Reply::error(400, "temporarily refused"));
+    let id = start(target, &org, &workflow, json!({}));
+    let failed = finished(target, &org, &id);
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["failed_node"], "second");
+    fake_llm().push(Reply::text("two").tokens(20, 4));
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/retry"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "two");
+    assert_eq!(
+        step(&run, "first")["attempts"],
+        1,
+        "the first step was not run again"
+    );
+    let prompts: Vec<String> = fake_llm()
+        .received()
+        .iter()
+        .map(|r| {
+            r.body["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(prompts, ["first", "second: one", "second: one"]);
+    assert_eq!(
+        run["usage"]["input_tokens"], 30,
+        "the first call is billed once"
+    );
+    target
+        .call(
+            "POST",
+            &format!("/api/v1/executions/{id}/retry"),
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(409, "conflict");
+}
+
+#[test]
+fn a_cancelled_run_starts_nothing_new() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-cancel");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, two_agents(&agent));
+    fake_llm().push(Reply::text("slow one").after(Duration::from_millis(800)));
+    let id = start(target, &org, &workflow, json!({}));
+    std::thread::sleep(Duration::from_millis(200));
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/cancel"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json()["status"], "cancelled");
+    std::thread::sleep(Duration::from_millis(1_200));
+    let run = execution(target, &org, &id);
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(
+        step(&run, "first")["status"],
+        "completed",
+        "the running step finished"
+    );
+    assert!(
+        run["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["node_id"] != "second"),
+        "{run}"
+    );
+    assert_eq!(fake_llm().received().len(), 1);
+    target
+        .call(
+            "POST",
+            &format!("/api/v1/executions/{id}/cancel"),
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(409, "conflict");
+}
+
+#[test]
+fn an_idempotency_key_starts_one_run() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-idempotent");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(target, &org, linear(&agent));
+    let path = format!("/api/v1/workflows/{workflow}/execute");
+    let auth = format!("Bearer {}", org.owner_key);
+    let post = |key: &str, topic: &str| {
+        let body = json!({"inputs": {"topic": topic}}).to_string();
+        target.request(
+            "POST",
+            &path,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    let first = post("order-42", "tea");
+    assert_eq!(first.status, 202);
+    let again = post("order-42", "tea");
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json()["execution_id"], first.json()["execution_id"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    post("order-42", "coffee").assert_error(409, "conflict");
+    let runs = target.call(
+        "GET",
+        &format!("/api/v1/executions?workflow_id={workflow}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(runs.json()["total"], 1);
+    finished(target, &org, first.json()["execution_id"].as_str().unwrap());
+}
+
 #[test]
 fn internal_endpoints_refuse_requests_without_a_valid_token() {
     let target = shared();

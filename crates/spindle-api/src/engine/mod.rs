@@ -34,6 +34,16 @@ pub fn router() -> Router<RequestContext> {
         )
         .route(Method::Get, "/api/v1/executions", list_executions)
         .route(Method::Get, "/api/v1/executions/:id", get_execution)
+        .route(
+            Method::Post,
+            "/api/v1/executions/:id/cancel",
+            cancel_execution,
+        )
+        .route(
+            Method::Post,
+            "/api/v1/executions/:id/retry",
+            retry_execution,
+        )
         .route(Method::Post, "/internal/steps/:id", run_step)
         .route(Method::Post, "/internal/tick", tick)
 }
@@ -90,14 +100,31 @@ fn execute_workflow(
     let definition: Definition = serde_json::from_str(row[2].as_str().unwrap_or_default())
         .map_err(|e| ApiError::Internal(format!("stored definition is unreadable: {e}")))?;
     check_inputs(&definition, &inputs)?;
-    let id = runner::start_run(
+    let inputs = Json::Object(inputs);
+    let idempotency = idempotency(request, &inputs)?;
+    if let Some(key) = &idempotency
+        && let Some(id) = replay(&org, workflow_id, key)?
+    {
+        return Ok(started(&id, true));
+    }
+    let id = match runner::start_run(
         ctx,
         &caller,
         workflow_id,
         version,
         &definition,
-        Json::Object(inputs),
-    )?;
+        inputs,
+        idempotency.as_ref(),
+    ) {
+        // Another request with the same key won the race: answer as its replay.
+        Err(ApiError::Conflict(_)) if idempotency.is_some() => {
+            let key = idempotency.as_ref().expect("checked above");
+            let id = replay(&org, workflow_id, key)?
+                .ok_or_else(|| ApiError::Conflict("the Idempotency-Key is in use".into()))?;
+            return Ok(started(&id, true));
+        }
+        other => other?,
+    };
     record_activity(
         ctx,
         ctx.db()?,
@@ -107,10 +134,144 @@ fn execute_workflow(
         ("execution", &id),
         &json!({"workflow_id": workflow_id}),
     )?;
-    Ok(ApiResponse::json(
+    Ok(started(&id, false))
+}
+
+fn started(id: &str, replayed: bool) -> ApiResponse {
+    let mut response = ApiResponse::json(
         202,
         &json!({"execution_id": id, "status": "running", "status_url": format!("/api/v1/executions/{id}")}),
-    ))
+    );
+    if replayed {
+        response.set_header("idempotent-replayed", "true");
+    }
+    response
+}
+
+/// How long an Idempotency-Key keeps answering with its run.
+const IDEMPOTENCY_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The request's `Idempotency-Key` (1 to 255 characters) with a hash of its inputs.
+fn idempotency(
+    request: &ApiRequest,
+    inputs: &Json,
+) -> Result<Option<runner::Idempotency>, ApiError> {
+    let Some(key) = request.header("idempotency-key") else {
+        return Ok(None);
+    };
+    if !(1..=255).contains(&key.chars().count()) {
+        return Err(ApiError::BadRequest {
+            message: "invalid Idempotency-Key".into(),
+            details: vec![ErrorDetail::new(
+                "header.idempotency-key",
+                "must be 1 to 255 characters",
+            )],
+        });
+    }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(inputs.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Some(runner::Idempotency {
+        key: key.to_string(),
+        request_hash: hash,
+    }))
+}
+
+/// The run an earlier request with this key started, within the window: the
+/// same inputs replay it; other inputs are a 409. A key older than the
+/// window is released for reuse.
+fn replay(
+    org: &OrgScoped,
+    workflow_id: &str,
+    key: &runner::Idempotency,
+) -> Result<Option<String>, ApiError> {
+    let Some(row) = org
+        .execute(
+            "SELECT id, request_hash, created_at FROM executions \
+             WHERE org_id = ?1 AND workflow_id = ?2 AND idempotency_key = ?3",
+            &[Value::from(workflow_id), Value::from(key.key.as_str())],
+        )?
+        .into_first()
+    else {
+        return Ok(None);
+    };
+    if row[2].as_i64().unwrap_or(0) < now_ms() - IDEMPOTENCY_WINDOW_MS {
+        org.execute(
+            "UPDATE executions SET idempotency_key = NULL WHERE org_id = ?1 AND id = ?2",
+            &[row[0].clone()],
+        )?;
+        return Ok(None);
+    }
+    if row[1].as_str() != Some(key.request_hash.as_str()) {
+        return Err(ApiError::Conflict(
+            "this Idempotency-Key was used with different inputs".into(),
+        ));
+    }
+    Ok(row[0].as_str().map(String::from))
+}
+
+/// `POST /api/v1/executions/:id/cancel` (member): nothing new starts; steps
+/// already running finish; the run is `cancelled`. A finished run is 409.
+fn cancel_execution(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Member)?;
+    let id = params.get("id").unwrap_or_default();
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    fetch_one(
+        &org,
+        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
+        &[Value::from(id)],
+        || format!("execution {id}"),
+    )?;
+    runner::cancel(ctx.db()?, &caller.org_id, id)?;
+    record_activity(
+        ctx,
+        ctx.db()?,
+        &caller.org_id,
+        &caller.subject,
+        "execution.cancelled",
+        ("execution", id),
+        &json!({}),
+    )?;
+    get_execution(ctx, request, params)
+}
+
+/// `POST /api/v1/executions/:id/retry` (member): a failed or cancelled run
+/// continues from where it stopped; completed steps are reused, never re-run
+/// or re-billed. Any other run is 409.
+fn retry_execution(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Member)?;
+    internal_key(ctx)?;
+    let id = params.get("id").unwrap_or_default();
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    fetch_one(
+        &org,
+        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
+        &[Value::from(id)],
+        || format!("execution {id}"),
+    )?;
+    runner::retry(ctx, &caller.org_id, id)?;
+    record_activity(
+        ctx,
+        ctx.db()?,
+        &caller.org_id,
+        &caller.subject,
+        "execution.retried",
+        ("execution", id),
+        &json!({}),
+    )?;
+    Ok(started(id, false))
 }
 
 /// Declared trigger inputs: required ones present, each of its type.

@@ -16,6 +16,9 @@ use spindle_http::ApiError;
 use spindle_store::{Db, OrgScoped, Value, in_transaction};
 use std::collections::HashMap;
 
+/// The error of a step that never ran because its run ended first; a retry runs it.
+const RUN_ENDED: &str = r#"{"code":"run_ended","message":"the run ended before this step ran"}"#;
+
 /// How long a claimed step may run before another invocation may take it over.
 const DEFAULT_LEASE_MS: i64 = 300_000;
 
@@ -76,8 +79,17 @@ fn is_expensive(node: &Node) -> bool {
     matches!(node.node_type.as_str(), "agent" | "http")
 }
 
+/// A start request's Idempotency-Key and the hash of its body.
+pub struct Idempotency {
+    /// The caller's key.
+    pub key: String,
+    /// SHA-256 of the request, hex.
+    pub request_hash: String,
+}
+
 /// Stores a new run of `definition` (pinned at `version`) with its trigger
-/// step done, then advances it. Returns the run's id.
+/// step done, then advances it. Returns the run's id. A second run with the
+/// same idempotency key fails on a unique index (409).
 pub fn start_run(
     ctx: &RequestContext,
     caller: &Caller,
@@ -85,6 +97,7 @@ pub fn start_run(
     version: i64,
     definition: &Definition,
     inputs: Json,
+    idempotency: Option<&Idempotency>,
 ) -> Result<String, ApiError> {
     let id = ctx.new_id();
     let now = now_ms();
@@ -96,7 +109,8 @@ pub fn start_run(
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         db.execute(
             "INSERT INTO executions (id, org_id, workflow_id, workflow_version, status, trigger_kind, inputs, \
-             api_key_id, created_at, started_at, updated_at) VALUES (?, ?, ?, ?, 'running', 'api', ?, ?, ?, ?, ?)",
+             api_key_id, idempotency_key, request_hash, created_at, started_at, updated_at) \
+             VALUES (?, ?, ?, ?, 'running', 'api', ?, ?, ?, ?, ?, ?, ?)",
             &[
                 Value::from(id.as_str()),
                 Value::from(caller.org_id.as_str()),
@@ -104,6 +118,8 @@ pub fn start_run(
                 Value::Integer(version),
                 Value::Text(inputs.to_string()),
                 Value::from(caller.api_key_id.clone()),
+                Value::from(idempotency.map(|i| i.key.clone())),
+                Value::from(idempotency.map(|i| i.request_hash.clone())),
                 Value::Integer(now),
                 Value::Integer(now),
                 Value::Integer(now),
@@ -397,8 +413,10 @@ pub fn run_step(
         // The run ended while this step waited (a sibling failed): it will
         // never run, and the tick must not pick it up again.
         db.execute(
-            "UPDATE steps SET status = 'skipped', lease_expires_at = NULL, finished_at = ? \
-             WHERE id = ? AND lease_token = ?",
+            &format!(
+                "UPDATE steps SET status = 'skipped', error = '{RUN_ENDED}', lease_expires_at = NULL, \
+                 finished_at = ? WHERE id = ? AND lease_token = ?"
+            ),
             &[
                 Value::Integer(now_ms()),
                 Value::from(step_id),
@@ -645,14 +663,73 @@ fn finish_step(
             )?;
             // Steps still waiting for an invocation will never run.
             OrgScoped::new(db, &run.org_id).execute(
-                "UPDATE steps SET status = 'skipped', finished_at = ?2 \
-                 WHERE org_id = ?1 AND execution_id = ?3 AND status = 'queued'",
+                &format!(
+                    "UPDATE steps SET status = 'skipped', error = '{RUN_ENDED}', finished_at = ?2 \
+                     WHERE org_id = ?1 AND execution_id = ?3 AND status = 'queued'"
+                ),
                 &[Value::Integer(now), Value::from(run.id.as_str())],
             )?;
             add_totals(db, run)?;
         }
         Ok(())
     })
+}
+
+/// Cancels a run: nothing new starts, queued steps never run, running ones
+/// finish but start nothing after them. 409 when the run already ended.
+pub fn cancel(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<(), ApiError> {
+    let now = now_ms();
+    in_transaction(db, |db| -> Result<(), ApiError> {
+        let org = OrgScoped::new(db, org_id);
+        let cancelled = org.execute(
+            "UPDATE executions SET status = 'cancelled', finished_at = ?2, updated_at = ?2 \
+             WHERE org_id = ?1 AND id = ?3 AND status IN ('pending', 'running') RETURNING id",
+            &[Value::Integer(now), Value::from(execution_id)],
+        )?;
+        if cancelled.rows.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "execution {execution_id} has already ended"
+            )));
+        }
+        org.execute(
+            &format!(
+                "UPDATE steps SET status = 'skipped', error = '{RUN_ENDED}', finished_at = ?2 \
+                 WHERE org_id = ?1 AND execution_id = ?3 AND status = 'queued'"
+            ),
+            &[Value::Integer(now), Value::from(execution_id)],
+        )?;
+        Ok(())
+    })
+}
+
+/// Continues a failed or cancelled run: its failed steps and the steps that
+/// never ran are forgotten, completed ones stay (their output is final and
+/// billed once), and the run advances again. 409 for any other run.
+pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(), ApiError> {
+    let now = now_ms();
+    in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
+        let org = OrgScoped::new(db, org_id);
+        let reopened = org.execute(
+            "UPDATE executions SET status = 'running', error = NULL, failed_node = NULL, output = NULL, \
+             finished_at = NULL, updated_at = ?2 WHERE org_id = ?1 AND id = ?3 \
+             AND status IN ('failed', 'cancelled') RETURNING id",
+            &[Value::Integer(now), Value::from(execution_id)],
+        )?;
+        if reopened.rows.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "execution {execution_id} is not failed or cancelled"
+            )));
+        }
+        org.execute(
+            &format!(
+                "DELETE FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
+                 AND (status = 'failed' OR (status = 'skipped' AND error = '{RUN_ENDED}'))"
+            ),
+            &[Value::from(execution_id)],
+        )?;
+        Ok(())
+    })?;
+    advance(ctx, org_id, execution_id, 0)
 }
 
 /// Sums the run's tokens and cost from its steps.
