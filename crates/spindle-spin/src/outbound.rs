@@ -24,13 +24,16 @@ pub fn send(request: &OutboundRequest) -> Result<OutboundResponse, OutboundError
     let _ = options.set_first_byte_timeout(Some(timeout_ns));
     let _ = options.set_between_bytes_timeout(Some(timeout_ns));
     let future = outgoing_handler::handle(outgoing, Some(options)).map_err(from_error_code)?;
-    write_body(body, &request.body)?;
+    // A refused request closes its body stream: the response's error code
+    // (say, HttpRequestDenied) is the real reason, so it is read first.
+    let written = write_body(body, &request.body);
     future.subscribe().block();
     let response = future
         .get()
         .ok_or_else(|| OutboundError::Failed("response not ready".into()))?
         .map_err(|()| OutboundError::Failed("response already taken".into()))?
         .map_err(from_error_code)?;
+    written?;
     let headers = response
         .headers()
         .entries()
