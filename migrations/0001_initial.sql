@@ -113,6 +113,8 @@ CREATE TABLE workflows (
     -- webhook. Kept in clear because verifying needs it; never returned
     -- after creation or rotation.
     webhook_secret TEXT NOT NULL,
+    -- How calls to its webhook are signed: Standard Webhooks or GitHub's.
+    webhook_scheme TEXT NOT NULL DEFAULT 'standard' CHECK (webhook_scheme IN ('standard', 'github')),
     created_by TEXT,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,
@@ -120,6 +122,17 @@ CREATE TABLE workflows (
 );
 
 CREATE INDEX workflows_by_org ON workflows (org_id, deleted_at, created_at);
+
+-- Webhook deliveries seen, by their webhook-id: a replay is refused. Rows
+-- older than the signature's tolerance can be pruned.
+CREATE TABLE webhook_receipts (
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    workflow_id TEXT NOT NULL REFERENCES workflows (id),
+    webhook_id TEXT NOT NULL,
+    execution_id TEXT,
+    received_at INTEGER NOT NULL,
+    PRIMARY KEY (workflow_id, webhook_id)
+);
 
 CREATE TABLE workflow_versions (
     org_id TEXT NOT NULL REFERENCES organizations (id),

@@ -501,6 +501,126 @@ fn an_idempotency_key_starts_one_run() {
 }
 
 #[test]
+fn a_delay_parks_the_run_until_the_tick_resumes_it() {
+    let target = shared();
+    let org = target.create_org("run-delay");
+    let workflow = create_workflow(
+        target,
+        &org,
+        json!({
+            "name": "Delayed",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "pause", "type": "delay", "config": {"duration_ms": 1500}},
+                {"id": "done", "type": "output", "config": {"value": "{{ trigger.greeting }}"}}
+            ],
+            "edges": [{"source": "start", "target": "pause"}, {"source": "pause", "target": "done"}]
+        }),
+    );
+    let id = start(target, &org, &workflow, json!({"greeting": "later"}));
+    let tick = || {
+        target.request(
+            "POST",
+            "/internal/tick",
+            &[("authorization", &format!("Bearer {TICK_KEY}"))],
+            None,
+        )
+    };
+    tick();
+    let parked = execution(target, &org, &id);
+    assert_eq!(parked["status"], "running");
+    assert_eq!(step(&parked, "pause")["status"], "queued");
+    std::thread::sleep(Duration::from_millis(1_600));
+    tick();
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "later");
+}
+
+#[test]
+fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-http");
+    // The fake provider stands in for any allowed HTTP service: it answers JSON.
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let definition = |url: &str| {
+        json!({
+            "name": "HTTP",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "config": {"method": "POST", "url": url,
+                    "headers": {"x-request": "{{ trigger.tag }}"},
+                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "{{ trigger.tag }}"}]}}},
+                {"id": "done", "type": "output", "config": {"value": {"status": "{{ steps.call.output.status }}",
+                    "model": "{{ steps.call.output.body.model }}"}}}
+            ],
+            "edges": [{"source": "start", "target": "call"}, {"source": "call", "target": "done"}]
+        })
+    };
+    let allowed = create_workflow(target, &org, definition(&url));
+    let run = finished(
+        target,
+        &org,
+        &start(target, &org, &allowed, json!({"tag": "t-1"})),
+    );
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"status": 200, "model": "gpt-4o-mini"})
+    );
+    let sent = fake_llm().received();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header("x-request"), Some("t-1"));
+    assert_eq!(sent[0].body["messages"][0]["content"], "t-1");
+
+    let refused = create_workflow(target, &org, definition("http://example.com/hook"));
+    let run = finished(
+        target,
+        &org,
+        &start(target, &org, &refused, json!({"tag": "t-2"})),
+    );
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"]["code"], "host_not_allowed", "{run}");
+    assert_eq!(fake_llm().received().len(), 1, "nothing more was sent");
+}
+
+#[test]
+fn a_failure_routed_to_an_error_edge_keeps_the_run_going() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-route");
+    let agent = create_agent(target, &org);
+    let workflow = create_workflow(
+        target,
+        &org,
+        json!({
+            "name": "Routed",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "ask", "type": "agent", "on_error": "route", "config": {"agent_id": agent, "prompt": "hi"}},
+                {"id": "fine", "type": "transform", "config": {"template": "ok"}},
+                {"id": "fallback", "type": "transform", "config": {"template": "fallback: {{ steps.ask.output.code }}"}},
+                {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+            ],
+            "edges": [
+                {"source": "start", "target": "ask"},
+                {"source": "ask", "target": "fine"},
+                {"source": "ask", "target": "fallback", "source_handle": "error"},
+                {"source": "fine", "target": "done"},
+                {"source": "fallback", "target": "done"}
+            ]
+        }),
+    );
+    fake_llm().push(Reply::error(400, "refused"));
+    let run = finished(target, &org, &start(target, &org, &workflow, json!({})));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "fallback: provider_rejected");
+    assert_eq!(step(&run, "ask")["outcome"], "error");
+    assert_eq!(step(&run, "fine")["status"], "skipped");
+}
+
+#[test]
 fn internal_endpoints_refuse_requests_without_a_valid_token() {
     let target = shared();
     for (path, headers) in [

@@ -3,6 +3,7 @@
 //! (`/internal/tick`).
 
 mod dispatch;
+mod hooks;
 mod runner;
 mod status;
 
@@ -44,6 +45,7 @@ pub fn router() -> Router<RequestContext> {
             "/api/v1/executions/:id/retry",
             retry_execution,
         )
+        .route(Method::Post, "/hooks/:workflow_id", hooks::receive)
         .route(Method::Post, "/internal/steps/:id", run_step)
         .route(Method::Post, "/internal/tick", tick)
 }
@@ -107,15 +109,15 @@ fn execute_workflow(
     {
         return Ok(started(&id, true));
     }
-    let id = match runner::start_run(
-        ctx,
-        &caller,
+    let start = runner::RunStart {
         workflow_id,
         version,
-        &definition,
+        definition: &definition,
         inputs,
-        idempotency.as_ref(),
-    ) {
+        trigger_kind: "api",
+        idempotency: idempotency.as_ref(),
+    };
+    let id = match runner::start_run(ctx, &caller, start) {
         // Another request with the same key won the race: answer as its replay.
         Err(ApiError::Conflict(_)) if idempotency.is_some() => {
             let key = idempotency.as_ref().expect("checked above");
@@ -438,8 +440,8 @@ fn run_step(
 }
 
 /// `POST /internal/tick` (dispatch token for `tick`, or `Bearer <tick_key>`):
-/// re-dispatches steps whose lease expired (their invocation died) and
-/// queued steps nobody dispatched, in a bounded batch.
+/// re-dispatches steps whose lease expired (their invocation died), queued
+/// steps nobody dispatched, and delays whose time has come, in a bounded batch.
 fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiResponse, ApiError> {
     let now = now_ms();
     let by_key = match (ctx.variable("tick_key"), request.header("authorization")) {
@@ -456,11 +458,13 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
     // The one cross-organisation query: the tick is the platform's, not a tenant's.
     let due = ctx.db()?.execute(
         "SELECT s.id FROM steps s JOIN executions e ON e.id = s.execution_id AND e.status = 'running' \
-         WHERE (s.status = 'running' AND s.lease_expires_at < ?) OR (s.status = 'queued' AND s.created_at < ?) \
+         WHERE (s.status = 'running' AND s.lease_expires_at < ?) \
+         OR (s.status = 'queued' AND COALESCE(s.run_after, s.created_at + ?) <= ?) \
          ORDER BY s.created_at LIMIT ?",
         &[
             Value::Integer(now),
-            Value::Integer(now - UNDISPATCHED_AFTER_MS),
+            Value::Integer(UNDISPATCHED_AFTER_MS),
+            Value::Integer(now),
             Value::Integer(TICK_BATCH),
         ],
     )?;

@@ -10,9 +10,10 @@ use crate::{json_column, now_ms};
 use serde_json::{Map, Value as Json, json};
 use spindle_auth::{Caller, Role};
 use spindle_definition::{
-    Definition, Node, NodeConfig, NodeState, OnError, edge_taken, evaluate, is_truthy, plan, render,
+    Definition, DelayConfig, HttpConfig, Node, NodeConfig, NodeState, OnError, edge_taken,
+    evaluate, is_truthy, plan, render,
 };
-use spindle_http::ApiError;
+use spindle_http::{ApiError, OutboundError, OutboundRequest};
 use spindle_store::{Db, OrgScoped, Value, in_transaction};
 use std::collections::HashMap;
 
@@ -79,6 +80,22 @@ fn is_expensive(node: &Node) -> bool {
     matches!(node.node_type.as_str(), "agent" | "http")
 }
 
+/// What starts a run: a workflow version, its inputs and how it was triggered.
+pub struct RunStart<'a> {
+    /// The workflow.
+    pub workflow_id: &'a str,
+    /// The version the run is pinned to.
+    pub version: i64,
+    /// That version's definition.
+    pub definition: &'a Definition,
+    /// The trigger's output: the run's inputs or the webhook's body.
+    pub inputs: Json,
+    /// `api`, `webhook` or `schedule`.
+    pub trigger_kind: &'a str,
+    /// The caller's Idempotency-Key, if any.
+    pub idempotency: Option<&'a Idempotency>,
+}
+
 /// A start request's Idempotency-Key and the hash of its body.
 pub struct Idempotency {
     /// The caller's key.
@@ -93,14 +110,18 @@ pub struct Idempotency {
 pub fn start_run(
     ctx: &RequestContext,
     caller: &Caller,
-    workflow_id: &str,
-    version: i64,
-    definition: &Definition,
-    inputs: Json,
-    idempotency: Option<&Idempotency>,
+    start: RunStart<'_>,
 ) -> Result<String, ApiError> {
     let id = ctx.new_id();
     let now = now_ms();
+    let RunStart {
+        workflow_id,
+        version,
+        definition,
+        inputs,
+        trigger_kind,
+        idempotency,
+    } = start;
     let trigger = definition
         .nodes
         .iter()
@@ -110,12 +131,13 @@ pub fn start_run(
         db.execute(
             "INSERT INTO executions (id, org_id, workflow_id, workflow_version, status, trigger_kind, inputs, \
              api_key_id, idempotency_key, request_hash, created_at, started_at, updated_at) \
-             VALUES (?, ?, ?, ?, 'running', 'api', ?, ?, ?, ?, ?, ?, ?)",
+             VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
                 Value::from(id.as_str()),
                 Value::from(caller.org_id.as_str()),
                 Value::from(workflow_id),
                 Value::Integer(version),
+                Value::from(trigger_kind),
                 Value::Text(inputs.to_string()),
                 Value::from(caller.api_key_id.clone()),
                 Value::from(idempotency.map(|i| i.key.clone())),
@@ -320,7 +342,13 @@ pub fn advance(
             else {
                 continue;
             };
-            if is_expensive(node) {
+            if let Some(resume_at) = delayed_until(&run, &steps, node, now) {
+                // A delay parks its step until its time; the tick resumes it.
+                db.execute(
+                    "UPDATE steps SET run_after = ? WHERE id = ?",
+                    &[Value::Integer(resume_at), Value::from(step_id.as_str())],
+                )?;
+            } else if is_expensive(node) {
                 let (ctx_org, step) = (org_id.to_string(), step_id.clone());
                 ctx.defer(move |ctx| {
                     // A failed dispatch leaves the step queued for the tick.
@@ -350,8 +378,28 @@ pub fn advance(
     }
 }
 
-/// Claims a queued step, or a running one whose lease expired (its
-/// invocation died), for a new lease. Exactly one claimer wins.
+/// When a `delay` node's step may run, if that is still in the future.
+fn delayed_until(run: &Run, steps: &HashMap<String, Step>, node: &Node, now: i64) -> Option<i64> {
+    let Ok(NodeConfig::Delay(delay)) = node.typed_config("config") else {
+        return None;
+    };
+    let at = match delay {
+        DelayConfig::Duration(ms) => now.saturating_add(i64::try_from(ms).unwrap_or(i64::MAX)),
+        DelayConfig::Until(template) => {
+            // A time that does not render or parse does not delay; the
+            // validator already checked its syntax.
+            let rendered =
+                render(&Json::String(template), &template_context(run, steps, node)).ok()?;
+            chrono::DateTime::parse_from_rfc3339(rendered.as_str()?)
+                .ok()?
+                .timestamp_millis()
+        }
+    };
+    (at > now).then_some(at)
+}
+
+/// Claims a queued step whose time has come, or a running one whose lease
+/// expired (its invocation died), for a new lease. Exactly one claimer wins.
 pub fn claim(
     ctx: &RequestContext,
     db: &dyn Db,
@@ -362,12 +410,14 @@ pub fn claim(
     let rows = db.execute(
         "UPDATE steps SET status = 'running', attempts = attempts + 1, lease_token = ?, lease_expires_at = ?, \
          started_at = COALESCE(started_at, ?) \
-         WHERE id = ? AND (status = 'queued' OR (status = 'running' AND lease_expires_at < ?)) RETURNING id",
+         WHERE id = ? AND ((status = 'queued' AND COALESCE(run_after, 0) <= ?) \
+         OR (status = 'running' AND lease_expires_at < ?)) RETURNING id",
         &[
             Value::from(lease.as_str()),
             Value::Integer(now + lease_ms(ctx)),
             Value::Integer(now),
             Value::from(step_id),
+            Value::Integer(now),
             Value::Integer(now),
         ],
     )?;
@@ -485,6 +535,8 @@ fn run_cheap(
             output: render(&c.value, &context).map_err(template_failure)?,
             ..NodeResult::default()
         },
+        // Its waiting is done by the time it runs (the claim honours `run_after`).
+        NodeConfig::Delay(_) => NodeResult::default(),
         _ => {
             return Err(StepFailure::new(
                 "node_not_supported",
@@ -501,11 +553,17 @@ fn run_expensive(
     node: &Node,
     step_id: &str,
 ) -> Result<NodeResult, StepFailure> {
-    let Ok(NodeConfig::Agent(config)) = node.typed_config("config") else {
-        return Err(StepFailure::new(
-            "node_not_supported",
-            format!("the engine does not run {} nodes yet", node.node_type),
-        ));
+    let config = match node.typed_config("config") {
+        Ok(NodeConfig::Agent(config)) => config,
+        Ok(NodeConfig::Http(config)) => {
+            return run_http(ctx, &template_context(run, steps, node), &config);
+        }
+        _ => {
+            return Err(StepFailure::new(
+                "node_not_supported",
+                format!("the engine does not run {} nodes yet", node.node_type),
+            ));
+        }
     };
     let context = template_context(run, steps, node);
     let prompt = match render(&Json::String(config.prompt.clone()), &context)
@@ -581,6 +639,92 @@ fn run_expensive(
         tokens_out: number(&["usage", "output_tokens"]),
         base_micros: number(&["cost", "base_micros"]),
         billed_micros: number(&["cost", "billed_micros"]),
+    })
+}
+
+/// Default and largest timeout of an `http` node, and the most of its answer kept.
+const HTTP_DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const HTTP_MAX_TIMEOUT_MS: u64 = 120_000;
+const HTTP_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// An `http` node: renders the request, sends it to a host the app allows
+/// (the host refuses others before anything is sent), and records status,
+/// headers and the body (JSON when it parses). 4xx and 5xx fail the step.
+fn run_http(
+    ctx: &RequestContext,
+    context: &Json,
+    config: &HttpConfig,
+) -> Result<NodeResult, StepFailure> {
+    let template_failure =
+        |e: spindle_definition::TemplateError| StepFailure::new("template_failed", e.to_string());
+    let text = |value: Json| match value {
+        Json::String(s) => s,
+        other => other.to_string(),
+    };
+    let url = text(render(&Json::String(config.url.clone()), context).map_err(template_failure)?);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(StepFailure::new(
+            "invalid_url",
+            format!("{url:?} is not an absolute http(s) URL"),
+        ));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &config.headers {
+        headers.push((
+            name.to_ascii_lowercase(),
+            text(render(&Json::String(value.clone()), context).map_err(template_failure)?),
+        ));
+    }
+    let body = match &config.body {
+        None => Vec::new(),
+        Some(template) => match render(template, context).map_err(template_failure)? {
+            Json::String(raw) => raw.into_bytes(),
+            json => {
+                if !headers.iter().any(|(n, _)| n == "content-type") {
+                    headers.push(("content-type".into(), "application/json".into()));
+                }
+                json.to_string().into_bytes()
+            }
+        },
+    };
+    let method = format!("{:?}", config.method).to_ascii_uppercase();
+    let reply = ctx
+        .send(&OutboundRequest {
+            method,
+            url: url.clone(),
+            headers,
+            body,
+            timeout_ms: config
+                .timeout_ms
+                .unwrap_or(HTTP_DEFAULT_TIMEOUT_MS)
+                .min(HTTP_MAX_TIMEOUT_MS),
+            max_response_bytes: HTTP_MAX_RESPONSE_BYTES,
+        })
+        .map_err(|error| match error {
+            OutboundError::Denied(_) => {
+                StepFailure::new("host_not_allowed", format!("{url} is not an allowed host"))
+            }
+            OutboundError::Timeout => {
+                StepFailure::new("http_timeout", format!("{url} did not answer in time"))
+            }
+            other => StepFailure::new("http_failed", format!("{url}: {other}")),
+        })?;
+    let body = serde_json::from_slice::<Json>(&reply.body)
+        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&reply.body).into_owned()));
+    if reply.status >= 400 {
+        return Err(StepFailure::new(
+            "http_status",
+            format!("{url} answered {}", reply.status),
+        ));
+    }
+    let headers: Map<String, Json> = reply
+        .headers
+        .into_iter()
+        .map(|(n, v)| (n, Json::String(v)))
+        .collect();
+    Ok(NodeResult {
+        output: json!({"status": reply.status, "headers": headers, "body": body}),
+        ..NodeResult::default()
     })
 }
 

@@ -26,6 +26,10 @@ const MAX_DESCRIPTION_CHARS: usize = 2_000;
 /// its definition: a `GET` body posted back is a valid create request.
 const READ_ONLY_FIELDS: &[&str] = &["id", "version", "created_at", "updated_at", "node_count"];
 const DEFINITION_FIELDS: &[&str] = &["nodes", "edges", "variables", "tasks"];
+/// Fields of a workflow that are settings, changed without a new version.
+const SETTINGS_FIELDS: &[&str] = &["name", "description", "is_active", "webhook_scheme"];
+/// How calls to a workflow's webhook may be signed.
+const WEBHOOK_SCHEMES: &[&str] = &["standard", "github"];
 
 /// The workflows component's routes.
 pub fn router() -> Router<RequestContext> {
@@ -67,6 +71,7 @@ struct Document {
     name: String,
     description: String,
     is_active: bool,
+    webhook_scheme: String,
     definition: Definition,
 }
 
@@ -79,7 +84,7 @@ fn read_document(ctx: &RequestContext, caller: &Caller, body: &Json) -> Result<D
     let unknown: Vec<ErrorDetail> = object
         .keys()
         .filter(|k| {
-            !(["name", "description", "is_active"].contains(&k.as_str())
+            !(SETTINGS_FIELDS.contains(&k.as_str())
                 || DEFINITION_FIELDS.contains(&k.as_str())
                 || READ_ONLY_FIELDS.contains(&k.as_str()))
         })
@@ -123,6 +128,17 @@ fn read_document(ctx: &RequestContext, caller: &Caller, body: &Json) -> Result<D
             true
         }
     };
+    let webhook_scheme = match object.get("webhook_scheme") {
+        None | Some(Json::Null) => "standard".to_string(),
+        Some(Json::String(scheme)) if WEBHOOK_SCHEMES.contains(&scheme.as_str()) => scheme.clone(),
+        Some(_) => {
+            problems.push(ErrorDetail::new(
+                "webhook_scheme",
+                "must be standard or github",
+            ));
+            "standard".to_string()
+        }
+    };
     let definition_json = Json::Object(
         object
             .iter()
@@ -159,6 +175,7 @@ fn read_document(ctx: &RequestContext, caller: &Caller, body: &Json) -> Result<D
             name,
             description,
             is_active,
+            webhook_scheme,
             definition,
         }),
         _ => Err(ApiError::Validation {
@@ -208,7 +225,7 @@ fn insert_workflow(
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         db.execute(
             "INSERT INTO workflows (id, org_id, name, description, is_active, current_version, webhook_secret, \
-             created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+             webhook_scheme, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)",
             &[
                 Value::from(id.as_str()),
                 Value::from(caller.org_id.as_str()),
@@ -216,6 +233,7 @@ fn insert_workflow(
                 Value::from(document.description.as_str()),
                 Value::Integer(i64::from(document.is_active)),
                 Value::from(secret.as_str()),
+                Value::from(document.webhook_scheme.as_str()),
                 Value::from(caller.subject.as_str()),
                 Value::Integer(now),
                 Value::Integer(now),
@@ -379,7 +397,7 @@ fn replace_workflow(
         insert_version(db, &caller, id, version, &document.definition, now)?;
         org.execute(
             "UPDATE workflows SET name = ?2, description = ?3, is_active = ?4, current_version = ?5, \
-             updated_at = ?6 WHERE org_id = ?1 AND id = ?7",
+             updated_at = ?6, webhook_scheme = ?8 WHERE org_id = ?1 AND id = ?7",
             &[
                 Value::from(document.name.as_str()),
                 Value::from(document.description.as_str()),
@@ -387,6 +405,7 @@ fn replace_workflow(
                 Value::Integer(version),
                 Value::Integer(now),
                 Value::from(id),
+                Value::from(document.webhook_scheme.as_str()),
             ],
         )?;
         record_activity(
@@ -402,8 +421,8 @@ fn replace_workflow(
     Ok(ApiResponse::json(200, &workflow_json(&org, id)?))
 }
 
-/// `PATCH /api/v1/workflows/:id` (member): name, description or `is_active`,
-/// without a new version.
+/// `PATCH /api/v1/workflows/:id` (member): name, description, `is_active` or
+/// `webhook_scheme`, without a new version.
 fn update_settings(
     ctx: &RequestContext,
     request: &ApiRequest,
@@ -418,8 +437,12 @@ fn update_settings(
         .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
     let mut problems = Vec::new();
     for key in object.keys() {
-        if !["name", "description", "is_active"].contains(&key.as_str()) {
-            problems.push(ErrorDetail::new(key.clone(), "only name, description and is_active can be patched; PUT a new version to change the definition"));
+        if !SETTINGS_FIELDS.contains(&key.as_str()) {
+            problems.push(ErrorDetail::new(
+                key.clone(),
+                "only name, description, is_active and webhook_scheme can be patched; \
+                 PUT a new version to change the definition",
+            ));
         }
     }
     let name = object.get("name").map(|v| match v.as_str().map(str::trim) {
@@ -448,6 +471,16 @@ fn update_settings(
             true
         })
     });
+    let webhook_scheme = object.get("webhook_scheme").map(|v| match v.as_str() {
+        Some(scheme) if WEBHOOK_SCHEMES.contains(&scheme) => scheme.to_string(),
+        _ => {
+            problems.push(ErrorDetail::new(
+                "webhook_scheme",
+                "must be standard or github",
+            ));
+            String::new()
+        }
+    });
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     live_workflow(&org, id)?;
     if !problems.is_empty() {
@@ -460,13 +493,15 @@ fn update_settings(
         let org = OrgScoped::new(db, &caller.org_id);
         org.execute(
             "UPDATE workflows SET name = COALESCE(?2, name), description = COALESCE(?3, description), \
-             is_active = COALESCE(?4, is_active), updated_at = ?5 WHERE org_id = ?1 AND id = ?6",
+             is_active = COALESCE(?4, is_active), updated_at = ?5, \
+             webhook_scheme = COALESCE(?7, webhook_scheme) WHERE org_id = ?1 AND id = ?6",
             &[
                 Value::from(name),
                 Value::from(description),
                 Value::from(is_active.map(i64::from)),
                 Value::Integer(now_ms()),
                 Value::from(id),
+                Value::from(webhook_scheme),
             ],
         )?;
         record_activity(
@@ -690,7 +725,7 @@ fn no_content() -> ApiResponse {
 }
 
 const SUMMARY_COLUMNS: &str =
-    "id, name, description, is_active, current_version, created_at, updated_at";
+    "id, name, description, is_active, current_version, webhook_scheme, created_at, updated_at";
 
 fn summary_json(row: &[Value]) -> Json {
     json!({
@@ -699,8 +734,9 @@ fn summary_json(row: &[Value]) -> Json {
         "description": row[2].as_str(),
         "is_active": row[3].as_i64() == Some(1),
         "version": row[4].as_i64(),
-        "created_at": row[5].as_i64().map(timestamp),
-        "updated_at": row[6].as_i64().map(timestamp),
+        "webhook_scheme": row[5].as_str(),
+        "created_at": row[6].as_i64().map(timestamp),
+        "updated_at": row[7].as_i64().map(timestamp),
     })
 }
 
@@ -717,7 +753,7 @@ fn workflow_json(org: &OrgScoped, id: &str) -> Result<Json, ApiError> {
         || format!("workflow {id}"),
     )?;
     let mut workflow = summary_json(&row);
-    if let Some(Json::Object(definition)) = json_column(&row[7]) {
+    if let Some(Json::Object(definition)) = json_column(&row[8]) {
         for (key, value) in definition {
             workflow[key] = value;
         }
