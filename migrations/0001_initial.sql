@@ -258,3 +258,52 @@ CREATE TABLE activity_log (
 );
 
 CREATE INDEX activity_by_org ON activity_log (org_id, created_at);
+
+-- Where an organisation wants its events sent (Standard Webhooks signed).
+CREATE TABLE event_subscriptions (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    url TEXT NOT NULL,
+    -- Event types delivered, as a JSON list; empty means all.
+    event_types TEXT NOT NULL DEFAULT '[]',
+    secret TEXT NOT NULL,
+    is_active INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted_at INTEGER
+);
+
+CREATE INDEX event_subscriptions_by_org ON event_subscriptions (org_id, deleted_at);
+
+-- The outbox: one row per event and subscription, written in the same
+-- transaction as the change it reports, delivered at least once by the tick.
+CREATE TABLE event_outbox (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    subscription_id TEXT NOT NULL REFERENCES event_subscriptions (id),
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    lease_expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    delivered_at INTEGER
+);
+
+CREATE INDEX event_outbox_due ON event_outbox (status, next_attempt_at) WHERE status = 'pending';
+
+CREATE INDEX event_outbox_by_subscription ON event_outbox (org_id, subscription_id, created_at);
+
+-- Every delivery attempt, for the subscription's history.
+CREATE TABLE event_attempts (
+    id TEXT PRIMARY KEY,
+    org_id TEXT NOT NULL REFERENCES organizations (id),
+    outbox_id TEXT NOT NULL REFERENCES event_outbox (id),
+    status_code INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+
+CREATE INDEX event_attempts_by_outbox ON event_attempts (org_id, outbox_id, created_at);
