@@ -621,6 +621,50 @@ fn a_failure_routed_to_an_error_edge_keeps_the_run_going() {
 }
 
 #[test]
+fn a_node_retry_policy_runs_a_transient_failure_again_after_its_backoff() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-node-retry");
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = create_workflow(
+        target,
+        &org,
+        json!({
+            "name": "Retried",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "retry": {"max_attempts": 3, "backoff_ms": 200},
+                    "config": {"method": "POST", "url": url, "body": {"model": "m", "messages": []}}},
+                {"id": "done", "type": "output", "config": {"value": "{{ steps.call.output.status }}"}}
+            ],
+            "edges": [{"source": "start", "target": "call"}, {"source": "call", "target": "done"}]
+        }),
+    );
+    fake_llm().push(Reply::server_error());
+    fake_llm().push(Reply::server_error());
+    let id = start(target, &org, &workflow, json!({}));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let run = loop {
+        let run = execution(target, &org, &id);
+        if run["status"] != "running" {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        target.request(
+            "POST",
+            "/internal/tick",
+            &[("authorization", &format!("Bearer {TICK_KEY}"))],
+            None,
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    };
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], 200);
+    assert_eq!(step(&run, "call")["attempts"], 3);
+    assert_eq!(fake_llm().received().len(), 3);
+}
+
+#[test]
 fn internal_endpoints_refuse_requests_without_a_valid_token() {
     let target = shared();
     for (path, headers) in [

@@ -712,8 +712,14 @@ fn run_http(
     let body = serde_json::from_slice::<Json>(&reply.body)
         .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&reply.body).into_owned()));
     if reply.status >= 400 {
+        // 429 and 5xx may pass; other 4xx will not (a per-node `retry` retries only the former).
+        let code = if reply.status == 429 || reply.status >= 500 {
+            "http_unavailable"
+        } else {
+            "http_status"
+        };
         return Err(StepFailure::new(
-            "http_status",
+            code,
             format!("{url} answered {}", reply.status),
         ));
     }
@@ -739,6 +745,49 @@ fn structured_output(text: &str) -> Option<Json> {
     serde_json::from_str(unfenced.trim()).ok()
 }
 
+/// Failures a per-node `retry` retries: the ones that may pass on their own.
+const TRANSIENT_FAILURES: &[&str] = &[
+    "provider_rate_limited",
+    "provider_unavailable",
+    "provider_timeout",
+    "provider_unreachable",
+    "http_unavailable",
+    "http_timeout",
+    "http_failed",
+];
+
+/// When a failed step should run again under its node's `retry` policy
+/// (exponential from `backoff_ms`), or `None` when it should not.
+fn retry_at(
+    db: &dyn Db,
+    node: &Node,
+    step_id: &str,
+    failure: &StepFailure,
+    now: i64,
+) -> Result<Option<i64>, ApiError> {
+    let Some(policy) = &node.retry else {
+        return Ok(None);
+    };
+    if !TRANSIENT_FAILURES.contains(&failure.code.as_str()) {
+        return Ok(None);
+    }
+    let attempts = db
+        .execute(
+            "SELECT attempts FROM steps WHERE id = ?",
+            &[Value::from(step_id)],
+        )?
+        .scalar_i64()
+        .unwrap_or(i64::MAX);
+    if attempts >= i64::from(policy.max_attempts) {
+        return Ok(None);
+    }
+    let exponent = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(16);
+    let delay = i64::try_from(policy.backoff_ms.saturating_mul(1 << exponent)).unwrap_or(i64::MAX);
+    Ok(Some(now.saturating_add(delay)))
+}
+
 /// Stores a step's result under its lease; a failure follows the node's
 /// `on_error`. A lease lost to another invocation stores nothing.
 fn finish_step(
@@ -752,6 +801,24 @@ fn finish_step(
     let now = now_ms();
     let on_error = node.on_error;
     in_transaction(db, |db| -> Result<(), ApiError> {
+        if let Err(failure) = &result
+            && let Some(run_after) = retry_at(db, node, step_id, failure, now)?
+        {
+            // Back to the queue: the tick dispatches it again when due.
+            db.execute(
+                "UPDATE steps SET status = 'queued', run_after = ?, error = ?, lease_token = NULL, \
+                 lease_expires_at = NULL WHERE id = ? AND status = 'running' AND lease_token = ?",
+                &[
+                    Value::Integer(run_after),
+                    Value::Text(
+                        json!({"code": failure.code, "message": failure.message}).to_string(),
+                    ),
+                    Value::from(step_id),
+                    Value::from(lease),
+                ],
+            )?;
+            return Ok(());
+        }
         let (status, result, error) = match result {
             Ok(result) => (StepStatus::Completed, result, None),
             Err(failure) => {
