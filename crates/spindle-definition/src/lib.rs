@@ -17,8 +17,8 @@ pub use model::{
     AgentConfig, ConditionConfig, ConfigString, DEFAULT_MAX_ITERATIONS, Definition, DelayConfig,
     ERROR_HANDLE, Edge, Graph, HttpConfig, HttpMethod, InputSpec, InputType, LoopConfig, LoopMode,
     MAX_LOOP_ITERATIONS, NODE_TYPES, Node, NodeConfig, OnError, OutputConfig, Position, Problem,
-    RetryPolicy, SwitchConfig, TransformConfig, TriggerConfig, WaitConfig, parse_definition,
-    parse_node_config,
+    RetryPolicy, SwitchConfig, TIMEOUT_HANDLE, TransformConfig, TriggerConfig, WaitConfig,
+    parse_definition, parse_node_config,
 };
 pub use plan::{NodeState, Plan, edge_taken, plan, plan_graph};
 pub use validate::{MAX_DEFINITION_BYTES, MAX_NODES, referenced_agents, validate};

@@ -12,6 +12,8 @@ pub const DEFAULT_MAX_ITERATIONS: u64 = 100;
 pub const MAX_LOOP_ITERATIONS: u64 = 10_000;
 /// The source handle taken when a node with `on_error: "route"` fails.
 pub const ERROR_HANDLE: &str = "error";
+/// The handle a `wait` node takes when its timeout passes before its signal.
+pub const TIMEOUT_HANDLE: &str = "timeout";
 
 /// One thing wrong with a definition, with the JSON path where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +344,7 @@ impl NodeConfig {
     pub fn handles(&self) -> Vec<String> {
         match self {
             NodeConfig::Condition(_) => vec!["true".into(), "false".into()],
+            NodeConfig::Wait(_) => vec![TIMEOUT_HANDLE.into()],
             NodeConfig::Switch(s) => {
                 let mut handles = s.cases.clone();
                 handles.push("default".into());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::model::{Definition, ERROR_HANDLE, Edge, Node};
+use crate::model::{Definition, ERROR_HANDLE, Edge, Node, TIMEOUT_HANDLE};
 
 /// Where a node stands in a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,8 @@ pub fn edge_taken(edge: &Edge, outcome: Option<&str>) -> bool {
     match (outcome, edge.source_handle.as_deref()) {
         (Some(ERROR_HANDLE), handle) => handle == Some(ERROR_HANDLE),
         (_, Some(ERROR_HANDLE)) => false,
+        // A wait that timed out follows only its `timeout` edges, like an error.
+        (Some(TIMEOUT_HANDLE), handle) => handle == Some(TIMEOUT_HANDLE),
         (_, None) => true,
         (outcome, Some(handle)) => outcome == Some(handle),
     }
@@ -130,6 +132,23 @@ pub fn plan_graph(nodes: &[Node], edges: &[Edge], states: &HashMap<String, NodeS
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_timed_out_wait_takes_only_its_timeout_edges() {
+        let edge = |handle: Option<&str>| Edge {
+            id: None,
+            source: "w".into(),
+            target: "t".into(),
+            source_handle: handle.map(String::from),
+        };
+        assert!(edge_taken(&edge(Some("timeout")), Some("timeout")));
+        assert!(!edge_taken(&edge(None), Some("timeout")));
+        assert!(
+            !edge_taken(&edge(Some("timeout")), None),
+            "a signal does not take it"
+        );
+        assert!(edge_taken(&edge(None), None));
+    }
 
     fn node(id: &str, node_type: &str) -> Node {
         Node {

@@ -664,6 +664,91 @@ fn a_node_retry_policy_runs_a_transient_failure_again_after_its_backoff() {
     assert_eq!(fake_llm().received().len(), 3);
 }
 
+fn approval_flow(timeout_ms: u64) -> Value {
+    json!({
+        "name": "Approval",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "approval", "type": "wait", "config": {"signal": "approved", "timeout_ms": timeout_ms}},
+            {"id": "go", "type": "transform", "config": {"template": "approved by {{ steps.approval.output.by }}"}},
+            {"id": "expired", "type": "transform", "config": {"template": "no answer"}},
+            {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "approval"},
+            {"source": "approval", "target": "go"},
+            {"source": "approval", "target": "expired", "source_handle": "timeout"},
+            {"source": "go", "target": "done"},
+            {"source": "expired", "target": "done"}
+        ]
+    })
+}
+
+#[test]
+fn a_wait_node_is_resumed_by_its_signal() {
+    let target = shared();
+    let org = target.create_org("run-signal");
+    let workflow = create_workflow(target, &org, approval_flow(60_000));
+    let id = start(target, &org, &workflow, json!({}));
+    let parked = execution(target, &org, &id);
+    assert_eq!(parked["status"], "running");
+    assert_eq!(step(&parked, "approval")["status"], "waiting");
+    let signals = format!("/api/v1/executions/{id}/signals");
+    target
+        .call(
+            "POST",
+            &format!("{signals}/rejected"),
+            Some(&org.owner_key),
+            Some(&json!({"payload": {}})),
+        )
+        .assert_error(404, "not_found");
+    let reply = target.call(
+        "POST",
+        &format!("{signals}/approved"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {"by": "Grace"}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let run = finished(target, &org, &id);
+    assert_eq!(run["output"], "approved by Grace");
+    assert_eq!(step(&run, "expired")["status"], "skipped");
+    target
+        .call(
+            "POST",
+            &format!("{signals}/approved"),
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(404, "not_found");
+}
+
+#[test]
+fn a_wait_node_without_its_signal_times_out_on_the_tick() {
+    let target = shared();
+    let org = target.create_org("run-wait-timeout");
+    let workflow = create_workflow(target, &org, approval_flow(300));
+    let id = start(target, &org, &workflow, json!({}));
+    std::thread::sleep(Duration::from_millis(400));
+    // Any tick may time it out (other tests tick the same app too).
+    let tick = target.request(
+        "POST",
+        "/internal/tick",
+        &[("authorization", &format!("Bearer {TICK_KEY}"))],
+        None,
+    );
+    assert_eq!(tick.status, 200);
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "no answer");
+    assert_eq!(step(&run, "approval")["outcome"], "timeout");
+    assert_eq!(step(&run, "go")["status"], "skipped");
+}
+
 #[test]
 fn internal_endpoints_refuse_requests_without_a_valid_token() {
     let target = shared();

@@ -37,6 +37,11 @@ pub fn router() -> Router<RequestContext> {
         .route(Method::Get, "/api/v1/executions/:id", get_execution)
         .route(
             Method::Post,
+            "/api/v1/executions/:id/signals/:name",
+            send_signal,
+        )
+        .route(
+            Method::Post,
             "/api/v1/executions/:id/cancel",
             cancel_execution,
         )
@@ -479,8 +484,65 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
             failed += 1;
         }
     }
+    let timed_out = runner::time_out_waits(ctx, now, TICK_BATCH)?;
     Ok(ApiResponse::json(
         200,
-        &json!({"redispatched": ids.len() - failed, "failed": failed}),
+        &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out}),
     ))
+}
+
+/// `POST /api/v1/executions/:id/signals/:name` (member) `{payload?}`: resumes
+/// the run's `wait` step for that signal; the payload is its output. 404
+/// when no step of the run waits for it.
+fn send_signal(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Member)?;
+    let id = params.get("id").unwrap_or_default();
+    let name = params.get("name").unwrap_or_default();
+    let payload = if request.body.is_empty() {
+        Json::Null
+    } else {
+        let body: Json = request.json()?;
+        match body {
+            Json::Object(mut object) => {
+                if let Some(unknown) = object.keys().find(|k| k.as_str() != "payload") {
+                    return Err(ApiError::BadRequest {
+                        message: "unknown field".into(),
+                        details: vec![ErrorDetail::new(
+                            unknown.clone(),
+                            "only `payload` is accepted",
+                        )],
+                    });
+                }
+                object.remove("payload").unwrap_or(Json::Null)
+            }
+            _ => return Err(ApiError::bad_request("the body must be a JSON object")),
+        }
+    };
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    fetch_one(
+        &org,
+        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
+        &[Value::from(id)],
+        || format!("execution {id}"),
+    )?;
+    if !runner::signal(ctx, &caller.org_id, id, name, payload)? {
+        return Err(ApiError::NotFound(format!(
+            "no step of execution {id} is waiting for signal {name}"
+        )));
+    }
+    record_activity(
+        ctx,
+        ctx.db()?,
+        &caller.org_id,
+        &caller.subject,
+        "execution.signalled",
+        ("execution", id),
+        &json!({"signal": name}),
+    )?;
+    get_execution(ctx, request, params)
 }

@@ -10,8 +10,8 @@ use crate::{json_column, now_ms};
 use serde_json::{Map, Value as Json, json};
 use spindle_auth::{Caller, Role};
 use spindle_definition::{
-    Definition, DelayConfig, HttpConfig, Node, NodeConfig, NodeState, OnError, edge_taken,
-    evaluate, is_truthy, plan, render,
+    Definition, DelayConfig, HttpConfig, Node, NodeConfig, NodeState, OnError, TIMEOUT_HANDLE,
+    edge_taken, evaluate, is_truthy, plan, render,
 };
 use spindle_http::{ApiError, OutboundError, OutboundRequest};
 use spindle_store::{Db, OrgScoped, Value, in_transaction};
@@ -185,7 +185,7 @@ fn insert_step(
             Value::from(status.as_str()),
             Value::from(output.map(Json::to_string)),
             Value::Integer(now),
-            Value::from((status != StepStatus::Queued).then_some(now)),
+            Value::from(matches!(status, StepStatus::Completed | StepStatus::Skipped).then_some(now)),
         ],
     )?;
     Ok(rows
@@ -330,6 +330,28 @@ pub fn advance(
             let Some(node) = run.definition.nodes.iter().find(|n| &n.id == node_id) else {
                 continue;
             };
+            if let Ok(NodeConfig::Wait(wait)) = node.typed_config("config") {
+                // Parked until POST …/signals/:name or its timeout (the tick).
+                if let Some(step_id) = insert_step(
+                    ctx,
+                    db,
+                    org_id,
+                    execution_id,
+                    node_id,
+                    StepStatus::Waiting,
+                    None,
+                )? {
+                    let timeout = i64::try_from(wait.timeout_ms).unwrap_or(i64::MAX);
+                    db.execute(
+                        "UPDATE steps SET run_after = ? WHERE id = ?",
+                        &[
+                            Value::Integer(now.saturating_add(timeout)),
+                            Value::from(step_id.as_str()),
+                        ],
+                    )?;
+                }
+                continue;
+            }
             let Some(step_id) = insert_step(
                 ctx,
                 db,
@@ -884,6 +906,111 @@ fn finish_step(
         }
         Ok(())
     })
+}
+
+/// Resumes a run's `wait` step for signal `name` with `payload` as its
+/// output. `false` when no step of the run waits for that signal.
+pub fn signal(
+    ctx: &RequestContext,
+    org_id: &str,
+    execution_id: &str,
+    name: &str,
+    payload: Json,
+) -> Result<bool, ApiError> {
+    let db = ctx.db()?;
+    let run = load_run(db, org_id, execution_id)?;
+    if run.status.is_terminal() {
+        return Ok(false);
+    }
+    let steps = load_steps(db, &run)?;
+    let waiting = run.definition.nodes.iter().find_map(|node| {
+        let step = steps
+            .get(&node.id)
+            .filter(|s| s.status == StepStatus::Waiting)?;
+        match node.typed_config("config") {
+            Ok(NodeConfig::Wait(wait)) if wait.signal == name => Some((node, step.id.clone())),
+            _ => None,
+        }
+    });
+    let Some((node, step_id)) = waiting else {
+        return Ok(false);
+    };
+    let Some(lease) = claim_waiting(ctx, db, &step_id)? else {
+        return Ok(false);
+    };
+    let result = NodeResult {
+        output: payload,
+        ..NodeResult::default()
+    };
+    finish_step(db, &run, node, &step_id, &lease, Ok(result))?;
+    advance(ctx, org_id, execution_id, 0)?;
+    Ok(true)
+}
+
+/// Times out `wait` steps whose time passed, in a bounded batch: each takes
+/// its `timeout` edges, or fails (under its node's `on_error`) without one.
+pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usize, ApiError> {
+    let db = ctx.db()?;
+    // Across organisations: the tick is the platform's.
+    let due = db.execute(
+        "SELECT s.id, s.org_id, s.execution_id, s.node_id FROM steps s \
+         JOIN executions e ON e.id = s.execution_id AND e.status = 'running' \
+         WHERE s.status = 'waiting' AND s.run_after <= ? ORDER BY s.run_after LIMIT ?",
+        &[Value::Integer(now), Value::Integer(limit)],
+    )?;
+    let mut timed_out = 0;
+    for row in &due.rows {
+        let text = |i: usize| row[i].as_str().unwrap_or_default().to_string();
+        let (step_id, org_id, execution_id, node_id) = (text(0), text(1), text(2), text(3));
+        let run = load_run(db, &org_id, &execution_id)?;
+        let Some(node) = run.definition.nodes.iter().find(|n| n.id == node_id) else {
+            continue;
+        };
+        let Some(lease) = claim_waiting(ctx, db, &step_id)? else {
+            continue;
+        };
+        let has_timeout_edge = run
+            .definition
+            .edges
+            .iter()
+            .any(|e| e.source == node_id && e.source_handle.as_deref() == Some(TIMEOUT_HANDLE));
+        let result = if has_timeout_edge {
+            Ok(NodeResult {
+                outcome: Some(TIMEOUT_HANDLE.into()),
+                ..NodeResult::default()
+            })
+        } else {
+            Err(StepFailure::new(
+                "wait_timeout",
+                format!("no {node_id} signal arrived in time"),
+            ))
+        };
+        finish_step(db, &run, node, &step_id, &lease, result)?;
+        advance(ctx, &org_id, &execution_id, 0)?;
+        timed_out += 1;
+    }
+    Ok(timed_out)
+}
+
+/// Takes a waiting step under a lease, so its signal and its timeout cannot both win.
+fn claim_waiting(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    step_id: &str,
+) -> Result<Option<String>, ApiError> {
+    let lease = ctx.new_id();
+    let now = now_ms();
+    let rows = db.execute(
+        "UPDATE steps SET status = 'running', lease_token = ?, lease_expires_at = ?, attempts = attempts + 1, \
+         started_at = COALESCE(started_at, ?) WHERE id = ? AND status = 'waiting' RETURNING id",
+        &[
+            Value::from(lease.as_str()),
+            Value::Integer(now + lease_ms(ctx)),
+            Value::Integer(now),
+            Value::from(step_id),
+        ],
+    )?;
+    Ok((!rows.rows.is_empty()).then_some(lease))
 }
 
 /// Cancels a run: nothing new starts, queued steps never run, running ones

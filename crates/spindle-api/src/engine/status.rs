@@ -62,6 +62,8 @@ pub enum StepStatus {
     Queued,
     /// Claimed under a lease by one invocation.
     Running,
+    /// A `wait` node parked until its signal or its timeout.
+    Waiting,
     /// Its output is stored: final, never run again.
     Completed,
     /// It failed and its node's `on_error` was `fail`.
@@ -76,6 +78,7 @@ impl StepStatus {
         match self {
             Self::Queued => "queued",
             Self::Running => "running",
+            Self::Waiting => "waiting",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Skipped => "skipped",
@@ -87,6 +90,7 @@ impl StepStatus {
         [
             Self::Queued,
             Self::Running,
+            Self::Waiting,
             Self::Completed,
             Self::Failed,
             Self::Skipped,
@@ -102,7 +106,7 @@ impl StepStatus {
         use StepStatus::*;
         matches!(
             (self, next),
-            (Queued, Running) | (Running, Running | Completed | Failed)
+            (Queued | Waiting, Running) | (Running, Running | Completed | Failed)
         )
     }
 }
@@ -151,7 +155,14 @@ mod tests {
         for s in ["pending", "running", "completed", "failed", "cancelled"] {
             assert_eq!(RunStatus::parse(s).unwrap().as_str(), s);
         }
-        for s in ["queued", "running", "completed", "failed", "skipped"] {
+        for s in [
+            "queued",
+            "running",
+            "waiting",
+            "completed",
+            "failed",
+            "skipped",
+        ] {
             assert_eq!(StepStatus::parse(s).unwrap().as_str(), s);
         }
     }
