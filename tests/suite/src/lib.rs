@@ -314,6 +314,38 @@ impl Target {
         }
     }
 
+    /// `POST path` of `body` as the org's owner; panics unless 201. Returns the new resource's id.
+    pub fn create(&self, org: &Org, path: &str, body: &Value) -> String {
+        let reply = self.call("POST", path, Some(&org.owner_key), Some(body));
+        assert_eq!(
+            reply.status,
+            201,
+            "POST {path}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()["id"].as_str().expect("an id").to_string()
+    }
+
+    /// An agent on OpenAI's `gpt-4o-mini` (the fake provider in the suite).
+    pub fn create_agent(&self, org: &Org) -> String {
+        self.create(
+            org,
+            "/api/v1/agents",
+            &json!({"name": "Worker", "model_config": {"provider": "openai", "model": "gpt-4o-mini"}}),
+        )
+    }
+
+    /// `POST /internal/tick` with the suite's tick key, as an external scheduler calls it.
+    pub fn tick(&self) -> Reply {
+        let authorization = format!("Bearer {TICK_KEY}");
+        self.request(
+            "POST",
+            "/internal/tick",
+            &[("authorization", &authorization)],
+            None,
+        )
+    }
+
     /// Creates an API key of `role` with `token`; panics unless 201. Returns (id, secret).
     pub fn create_key(&self, token: &str, role: &str) -> (String, String) {
         let reply = self.call(

@@ -9,22 +9,6 @@ use spindle_suite::{
     Org, Target, configured, fake_llm, fake_turn, provider_key, shared, suite_variables,
 };
 
-fn create_agent(target: &Target, org: &Org, definition: Value) -> String {
-    let reply = target.call(
-        "POST",
-        "/api/v1/agents",
-        Some(&org.owner_key),
-        Some(&definition),
-    );
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
 fn execute(target: &Target, org: &Org, agent: &str, body: Value) -> Value {
     let reply = target.call(
         "POST",
@@ -75,7 +59,7 @@ fn openai_run_sends_the_exact_request_and_bills_the_usage() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("openai");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     fake_llm().push(Reply::text("Hello there").tokens(1200, 400));
     let execution = execute(
         target,
@@ -119,7 +103,11 @@ fn anthropic_run_uses_the_messages_api() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("anthropic");
-    let agent = create_agent(target, &org, scout("anthropic", "claude-sonnet-4"));
+    let agent = target.create(
+        &org,
+        "/api/v1/agents",
+        &scout("anthropic", "claude-sonnet-4"),
+    );
     fake_llm().push(Reply::text("Hi from Claude").tokens(50, 7));
     let execution = execute(
         target,
@@ -154,7 +142,7 @@ fn gemini_run_uses_generate_content() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("gemini");
-    let agent = create_agent(target, &org, scout("gemini", "gemini-2.0-flash"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("gemini", "gemini-2.0-flash"));
     fake_llm().push(Reply::text("Hi from Gemini").tokens(40, 4));
     let execution = execute(target, &org, &agent, json!({"task": "Say hi"}));
     assert_eq!(execution["output"], "Hi from Gemini");
@@ -180,8 +168,16 @@ fn groq_and_self_hosted_models_speak_the_openai_format() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("compatible");
-    let groq = create_agent(target, &org, scout("groq", "llama-3.3-70b-versatile"));
-    let local = create_agent(target, &org, scout("openai_compatible", "llama3.2"));
+    let groq = target.create(
+        &org,
+        "/api/v1/agents",
+        &scout("groq", "llama-3.3-70b-versatile"),
+    );
+    let local = target.create(
+        &org,
+        "/api/v1/agents",
+        &scout("openai_compatible", "llama3.2"),
+    );
     execute(target, &org, &groq, json!({"task": "a"}));
     let execution = execute(target, &org, &local, json!({"task": "b"}));
     assert_eq!(execution["status"], "completed");
@@ -212,7 +208,7 @@ fn tool_calls_round_trip_and_every_round_counts() {
     let org = target.create_org("tools");
     let mut definition = scout("openai", "gpt-4o-mini");
     definition["tools"] = json!(["calculator"]);
-    let agent = create_agent(target, &org, definition);
+    let agent = target.create(&org, "/api/v1/agents", &definition);
     fake_llm().push(Reply::tool_call("calculator", json!({"expression": "6 * 7"})).tokens(100, 20));
     fake_llm().push(Reply::text("The answer is 42").tokens(150, 10));
     let execution = execute(target, &org, &agent, json!({"task": "What is 6 times 7?"}));
@@ -244,7 +240,7 @@ fn a_tool_the_agent_lacks_is_answered_with_an_error_not_run() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("no-tools");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     fake_llm().push(Reply::tool_call(
         "http_get",
         json!({"url": "http://127.0.0.1:1/secret"}),
@@ -266,7 +262,7 @@ fn http_get_reaches_allowed_hosts_only() {
     let org = target.create_org("http-get");
     let mut definition = scout("openai", "gpt-4o-mini");
     definition["tools"] = json!(["http_get"]);
-    let agent = create_agent(target, &org, definition);
+    let agent = target.create(&org, "/api/v1/agents", &definition);
     // The fake itself is on an allowed host (loopback); example.com is not.
     let allowed = format!("{}/not-a-provider-path", fake_llm().url());
     fake_llm().push(
@@ -297,7 +293,7 @@ fn memory_carries_turns_across_calls_and_is_trimmed() {
     let mut definition = scout("openai", "gpt-4o-mini");
     definition["memory"] =
         json!({"enabled": true, "max_history": 2, "context_window_tokens": 8000});
-    let agent = create_agent(target, &org, definition);
+    let agent = target.create(&org, "/api/v1/agents", &definition);
     for (task, answer) in [
         ("my name is Ada", "Hello Ada"),
         ("I like tea", "Noted"),
@@ -365,7 +361,7 @@ fn memory_is_trimmed_to_the_context_window() {
     definition["model_config"]["max_tokens"] = json!(100);
     definition["memory"] =
         json!({"enabled": true, "max_history": 50, "context_window_tokens": 400});
-    let agent = create_agent(target, &org, definition);
+    let agent = target.create(&org, "/api/v1/agents", &definition);
     // About 375 tokens: with the system prompt, the new task and room for a
     // 100-token answer, it no longer fits a 400-token window.
     let long = "word ".repeat(300);
@@ -396,7 +392,7 @@ fn rate_limited_then_successful_call_is_billed_once() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("retry");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     fake_llm().push(Reply::rate_limited(1));
     fake_llm().push(Reply::text("made it").tokens(100, 50));
     let started = std::time::Instant::now();
@@ -420,7 +416,11 @@ fn server_errors_exhaust_the_retries_and_fail_the_execution() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("outage");
-    let agent = create_agent(target, &org, scout("anthropic", "claude-sonnet-4"));
+    let agent = target.create(
+        &org,
+        "/api/v1/agents",
+        &scout("anthropic", "claude-sonnet-4"),
+    );
     for _ in 0..4 {
         fake_llm().push(Reply::server_error());
     }
@@ -440,7 +440,7 @@ fn client_errors_fail_at_once_with_the_providers_message() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("rejected");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     fake_llm().push(Reply::error(400, "maximum context length exceeded"));
     let execution = execute(target, &org, &agent, json!({"task": "go"}));
     assert_eq!(execution["status"], "failed");
@@ -460,7 +460,7 @@ fn malformed_provider_body_fails_with_a_clear_message() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("malformed");
-    let agent = create_agent(target, &org, scout("gemini", "gemini-2.0-flash"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("gemini", "gemini-2.0-flash"));
     fake_llm().push(Reply::malformed());
     let execution = execute(target, &org, &agent, json!({"task": "go"}));
     assert_eq!(execution["status"], "failed");
@@ -483,7 +483,7 @@ fn missing_api_key_fails_clearly() {
         return; // needs its own configuration: only on the test host
     };
     let org = target.create_org("no-key");
-    let agent = create_agent(&target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     let execution = execute(&target, &org, &agent, json!({"task": "go"}));
     assert_eq!(execution["status"], "failed");
     assert_eq!(execution["error"]["code"], "provider_not_configured");
@@ -501,7 +501,7 @@ fn metrics_follow_successes_and_failures() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("metrics");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     fake_llm().push(Reply::text("a").tokens(10, 10));
     fake_llm().push(Reply::error(400, "no"));
     fake_llm().push(Reply::text("b").tokens(30, 10));
@@ -602,7 +602,7 @@ fn agents_are_listed_filtered_sorted_and_paged() {
         let mut definition = scout(provider, "m");
         definition["name"] = json!(name);
         definition["description"] = json!(format!("{name} does things"));
-        create_agent(target, &org, definition);
+        target.create(&org, "/api/v1/agents", &definition);
     }
     let list = |query: &str| {
         let reply = target.call(
@@ -666,7 +666,7 @@ fn agents_are_listed_filtered_sorted_and_paged() {
 fn patch_changes_only_what_it_names_and_is_validated() {
     let target = shared();
     let org = target.create_org("patching");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     let path = format!("/api/v1/agents/{agent}");
     let patch = |body: Value| target.call("PATCH", &path, Some(&org.owner_key), Some(&body));
     let reply = patch(
@@ -698,7 +698,7 @@ fn patch_changes_only_what_it_names_and_is_validated() {
 fn deleted_agents_are_gone_from_the_api() {
     let target = shared();
     let org = target.create_org("deleting");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     let path = format!("/api/v1/agents/{agent}");
     assert_eq!(
         target
@@ -720,7 +720,7 @@ fn another_organisations_agent_answers_404_everywhere() {
     let target = shared();
     let ours = target.create_org("ours-agents");
     let theirs = target.create_org("theirs-agents");
-    let agent = create_agent(target, &theirs, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&theirs, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     let cases = [
         ("GET", format!("/api/v1/agents/{agent}"), None),
         (
@@ -754,7 +754,7 @@ fn another_organisations_agent_answers_404_everywhere() {
 fn viewers_read_but_cannot_define_or_run_agents() {
     let target = shared();
     let org = target.create_org("viewer-agents");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     let (_, viewer) = target.create_key(&org.owner_key, "viewer");
     assert_eq!(
         target
@@ -786,7 +786,7 @@ fn invalid_execution_requests_are_refused_before_any_call() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("bad-runs");
-    let agent = create_agent(target, &org, scout("openai", "gpt-4o-mini"));
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
     let path = format!("/api/v1/agents/{agent}/execute");
     let run = |body: Value| target.call("POST", &path, Some(&org.owner_key), Some(&body));
     run(json!({"task": ""})).assert_error(422, "validation_failed");

@@ -6,44 +6,12 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
-    Org, STEP_LEASE_MS, TICK_KEY, Target, configured_with_faults, fake_llm, fake_turn, shared,
+    Org, STEP_LEASE_MS, Target, configured_with_faults, fake_llm, fake_turn, shared,
     suite_variables,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn create_agent(target: &Target, org: &Org) -> String {
-    let reply = target.call(
-        "POST",
-        "/api/v1/agents",
-        Some(&org.owner_key),
-        Some(&json!({"name": "Worker", "model_config": {"provider": "openai", "model": "gpt-4o-mini"}})),
-    );
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
-fn create_workflow(target: &Target, org: &Org, definition: Value) -> String {
-    let reply = target.call(
-        "POST",
-        "/api/v1/workflows",
-        Some(&org.owner_key),
-        Some(&definition),
-    );
-    assert_eq!(
-        reply.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["id"].as_str().unwrap().to_string()
-}
 
 fn start(target: &Target, org: &Org, workflow: &str, inputs: Value) -> String {
     let reply = target.call(
@@ -119,8 +87,8 @@ fn a_linear_run_completes_and_templates_keep_their_types() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-linear");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     fake_llm().push(Reply::text("Draft text").tokens(20, 5));
     let id = start(target, &org, &workflow, json!({"topic": "tides"}));
     let run = finished(target, &org, &id);
@@ -139,11 +107,8 @@ fn a_branch_not_taken_is_skipped_down_to_the_join() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-branch");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(
-        target,
-        &org,
-        json!({
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
             "name": "Branch",
             "variables": {"threshold": 70},
             "nodes": [
@@ -178,12 +143,9 @@ fn fan_out_of_three_joins_once() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-fanout");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let node = |id: &str| json!({"id": id, "type": "agent", "config": {"agent_id": agent, "prompt": format!("part {id}")}});
-    let workflow = create_workflow(
-        target,
-        &org,
-        json!({
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
             "name": "Fan-out",
             "nodes": [
                 {"id": "start", "type": "trigger", "config": {}},
@@ -211,8 +173,8 @@ fn a_failing_step_fails_the_run_and_names_the_node() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-failure");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     fake_llm().push(Reply::error(400, "content policy"));
     let id = start(target, &org, &workflow, json!({"topic": "x"}));
     let run = finished(target, &org, &id);
@@ -249,8 +211,8 @@ fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
         return; // needs fault injection: only on the test host
     };
     let org = target.create_org("run-recovery");
-    let agent = create_agent(&target, &org);
-    let workflow = create_workflow(&target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let id = start(&target, &org, &workflow, json!({"topic": "resilience"}));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -263,12 +225,7 @@ fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
         "the dead instance called nobody"
     );
     // Before the lease expires the tick leaves the step alone.
-    let early = target.request(
-        "POST",
-        "/internal/tick",
-        &[("authorization", &format!("Bearer {TICK_KEY}"))],
-        None,
-    );
+    let early = target.tick();
     assert_eq!(
         early.status,
         200,
@@ -276,12 +233,7 @@ fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
         String::from_utf8_lossy(&early.body)
     );
     std::thread::sleep(Duration::from_millis(STEP_LEASE_MS + 200));
-    let tick = target.request(
-        "POST",
-        "/internal/tick",
-        &[("authorization", &format!("Bearer {TICK_KEY}"))],
-        None,
-    );
+    let tick = target.tick();
     assert_eq!(tick.json()["redispatched"], 1);
     let run = finished(&target, &org, &id);
     assert_eq!(run["status"], "completed", "{run}");
@@ -313,8 +265,8 @@ fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
         return; // needs fault injection: only on the test host
     };
     let org = target.create_org("run-undispatched");
-    let agent = create_agent(&target, &org);
-    let workflow = create_workflow(&target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let id = start(&target, &org, &workflow, json!({"topic": "recovery"}));
     std::thread::sleep(Duration::from_millis(2_300));
     assert!(killed.load(Ordering::SeqCst));
@@ -322,12 +274,7 @@ fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
         step(&execution(&target, &org, &id), "draft")["status"],
         "queued"
     );
-    let tick = target.request(
-        "POST",
-        "/internal/tick",
-        &[("authorization", &format!("Bearer {TICK_KEY}"))],
-        None,
-    );
+    let tick = target.tick();
     assert_eq!(tick.json()["redispatched"], 1);
     let run = finished(&target, &org, &id);
     assert_eq!(run["status"], "completed", "{run}");
@@ -357,8 +304,8 @@ fn retry_after_a_failure_reuses_the_completed_steps() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-retry");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, two_agents(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
     fake_llm().push(Reply::text("one").tokens(10, 2));
     fake_llm().push(Reply::error(400, "temporarily refused"));
     let id = start(target, &org, &workflow, json!({}));
@@ -416,8 +363,8 @@ fn a_cancelled_run_starts_nothing_new() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-cancel");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, two_agents(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
     fake_llm().push(Reply::text("slow one").after(Duration::from_millis(800)));
     let id = start(target, &org, &workflow, json!({}));
     std::thread::sleep(Duration::from_millis(200));
@@ -466,8 +413,8 @@ fn an_idempotency_key_starts_one_run() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-idempotent");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let path = format!("/api/v1/workflows/{workflow}/execute");
     let auth = format!("Bearer {}", org.owner_key);
     let post = |key: &str, topic: &str| {
@@ -504,10 +451,10 @@ fn an_idempotency_key_starts_one_run() {
 fn a_delay_parks_the_run_until_the_tick_resumes_it() {
     let target = shared();
     let org = target.create_org("run-delay");
-    let workflow = create_workflow(
-        target,
+    let workflow = target.create(
         &org,
-        json!({
+        "/api/v1/workflows",
+        &json!({
             "name": "Delayed",
             "nodes": [
                 {"id": "start", "type": "trigger", "config": {}},
@@ -518,14 +465,7 @@ fn a_delay_parks_the_run_until_the_tick_resumes_it() {
         }),
     );
     let id = start(target, &org, &workflow, json!({"greeting": "later"}));
-    let tick = || {
-        target.request(
-            "POST",
-            "/internal/tick",
-            &[("authorization", &format!("Bearer {TICK_KEY}"))],
-            None,
-        )
-    };
+    let tick = || target.tick();
     tick();
     let parked = execution(target, &org, &id);
     assert_eq!(parked["status"], "running");
@@ -558,7 +498,7 @@ fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
             "edges": [{"source": "start", "target": "call"}, {"source": "call", "target": "done"}]
         })
     };
-    let allowed = create_workflow(target, &org, definition(&url));
+    let allowed = target.create(&org, "/api/v1/workflows", &definition(&url));
     let run = finished(
         target,
         &org,
@@ -574,7 +514,11 @@ fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
     assert_eq!(sent[0].header("x-request"), Some("t-1"));
     assert_eq!(sent[0].body["messages"][0]["content"], "t-1");
 
-    let refused = create_workflow(target, &org, definition("http://example.com/hook"));
+    let refused = target.create(
+        &org,
+        "/api/v1/workflows",
+        &definition("http://example.com/hook"),
+    );
     let run = finished(
         target,
         &org,
@@ -590,11 +534,8 @@ fn a_failure_routed_to_an_error_edge_keeps_the_run_going() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-route");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(
-        target,
-        &org,
-        json!({
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
             "name": "Routed",
             "nodes": [
                 {"id": "start", "type": "trigger", "config": {}},
@@ -626,10 +567,7 @@ fn a_node_retry_policy_runs_a_transient_failure_again_after_its_backoff() {
     let target = shared();
     let org = target.create_org("run-node-retry");
     let url = format!("{}/v1/chat/completions", fake_llm().url());
-    let workflow = create_workflow(
-        target,
-        &org,
-        json!({
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
             "name": "Retried",
             "nodes": [
                 {"id": "start", "type": "trigger", "config": {}},
@@ -650,12 +588,7 @@ fn a_node_retry_policy_runs_a_transient_failure_again_after_its_backoff() {
             break run;
         }
         assert!(Instant::now() < deadline, "{run}");
-        target.request(
-            "POST",
-            "/internal/tick",
-            &[("authorization", &format!("Bearer {TICK_KEY}"))],
-            None,
-        );
+        target.tick();
         std::thread::sleep(Duration::from_millis(150));
     };
     assert_eq!(run["status"], "completed", "{run}");
@@ -688,7 +621,7 @@ fn approval_flow(timeout_ms: u64) -> Value {
 fn a_wait_node_is_resumed_by_its_signal() {
     let target = shared();
     let org = target.create_org("run-signal");
-    let workflow = create_workflow(target, &org, approval_flow(60_000));
+    let workflow = target.create(&org, "/api/v1/workflows", &approval_flow(60_000));
     let id = start(target, &org, &workflow, json!({}));
     let parked = execution(target, &org, &id);
     assert_eq!(parked["status"], "running");
@@ -731,16 +664,11 @@ fn a_wait_node_is_resumed_by_its_signal() {
 fn a_wait_node_without_its_signal_times_out_on_the_tick() {
     let target = shared();
     let org = target.create_org("run-wait-timeout");
-    let workflow = create_workflow(target, &org, approval_flow(300));
+    let workflow = target.create(&org, "/api/v1/workflows", &approval_flow(300));
     let id = start(target, &org, &workflow, json!({}));
     std::thread::sleep(Duration::from_millis(400));
     // Any tick may time it out (other tests tick the same app too).
-    let tick = target.request(
-        "POST",
-        "/internal/tick",
-        &[("authorization", &format!("Bearer {TICK_KEY}"))],
-        None,
-    );
+    let tick = target.tick();
     assert_eq!(tick.status, 200);
     let run = finished(target, &org, &id);
     assert_eq!(run["status"], "completed", "{run}");
@@ -778,8 +706,8 @@ fn internal_endpoints_refuse_requests_without_a_valid_token() {
 fn run_inputs_are_checked_before_anything_is_stored() {
     let target = shared();
     let org = target.create_org("run-inputs");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let path = format!("/api/v1/workflows/{workflow}/execute");
     let post = |body: Value| target.call("POST", &path, Some(&org.owner_key), Some(&body));
     post(json!({"inputs": {}})).assert_error(422, "validation_failed");
@@ -808,8 +736,8 @@ fn another_organisations_runs_and_workflows_answer_404() {
     let target = shared();
     let ours = target.create_org("run-ours");
     let theirs = target.create_org("run-theirs");
-    let agent = create_agent(target, &theirs);
-    let workflow = create_workflow(target, &theirs, linear(&agent));
+    let agent = target.create_agent(&theirs);
+    let workflow = target.create(&theirs, "/api/v1/workflows", &linear(&agent));
     let id = start(target, &theirs, &workflow, json!({"topic": "x"}));
     finished(target, &theirs, &id);
     target
@@ -839,8 +767,8 @@ fn twenty_runs_started_at_once_all_complete() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-concurrent");
-    let agent = create_agent(target, &org);
-    let workflow = create_workflow(target, &org, linear(&agent));
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let ids: Vec<String> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..20)
             .map(|i| {

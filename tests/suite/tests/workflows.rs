@@ -4,17 +4,6 @@
 use serde_json::{Value, json};
 use spindle_suite::{Org, Reply, Target, shared};
 
-fn create_agent(target: &Target, org: &Org) -> String {
-    let reply = target.call(
-        "POST",
-        "/api/v1/agents",
-        Some(&org.owner_key),
-        Some(&json!({"name": "Writer", "model_config": {"provider": "openai", "model": "gpt-4o-mini"}})),
-    );
-    assert_eq!(reply.status, 201);
-    reply.json()["id"].as_str().unwrap().to_string()
-}
-
 /// A small valid graph: trigger → agent → condition → (transform | output) → output.
 fn graph(agent: &str) -> Value {
     json!({
@@ -70,7 +59,7 @@ fn paths(reply: &Reply) -> Vec<String> {
 fn full_crud_cycle_with_versions() {
     let target = shared();
     let org = target.create_org("wf-crud");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let reply = create(target, &org, &graph(&agent));
     assert_eq!(
         reply.status,
@@ -167,7 +156,7 @@ fn full_crud_cycle_with_versions() {
 fn the_sequential_form_becomes_a_graph() {
     let target = shared();
     let org = target.create_org("wf-tasks");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let reply = create(
         target,
         &org,
@@ -193,7 +182,7 @@ fn the_sequential_form_becomes_a_graph() {
 fn export_then_import_makes_an_identical_copy() {
     let target = shared();
     let org = target.create_org("wf-export");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let id = create(target, &org, &graph(&agent)).json()["id"]
         .as_str()
         .unwrap()
@@ -254,7 +243,7 @@ fn invalid_definitions_report_every_problem_with_its_path_and_store_nothing() {
     );
     assert_eq!(count(target, &org), 0);
 
-    let mut cyclic = graph(&create_agent(target, &org));
+    let mut cyclic = graph(&target.create_agent(&org));
     cyclic["edges"]
         .as_array_mut()
         .unwrap()
@@ -276,7 +265,7 @@ fn invalid_definitions_report_every_problem_with_its_path_and_store_nothing() {
 fn validate_checks_without_storing() {
     let target = shared();
     let org = target.create_org("wf-validate");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let ok = target
         .call(
             "POST",
@@ -305,7 +294,7 @@ fn validate_checks_without_storing() {
 fn a_definition_over_one_mebibyte_is_413() {
     let target = shared();
     let org = target.create_org("wf-size");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let mut body = graph(&agent);
     body["variables"]["padding"] = json!("x".repeat(1024 * 1024 + 1));
     create(target, &org, &body).assert_error(413, "payload_too_large");
@@ -317,7 +306,7 @@ fn bulk_delete_is_all_or_nothing_within_the_organisation() {
     let target = shared();
     let ours = target.create_org("wf-bulk-ours");
     let theirs = target.create_org("wf-bulk-theirs");
-    let agent = create_agent(target, &ours);
+    let agent = target.create_agent(&ours);
     let mine: Vec<String> = (0..2)
         .map(|_| {
             create(target, &ours, &graph(&agent)).json()["id"]
@@ -326,7 +315,7 @@ fn bulk_delete_is_all_or_nothing_within_the_organisation() {
                 .to_string()
         })
         .collect();
-    let their_agent = create_agent(target, &theirs);
+    let their_agent = target.create_agent(&theirs);
     let foreign = create(target, &theirs, &graph(&their_agent)).json()["id"]
         .as_str()
         .unwrap()
@@ -364,7 +353,7 @@ fn another_organisations_workflow_answers_404_everywhere() {
     let target = shared();
     let ours = target.create_org("wf-tenancy-ours");
     let theirs = target.create_org("wf-tenancy-theirs");
-    let agent = create_agent(target, &theirs);
+    let agent = target.create_agent(&theirs);
     let id = create(target, &theirs, &graph(&agent)).json()["id"]
         .as_str()
         .unwrap()
@@ -415,7 +404,7 @@ fn another_organisations_workflow_answers_404_everywhere() {
 fn webhook_secret_rotation_shows_the_new_secret_once() {
     let target = shared();
     let org = target.create_org("wf-secret");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     let created = create(target, &org, &graph(&agent)).json();
     let id = created["id"].as_str().unwrap();
     let (_, member) = target.create_key(&org.owner_key, "member");
@@ -442,7 +431,7 @@ fn webhook_secret_rotation_shows_the_new_secret_once() {
 fn lists_search_filter_and_page() {
     let target = shared();
     let org = target.create_org("wf-list");
-    let agent = create_agent(target, &org);
+    let agent = target.create_agent(&org);
     for name in ["Alpha", "Beta", "Gamma"] {
         let mut body = graph(&agent);
         body["name"] = json!(name);
@@ -511,7 +500,7 @@ fn templates_are_listed_and_usable() {
             .keys()
             .cloned()
             .collect();
-        let agent = create_agent(target, &org);
+        let agent = target.create_agent(&org);
         let mapping: serde_json::Map<String, Value> =
             roles.iter().map(|r| (r.clone(), json!(agent))).collect();
         let reply = target.call(
