@@ -678,6 +678,77 @@ fn a_wait_node_without_its_signal_times_out_on_the_tick() {
 }
 
 #[test]
+fn rerun_from_a_middle_node_on_a_new_version_reuses_what_came_before() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-rerun");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
+    fake_llm().push(Reply::text("one").tokens(10, 1));
+    fake_llm().push(Reply::text("two").tokens(10, 1));
+    let first = finished(target, &org, &start(target, &org, &workflow, json!({})));
+    assert_eq!(first["output"], "two");
+    let mut changed = two_agents(&agent);
+    changed["nodes"][2]["config"]["prompt"] = json!("second, v2: {{ previous_output }}");
+    let put = target.call(
+        "PUT",
+        &format!("/api/v1/workflows/{workflow}"),
+        Some(&org.owner_key),
+        Some(&changed),
+    );
+    assert_eq!(put.json()["version"], 2);
+    fake_llm().push(Reply::text("two, v2").tokens(10, 1));
+    let path = format!("/api/v1/executions/{}/rerun", first["id"].as_str().unwrap());
+    let reply = target.call(
+        "POST",
+        &path,
+        Some(&org.owner_key),
+        Some(&json!({"from_node": "second", "version": 2})),
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let rerun = finished(target, &org, reply.json()["execution_id"].as_str().unwrap());
+    assert_eq!(rerun["status"], "completed", "{rerun}");
+    assert_eq!(rerun["version"], 2);
+    assert_eq!(rerun["output"], "two, v2");
+    assert_eq!(
+        step(&rerun, "first")["output"],
+        "one",
+        "reused, not run again"
+    );
+    assert_eq!(
+        rerun["usage"]["input_tokens"], 10,
+        "only the rerun step is billed"
+    );
+    let prompts: Vec<String> = fake_llm()
+        .received()
+        .iter()
+        .map(|r| {
+            r.body["messages"][1]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(prompts, ["first", "second: one", "second, v2: one"]);
+    for (body, status) in [
+        (json!({"from_node": "nowhere"}), 422),
+        (
+            json!({"from_node": "second", "version": 1, "extra": true}),
+            400,
+        ),
+        (json!({"version": 2}), 400),
+    ] {
+        let reply = target.call("POST", &path, Some(&org.owner_key), Some(&body));
+        assert_eq!(reply.status, status, "{body}");
+    }
+}
+
+#[test]
 fn internal_endpoints_refuse_requests_without_a_valid_token() {
     let target = shared();
     for (path, headers) in [

@@ -100,6 +100,7 @@ pub(super) fn receive(
         inputs,
         trigger_kind: "webhook",
         idempotency: None,
+        reuse: &[],
     };
     let id = match runner::start_run(ctx, &caller, start) {
         Ok(id) => id,

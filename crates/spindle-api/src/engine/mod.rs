@@ -37,6 +37,11 @@ pub fn router() -> Router<RequestContext> {
         .route(Method::Get, "/api/v1/executions/:id", get_execution)
         .route(
             Method::Post,
+            "/api/v1/executions/:id/rerun",
+            rerun_execution,
+        )
+        .route(
+            Method::Post,
             "/api/v1/executions/:id/signals/:name",
             send_signal,
         )
@@ -121,6 +126,7 @@ fn execute_workflow(
         inputs,
         trigger_kind: "api",
         idempotency: idempotency.as_ref(),
+        reuse: &[],
     };
     let id = match runner::start_run(ctx, &caller, start) {
         // Another request with the same key won the race: answer as its replay.
@@ -489,6 +495,114 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
         200,
         &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out}),
     ))
+}
+
+/// `POST /api/v1/executions/:id/rerun` (member) `{from_node, version?}`: a
+/// new run of a finished one, on its version or a newer one, that keeps the
+/// outputs of every node not downstream of `from_node` and runs the rest.
+fn rerun_execution(
+    ctx: &RequestContext,
+    request: &ApiRequest,
+    params: &Params,
+) -> Result<ApiResponse, ApiError> {
+    let caller = authenticate(ctx, request)?;
+    caller.require(Role::Member)?;
+    internal_key(ctx)?;
+    let id = params.get("id").unwrap_or_default();
+    let body: Json = request.json()?;
+    let Some(body) = body.as_object() else {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    };
+    if let Some(unknown) = body
+        .keys()
+        .find(|k| !["from_node", "version"].contains(&k.as_str()))
+    {
+        return Err(ApiError::BadRequest {
+            message: "unknown field".into(),
+            details: vec![ErrorDetail::new(
+                unknown.clone(),
+                "only from_node and version are accepted",
+            )],
+        });
+    }
+    let from_node = body
+        .get("from_node")
+        .and_then(Json::as_str)
+        .ok_or_else(|| ApiError::bad_request("`from_node` (a node id) is required"))?;
+    let requested_version = match body.get("version") {
+        None | Some(Json::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| ApiError::bad_request("`version` must be an integer"))?,
+        ),
+    };
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    let original = fetch_one(
+        &org,
+        "SELECT workflow_id, workflow_version, status, inputs FROM executions WHERE org_id = ?1 AND id = ?2",
+        &[Value::from(id)],
+        || format!("execution {id}"),
+    )?;
+    let workflow_id = original[0].as_str().unwrap_or_default().to_string();
+    let original_version = original[1].as_i64().unwrap_or(1);
+    if !original[2]
+        .as_str()
+        .and_then(RunStatus::parse)
+        .is_some_and(RunStatus::is_terminal)
+    {
+        return Err(ApiError::Conflict(format!(
+            "execution {id} has not finished"
+        )));
+    }
+    let version = requested_version.unwrap_or(original_version);
+    let invalid = |path: &str, problem: String| ApiError::Validation {
+        message: "the rerun request is invalid".into(),
+        details: vec![ErrorDetail::new(path, problem)],
+    };
+    if version < original_version {
+        return Err(invalid(
+            "version",
+            format!("must be {original_version} or newer"),
+        ));
+    }
+    let Some(row) = org
+        .execute(
+            "SELECT definition FROM workflow_versions WHERE org_id = ?1 AND workflow_id = ?2 AND version = ?3",
+            &[Value::from(workflow_id.as_str()), Value::Integer(version)],
+        )?
+        .into_first()
+    else {
+        return Err(invalid("version", format!("workflow {workflow_id} has no version {version}")));
+    };
+    let definition: Definition = serde_json::from_str(row[0].as_str().unwrap_or_default())
+        .map_err(|e| ApiError::Internal(format!("stored definition is unreadable: {e}")))?;
+    if !definition.nodes.iter().any(|n| n.id == from_node) {
+        return Err(invalid(
+            "from_node",
+            format!("version {version} has no node {from_node}"),
+        ));
+    }
+    let reuse = runner::reusable_steps(ctx.db()?, &caller.org_id, id, &definition, from_node)?;
+    let start = runner::RunStart {
+        workflow_id: &workflow_id,
+        version,
+        definition: &definition,
+        inputs: json_column(&original[3]).unwrap_or(Json::Null),
+        trigger_kind: "rerun",
+        idempotency: None,
+        reuse: &reuse,
+    };
+    let new_id = runner::start_run(ctx, &caller, start)?;
+    record_activity(
+        ctx,
+        ctx.db()?,
+        &caller.org_id,
+        &caller.subject,
+        "workflow.started",
+        ("execution", &new_id),
+        &json!({"workflow_id": workflow_id, "rerun_of": id, "from_node": from_node}),
+    )?;
+    Ok(started(&new_id, false))
 }
 
 /// `POST /api/v1/executions/:id/signals/:name` (member) `{payload?}`: resumes

@@ -94,6 +94,61 @@ pub struct RunStart<'a> {
     pub trigger_kind: &'a str,
     /// The caller's Idempotency-Key, if any.
     pub idempotency: Option<&'a Idempotency>,
+    /// Finished steps of an earlier run that this one keeps (a rerun).
+    pub reuse: &'a [ReusedStep],
+}
+
+/// A finished step of an earlier run that a rerun keeps as it was: its
+/// output is final, so it is neither run nor billed again.
+pub struct ReusedStep {
+    node_id: String,
+    status: StepStatus,
+    output: Json,
+    outcome: Option<String>,
+}
+
+/// The finished steps of run `execution_id` that a rerun from `from_node`
+/// on `definition` keeps: every completed or skipped step of a node the new
+/// definition still has and that is not `from_node` or downstream of it.
+pub fn reusable_steps(
+    db: &dyn Db,
+    org_id: &str,
+    execution_id: &str,
+    definition: &Definition,
+    from_node: &str,
+) -> Result<Vec<ReusedStep>, ApiError> {
+    let mut downstream = std::collections::HashSet::from([from_node.to_string()]);
+    let mut frontier = vec![from_node.to_string()];
+    while let Some(node) = frontier.pop() {
+        for edge in definition.edges.iter().filter(|e| e.source == node) {
+            if downstream.insert(edge.target.clone()) {
+                frontier.push(edge.target.clone());
+            }
+        }
+    }
+    let rows = OrgScoped::new(db, org_id).execute(
+        "SELECT node_id, status, output, outcome FROM steps \
+         WHERE org_id = ?1 AND execution_id = ?2 AND status IN ('completed', 'skipped')",
+        &[Value::from(execution_id)],
+    )?;
+    Ok(rows
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let node_id = row[0].as_str()?.to_string();
+            let kept =
+                !downstream.contains(&node_id) && definition.nodes.iter().any(|n| n.id == node_id);
+            kept.then(|| ReusedStep {
+                node_id,
+                status: row[1]
+                    .as_str()
+                    .and_then(StepStatus::parse)
+                    .unwrap_or(StepStatus::Skipped),
+                output: json_column(&row[2]).unwrap_or(Json::Null),
+                outcome: row[3].as_str().map(String::from),
+            })
+        })
+        .collect())
 }
 
 /// A start request's Idempotency-Key and the hash of its body.
@@ -121,6 +176,7 @@ pub fn start_run(
         inputs,
         trigger_kind,
         idempotency,
+        reuse,
     } = start;
     let trigger = definition
         .nodes
@@ -156,6 +212,24 @@ pub fn start_run(
             StepStatus::Completed,
             Some(&inputs),
         )?;
+        for step in reuse {
+            db.execute(
+                "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, outcome, created_at, \
+                 finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (execution_id, node_id, iteration) DO NOTHING",
+                &[
+                    Value::Text(ctx.new_id()),
+                    Value::from(caller.org_id.as_str()),
+                    Value::from(id.as_str()),
+                    Value::from(step.node_id.as_str()),
+                    Value::from(step.status.as_str()),
+                    Value::Text(step.output.to_string()),
+                    Value::from(step.outcome.clone()),
+                    Value::Integer(now),
+                    Value::Integer(now),
+                ],
+            )?;
+        }
         Ok(())
     })?;
     advance(ctx, &caller.org_id, &id, 0)?;
