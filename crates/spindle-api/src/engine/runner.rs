@@ -1087,22 +1087,60 @@ fn claim_waiting(
     Ok((!rows.rows.is_empty()).then_some(lease))
 }
 
+/// Moves a run to `next` if its state machine allows it from where it is
+/// now (409 otherwise). The update names the status it read, so of two
+/// racing transitions only one succeeds.
+fn transition(
+    org: &OrgScoped,
+    execution_id: &str,
+    next: RunStatus,
+    now: i64,
+) -> Result<(), ApiError> {
+    let current = org
+        .execute(
+            "SELECT status FROM executions WHERE org_id = ?1 AND id = ?2",
+            &[Value::from(execution_id)],
+        )?
+        .into_first()
+        .and_then(|row| row[0].as_str().and_then(RunStatus::parse))
+        .ok_or_else(|| ApiError::NotFound(format!("execution {execution_id} not found")))?;
+    if !current.can_become(next) {
+        return Err(ApiError::Conflict(format!(
+            "execution {execution_id} is {} and cannot become {}",
+            current.as_str(),
+            next.as_str()
+        )));
+    }
+    // A run that runs again forgets how it ended; a run that ends records when.
+    let moved = org.execute(
+        "UPDATE executions SET status = ?2, updated_at = ?3, \
+         finished_at = CASE WHEN ?2 = 'running' THEN NULL ELSE ?3 END, \
+         error = CASE WHEN ?2 = 'running' THEN NULL ELSE error END, \
+         failed_node = CASE WHEN ?2 = 'running' THEN NULL ELSE failed_node END, \
+         output = CASE WHEN ?2 = 'running' THEN NULL ELSE output END \
+         WHERE org_id = ?1 AND id = ?4 AND status = ?5 RETURNING id",
+        &[
+            Value::from(next.as_str()),
+            Value::Integer(now),
+            Value::from(execution_id),
+            Value::from(current.as_str()),
+        ],
+    )?;
+    if moved.rows.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "execution {execution_id} changed meanwhile; try again"
+        )));
+    }
+    Ok(())
+}
+
 /// Cancels a run: nothing new starts, queued steps never run, running ones
 /// finish but start nothing after them. 409 when the run already ended.
 pub fn cancel(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<(), ApiError> {
     let now = now_ms();
     in_transaction(db, |db| -> Result<(), ApiError> {
         let org = OrgScoped::new(db, org_id);
-        let cancelled = org.execute(
-            "UPDATE executions SET status = 'cancelled', finished_at = ?2, updated_at = ?2 \
-             WHERE org_id = ?1 AND id = ?3 AND status IN ('pending', 'running') RETURNING id",
-            &[Value::Integer(now), Value::from(execution_id)],
-        )?;
-        if cancelled.rows.is_empty() {
-            return Err(ApiError::Conflict(format!(
-                "execution {execution_id} has already ended"
-            )));
-        }
+        transition(&org, execution_id, RunStatus::Cancelled, now)?;
         org.execute(
             &format!(
                 "UPDATE steps SET status = 'skipped', error = '{RUN_ENDED}', finished_at = ?2 \
@@ -1121,17 +1159,7 @@ pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(
     let now = now_ms();
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         let org = OrgScoped::new(db, org_id);
-        let reopened = org.execute(
-            "UPDATE executions SET status = 'running', error = NULL, failed_node = NULL, output = NULL, \
-             finished_at = NULL, updated_at = ?2 WHERE org_id = ?1 AND id = ?3 \
-             AND status IN ('failed', 'cancelled') RETURNING id",
-            &[Value::Integer(now), Value::from(execution_id)],
-        )?;
-        if reopened.rows.is_empty() {
-            return Err(ApiError::Conflict(format!(
-                "execution {execution_id} is not failed or cancelled"
-            )));
-        }
+        transition(&org, execution_id, RunStatus::Running, now)?;
         org.execute(
             &format!(
                 "DELETE FROM steps WHERE org_id = ?1 AND execution_id = ?2 \

@@ -40,17 +40,20 @@ impl RunStatus {
         .find(|s| s.as_str() == text)
     }
 
-    /// Whether nothing more happens to the run.
+    /// Whether nothing more happens to the run unless a user retries it.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
     }
 
-    /// Whether a run in this state may move to `next`.
+    /// Whether a run in this state may move to `next`: it finishes once, and
+    /// only a failed or cancelled run may run again (a retry).
     pub fn can_become(self, next: Self) -> bool {
         use RunStatus::*;
         matches!(
             (self, next),
-            (Pending, Running) | (Pending | Running, Completed | Failed | Cancelled)
+            (Pending, Running)
+                | (Pending | Running, Completed | Failed | Cancelled)
+                | (Failed | Cancelled, Running)
         )
     }
 }
@@ -123,10 +126,11 @@ mod tests {
             RunStatus::Cancelled,
         ] {
             assert!(done.is_terminal());
-            for next in [RunStatus::Pending, RunStatus::Running, RunStatus::Completed] {
+            for next in [RunStatus::Pending, RunStatus::Completed, RunStatus::Failed] {
                 assert!(!done.can_become(next), "{done:?} -> {next:?}");
             }
         }
+        assert!(!RunStatus::Completed.can_become(RunStatus::Running));
         for done in [
             StepStatus::Completed,
             StepStatus::Failed,
@@ -140,6 +144,13 @@ mod tests {
                 assert!(!done.can_become(next), "{done:?} -> {next:?}");
             }
         }
+    }
+
+    #[test]
+    fn only_failed_or_cancelled_runs_are_retried() {
+        assert!(RunStatus::Failed.can_become(RunStatus::Running));
+        assert!(RunStatus::Cancelled.can_become(RunStatus::Running));
+        assert!(!RunStatus::Running.can_become(RunStatus::Pending));
     }
 
     #[test]
