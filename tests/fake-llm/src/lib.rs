@@ -17,6 +17,12 @@
 //! (from 1), with token counts derived from the request (see [`Reply`]).
 //! Every request is recorded for later assertions.
 //!
+//! It also stands in for a webhook subscriber: a `POST` to any path under
+//! `/events/` is recorded and answered from the shared queue (the one
+//! [`FakeLlm::push`] fills): `200 {}` when nothing is scripted or the reply
+//! is a completion, the status of a [`Reply::error`] or [`Reply::raw`]
+//! otherwise, and [`Reply::hang`] hangs.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use fake_llm::{FakeLlm, Reply};

@@ -78,6 +78,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
 /// What was decided, under the lock, to answer one request.
 enum Plan {
     Immediate(Response<Full<Bytes>>),
+    /// A webhook delivery (`POST /events/…`), answered from the shared queue.
+    Event {
+        reply: Option<Reply>,
+        latency: Duration,
+    },
     Reply {
         dialect: Dialect,
         model: String,
@@ -132,7 +137,14 @@ async fn handle(
                 model: model.clone(),
             });
         }
+        let is_event =
+            parts.method == hyper::Method::POST && parts.uri.path().starts_with("/events/");
         match (route, &json_body) {
+            (None, _) if is_event => {
+                let reply = state.queue.pop_front();
+                let latency = state.latency + reply.as_ref().map_or(Duration::ZERO, |r| r.latency);
+                Plan::Event { reply, latency }
+            }
             (None, _) => Plan::Immediate(not_found(&parts.method, parts.uri.path())),
             (Some((dialect, _)), None) => {
                 state.seq += 1;
@@ -163,6 +175,7 @@ async fn handle(
 
     let (dialect, model, seq, input_tokens, reply, latency) = match plan {
         Plan::Immediate(response) => return Ok(response),
+        Plan::Event { reply, latency } => return Ok(event_answer(reply, latency).await),
         Plan::Reply {
             dialect,
             model,
@@ -233,6 +246,33 @@ async fn handle(
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+/// The answer to a webhook delivery: `200 {}` unless a scripted reply says
+/// otherwise (an error's status with its message, a raw reply as it is, a hang).
+async fn event_answer(reply: Option<Reply>, latency: Duration) -> Response<Full<Bytes>> {
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    match reply.map(|r| r.kind) {
+        None | Some(ReplyKind::Completion { .. }) => json_response(StatusCode::OK, &json!({})),
+        Some(ReplyKind::Error { status, message }) => json_response(
+            status_code(status),
+            &json!({"error": message.unwrap_or_else(|| "scripted failure".to_owned())}),
+        ),
+        Some(ReplyKind::Raw { status, body }) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = status_code(status);
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Some(ReplyKind::Hang) => {
+            tokio::time::sleep(HANG).await;
+            json_response(StatusCode::GATEWAY_TIMEOUT, &json!({}))
+        }
+    }
 }
 
 fn status_code(status: u16) -> StatusCode {

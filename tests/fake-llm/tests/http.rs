@@ -396,6 +396,35 @@ async fn per_dialect_and_per_model_queues() {
 }
 
 #[tokio::test]
+async fn posts_under_events_are_recorded_webhooks_answered_from_the_queue() {
+    let fake = FakeLlm::start().await;
+    fake.push(Reply::error(500, "down"));
+    fake.push(Reply::raw(202, "{\"ok\":true}"));
+    let signed = [("webhook-id", "msg_1")];
+    let first = send(&fake, "POST", "/events/a", &signed, "{\"type\":\"x\"}").await;
+    assert_eq!(first.status, 500);
+    assert_eq!(first.json()["error"], "down");
+    let second = send(&fake, "POST", "/events/a", &[], "not json").await;
+    assert_eq!(second.status, 202);
+    assert_eq!(second.json(), json!({"ok": true}));
+    let third = send(&fake, "POST", "/events/b/c", &[], "{}").await;
+    assert_eq!(third.status, 200);
+    assert_eq!(third.json(), json!({}));
+    // Only POSTs under /events/ are deliveries.
+    assert_eq!(send(&fake, "GET", "/events/a", &[], "").await.status, 404);
+    assert_eq!(post(&fake, "/events", &json!({})).await.status, 404);
+
+    let received = fake.received();
+    assert_eq!(received.len(), 5);
+    assert_eq!(received[0].path, "/events/a");
+    assert_eq!(received[0].header("webhook-id"), Some("msg_1"));
+    assert_eq!(received[0].body, json!({"type": "x"}));
+    assert_eq!(received[1].raw_body, "not json");
+    assert_eq!(received[0].dialect, None);
+    assert_eq!(fake.remaining(), 0);
+}
+
+#[tokio::test]
 async fn unknown_paths_and_bad_bodies_do_not_consume_the_script() {
     let fake = FakeLlm::start().await;
     fake.push(Reply::text("kept"));

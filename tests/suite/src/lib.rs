@@ -33,6 +33,10 @@ pub const TICK_KEY: &str = "suite-tick-key-not-for-production";
 /// invocation (`step_lease_ms`): short, so recovery tests are quick.
 pub const STEP_LEASE_MS: u64 = 2_000;
 
+/// The first retry delay of a failed event delivery (`event_retry_base_ms`):
+/// short, so retry tests are quick.
+pub const EVENT_RETRY_BASE_MS: u64 = 200;
+
 /// A fixture file's text (`tests/suite/fixtures/NAME`).
 pub fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,6 +80,10 @@ pub fn suite_variables() -> HashMap<String, String> {
         ("tick_key".to_string(), TICK_KEY.to_string()),
         ("step_lease_ms".to_string(), STEP_LEASE_MS.to_string()),
     ]);
+    variables.insert(
+        "event_retry_base_ms".to_string(),
+        EVENT_RETRY_BASE_MS.to_string(),
+    );
     for provider in ["openai", "anthropic", "gemini", "groq"] {
         variables.insert(format!("{provider}_api_key"), provider_key(provider));
     }

@@ -178,6 +178,14 @@ pub fn run_agent(
                 answer,
             )?;
         }
+        let data = json!({
+            "agent_id": agent.id,
+            "agent_execution_id": execution_id,
+            "status": status,
+            "execution_id": input.step.as_ref().map(|s| s.execution_id.clone()),
+            "step_id": input.step.as_ref().map(|s| s.step_id.clone()),
+        });
+        crate::engine::emit_event(ctx, db, &caller.org_id, "agent.executed", &data)?;
         record_activity(
             ctx,
             db,

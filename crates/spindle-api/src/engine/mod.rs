@@ -3,11 +3,15 @@
 //! (`/internal/tick`).
 
 mod dispatch;
+mod events;
 mod hooks;
 mod runner;
 mod status;
 
 pub use status::{RunStatus, StepStatus};
+
+/// Queues an event for the organisation's subscribers (the outbox; the tick delivers).
+pub(crate) use events::emit as emit_event;
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
@@ -54,6 +58,24 @@ pub fn router() -> Router<RequestContext> {
             Method::Post,
             "/api/v1/executions/:id/retry",
             retry_execution,
+        )
+        .route(Method::Post, "/api/v1/event-subscriptions", events::create)
+        .route(Method::Get, "/api/v1/event-subscriptions", events::list)
+        .route(Method::Get, "/api/v1/event-subscriptions/:id", events::get)
+        .route(
+            Method::Patch,
+            "/api/v1/event-subscriptions/:id",
+            events::update,
+        )
+        .route(
+            Method::Delete,
+            "/api/v1/event-subscriptions/:id",
+            events::delete,
+        )
+        .route(
+            Method::Get,
+            "/api/v1/event-subscriptions/:id/deliveries",
+            events::deliveries,
         )
         .route(Method::Post, "/hooks/:workflow_id", hooks::receive)
         .route(Method::Post, "/internal/steps/:id", run_step)
@@ -491,9 +513,11 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
         }
     }
     let timed_out = runner::time_out_waits(ctx, now, TICK_BATCH)?;
+    let events_delivered = events::deliver_due(ctx)?;
     Ok(ApiResponse::json(
         200,
-        &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out}),
+        &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out,
+                "events_delivered": events_delivered}),
     ))
 }
 

@@ -3,6 +3,7 @@
 //! agent step is handed to an invocation of its own.
 
 use super::dispatch::dispatch_step;
+use super::events;
 use super::status::{RunStatus, StepStatus};
 use crate::agents::{self, RunInput, StepLink, StoredAgent, run_agent};
 use crate::context::RequestContext;
@@ -212,6 +213,8 @@ pub fn start_run(
             StepStatus::Completed,
             Some(&inputs),
         )?;
+        let data = json!({"execution_id": id, "workflow_id": workflow_id, "version": version, "trigger": trigger_kind});
+        events::emit(ctx, db, &caller.org_id, "workflow.started", &data)?;
         for step in reuse {
             db.execute(
                 "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, outcome, created_at, \
@@ -454,6 +457,7 @@ pub fn advance(
                 });
             } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
                 finish_step(
+                    ctx,
                     db,
                     &run,
                     node,
@@ -467,7 +471,7 @@ pub fn advance(
         }
         if !progressed {
             if plan.finished {
-                complete_run(db, &run, &load_steps(db, &run)?)?;
+                complete_run(ctx, db, &run, &load_steps(db, &run)?)?;
             }
             return Ok(());
         }
@@ -578,7 +582,7 @@ pub fn run_step(
     } else {
         run_cheap(&run, &steps, node)
     };
-    finish_step(db, &run, node, step_id, lease, result)?;
+    finish_step(ctx, db, &run, node, step_id, lease, result)?;
     advance(ctx, &org_id, &execution_id, hops)
 }
 
@@ -887,6 +891,7 @@ fn retry_at(
 /// Stores a step's result under its lease; a failure follows the node's
 /// `on_error`. A lease lost to another invocation stores nothing.
 fn finish_step(
+    ctx: &RequestContext,
     db: &dyn Db,
     run: &Run,
     node: &Node,
@@ -957,10 +962,14 @@ fn finish_step(
         if stored.rows.is_empty() {
             return Ok(());
         }
+        if let Some(error) = &error {
+            let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "node_id": node.id, "error": error});
+            events::emit(ctx, db, &run.org_id, "step.failed", &data)?;
+        }
         if status == StepStatus::Failed {
-            OrgScoped::new(db, &run.org_id).execute(
+            let failed = OrgScoped::new(db, &run.org_id).execute(
                 "UPDATE executions SET status = 'failed', error = ?2, failed_node = ?3, finished_at = ?4, \
-                 updated_at = ?4 WHERE org_id = ?1 AND id = ?5 AND status IN ('pending', 'running')",
+                 updated_at = ?4 WHERE org_id = ?1 AND id = ?5 AND status IN ('pending', 'running') RETURNING id",
                 &[
                     Value::from(error.as_ref().map(Json::to_string)),
                     Value::from(node.id.as_str()),
@@ -968,6 +977,10 @@ fn finish_step(
                     Value::from(run.id.as_str()),
                 ],
             )?;
+            if !failed.rows.is_empty() {
+                let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "status": "failed", "failed_node": node.id, "error": error});
+                events::emit(ctx, db, &run.org_id, "workflow.failed", &data)?;
+            }
             // Steps still waiting for an invocation will never run.
             OrgScoped::new(db, &run.org_id).execute(
                 &format!(
@@ -1016,7 +1029,7 @@ pub fn signal(
         output: payload,
         ..NodeResult::default()
     };
-    finish_step(db, &run, node, &step_id, &lease, Ok(result))?;
+    finish_step(ctx, db, &run, node, &step_id, &lease, Ok(result))?;
     advance(ctx, org_id, execution_id, 0)?;
     Ok(true)
 }
@@ -1059,7 +1072,7 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
                 format!("no {node_id} signal arrived in time"),
             ))
         };
-        finish_step(db, &run, node, &step_id, &lease, result)?;
+        finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
         advance(ctx, &org_id, &execution_id, 0)?;
         timed_out += 1;
     }
@@ -1188,7 +1201,12 @@ fn add_totals(db: &dyn Db, run: &Run) -> Result<(), ApiError> {
 
 /// Completes a run whose every node is done or skipped; its output is the
 /// last output node's value (in definition order) that ran.
-fn complete_run(db: &dyn Db, run: &Run, steps: &HashMap<String, Step>) -> Result<(), ApiError> {
+fn complete_run(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    run: &Run,
+    steps: &HashMap<String, Step>,
+) -> Result<(), ApiError> {
     let output = run
         .definition
         .nodes
@@ -1204,11 +1222,16 @@ fn complete_run(db: &dyn Db, run: &Run, steps: &HashMap<String, Step>) -> Result
         .unwrap_or(Json::Null);
     let now = now_ms();
     in_transaction(db, |db| -> Result<(), ApiError> {
-        OrgScoped::new(db, &run.org_id).execute(
+        let completed = OrgScoped::new(db, &run.org_id).execute(
             "UPDATE executions SET status = 'completed', output = ?2, finished_at = ?3, updated_at = ?3 \
-             WHERE org_id = ?1 AND id = ?4 AND status IN ('pending', 'running')",
+             WHERE org_id = ?1 AND id = ?4 AND status IN ('pending', 'running') RETURNING id",
             &[Value::Text(output.to_string()), Value::Integer(now), Value::from(run.id.as_str())],
         )?;
+        // Emitted once: only the invocation whose update completed the run.
+        if !completed.rows.is_empty() {
+            let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "status": "completed", "output": output});
+            events::emit(ctx, db, &run.org_id, "workflow.completed", &data)?;
+        }
         add_totals(db, run)
     })
 }
