@@ -117,6 +117,30 @@ impl ApiRequest {
         self.query_param(name).map(percent_decode)
     }
 
+    /// Reads the body as a JSON object whose fields are all in `allowed`; an
+    /// empty body is an empty object. 400 for anything else, naming the field.
+    pub fn json_object(
+        &self,
+        allowed: &[&str],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+        if self.body.is_empty() {
+            return Ok(serde_json::Map::new());
+        }
+        let serde_json::Value::Object(object) = self.json::<serde_json::Value>()? else {
+            return Err(ApiError::bad_request("the body must be a JSON object"));
+        };
+        if let Some(unknown) = object.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::BadRequest {
+                message: format!("unknown field {unknown:?}"),
+                details: vec![ErrorDetail::new(
+                    unknown.clone(),
+                    format!("accepted fields: {}", allowed.join(", ")),
+                )],
+            });
+        }
+        Ok(object)
+    }
+
     /// Reads the body as JSON of type `T`: 400 when it is missing, not JSON,
     /// or not of that shape (the detail names where serde stopped).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
@@ -263,6 +287,20 @@ mod tests {
     fn wrong_types_are_a_bad_request_naming_the_shape() {
         let error = with_body("{\"name\": 5}").json::<Named>().unwrap_err();
         assert_eq!(error.to_string(), "request body is JSON of the wrong shape");
+    }
+
+    #[test]
+    fn json_object_names_an_unknown_field() {
+        assert!(with_body("").json_object(&["a"]).unwrap().is_empty());
+        assert_eq!(with_body("{\"a\": 1}").json_object(&["a"]).unwrap()["a"], 1);
+        let error = with_body("{\"a\": 1, \"b\": 2}")
+            .json_object(&["a"])
+            .unwrap_err();
+        assert_eq!(error.to_string(), "unknown field \"b\"");
+        assert_eq!(
+            with_body("[1]").json_object(&["a"]).unwrap_err().status(),
+            400
+        );
     }
 
     #[test]

@@ -94,23 +94,7 @@ fn execute_workflow(
     caller.require(Role::Member)?;
     internal_key(ctx)?;
     let workflow_id = params.get("id").unwrap_or_default();
-    let body: Json = if request.body.is_empty() {
-        json!({})
-    } else {
-        request.json()?
-    };
-    let Some(body) = body.as_object() else {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    };
-    if let Some(unknown) = body.keys().find(|k| k.as_str() != "inputs") {
-        return Err(ApiError::BadRequest {
-            message: "unknown field".into(),
-            details: vec![ErrorDetail::new(
-                unknown.clone(),
-                "only `inputs` is accepted",
-            )],
-        });
-    }
+    let body = request.json_object(&["inputs"])?;
     let inputs = match body.get("inputs") {
         None | Some(Json::Null) => Map::new(),
         Some(Json::Object(inputs)) => inputs.clone(),
@@ -533,22 +517,10 @@ fn rerun_execution(
     caller.require(Role::Member)?;
     internal_key(ctx)?;
     let id = params.get("id").unwrap_or_default();
-    let body: Json = request.json()?;
-    let Some(body) = body.as_object() else {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
-    };
-    if let Some(unknown) = body
-        .keys()
-        .find(|k| !["from_node", "version"].contains(&k.as_str()))
-    {
-        return Err(ApiError::BadRequest {
-            message: "unknown field".into(),
-            details: vec![ErrorDetail::new(
-                unknown.clone(),
-                "only from_node and version are accepted",
-            )],
-        });
+    if request.body.is_empty() {
+        return Err(ApiError::bad_request("`from_node` (a node id) is required"));
     }
+    let body = request.json_object(&["from_node", "version"])?;
     let from_node = body
         .get("from_node")
         .and_then(Json::as_str)
@@ -641,26 +613,10 @@ fn send_signal(
     caller.require(Role::Member)?;
     let id = params.get("id").unwrap_or_default();
     let name = params.get("name").unwrap_or_default();
-    let payload = if request.body.is_empty() {
-        Json::Null
-    } else {
-        let body: Json = request.json()?;
-        match body {
-            Json::Object(mut object) => {
-                if let Some(unknown) = object.keys().find(|k| k.as_str() != "payload") {
-                    return Err(ApiError::BadRequest {
-                        message: "unknown field".into(),
-                        details: vec![ErrorDetail::new(
-                            unknown.clone(),
-                            "only `payload` is accepted",
-                        )],
-                    });
-                }
-                object.remove("payload").unwrap_or(Json::Null)
-            }
-            _ => return Err(ApiError::bad_request("the body must be a JSON object")),
-        }
-    };
+    let payload = request
+        .json_object(&["payload"])?
+        .remove("payload")
+        .unwrap_or(Json::Null);
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     fetch_one(
         &org,
