@@ -102,6 +102,15 @@ impl RequestContext {
         (u64::from_le_bytes(self.random()) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// A new Standard Webhooks secret: `whsec_` and 24 random bytes in base64.
+    pub fn new_webhook_secret(&self) -> String {
+        use base64::Engine;
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(self.random::<24>())
+        )
+    }
+
     /// A new id: a UUID v7, so ids sort by creation time.
     pub fn new_id(&self) -> String {
         let millis = u64::try_from(now_ms()).unwrap_or_default();

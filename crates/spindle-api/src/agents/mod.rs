@@ -213,11 +213,7 @@ fn delete_agent(
             &json!({}),
         )
     })?;
-    Ok(ApiResponse {
-        status: 204,
-        headers: Vec::new(),
-        body: Vec::new(),
-    })
+    Ok(ApiResponse::no_content())
 }
 
 #[derive(Deserialize)]

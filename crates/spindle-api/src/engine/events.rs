@@ -9,7 +9,6 @@ use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
 use crate::listing::Page;
 use crate::{fetch_one, json_column, now_ms, timestamp};
-use base64::Engine;
 use serde_json::{Value as Json, json};
 use spindle_auth::Role;
 use spindle_http::{
@@ -186,10 +185,7 @@ pub(super) fn create(
         });
     };
     let types = fields.event_types.unwrap_or_default();
-    let secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(ctx.random::<24>())
-    );
+    let secret = ctx.new_webhook_secret();
     let (id, now) = (ctx.new_id(), now_ms());
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         db.execute(
@@ -329,11 +325,7 @@ pub(super) fn delete(
             &json!({}),
         )
     })?;
-    Ok(ApiResponse {
-        status: 204,
-        headers: Vec::new(),
-        body: Vec::new(),
-    })
+    Ok(ApiResponse::no_content())
 }
 
 /// `GET /api/v1/event-subscriptions/:id/deliveries` (viewer): its outbox

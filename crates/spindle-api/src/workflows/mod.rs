@@ -205,15 +205,6 @@ fn known_agents(
     Ok(known)
 }
 
-/// A new Standard Webhooks secret: `whsec_` and 24 random bytes in base64.
-fn new_webhook_secret(ctx: &RequestContext) -> String {
-    use base64::Engine;
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(ctx.random::<24>())
-    )
-}
-
 /// Stores `document` as a new workflow; returns its id and webhook secret.
 fn insert_workflow(
     ctx: &RequestContext,
@@ -221,7 +212,7 @@ fn insert_workflow(
     document: &Document,
     origin: &Json,
 ) -> Result<(String, String), ApiError> {
-    let (id, now, secret) = (ctx.new_id(), now_ms(), new_webhook_secret(ctx));
+    let (id, now, secret) = (ctx.new_id(), now_ms(), ctx.new_webhook_secret());
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         db.execute(
             "INSERT INTO workflows (id, org_id, name, description, is_active, current_version, webhook_secret, \
@@ -540,7 +531,7 @@ fn delete_workflow(
             &json!({}),
         )
     })?;
-    Ok(no_content())
+    Ok(ApiResponse::no_content())
 }
 
 /// `POST /api/v1/workflows/bulk-delete` (member) `{ids}`: all or nothing; one
@@ -673,7 +664,7 @@ fn rotate_webhook_secret(
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Admin)?;
     let id = params.get("id").unwrap_or_default();
-    let secret = new_webhook_secret(ctx);
+    let secret = ctx.new_webhook_secret();
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         let org = OrgScoped::new(db, &caller.org_id);
         live_workflow(&org, id)?;
@@ -714,14 +705,6 @@ fn soft_delete(org: &OrgScoped, id: &str) -> Result<(), ApiError> {
         &[Value::Integer(now_ms()), Value::from(id)],
     )?;
     Ok(())
-}
-
-fn no_content() -> ApiResponse {
-    ApiResponse {
-        status: 204,
-        headers: Vec::new(),
-        body: Vec::new(),
-    }
 }
 
 const SUMMARY_COLUMNS: &str =
