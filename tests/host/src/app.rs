@@ -237,11 +237,7 @@ impl App {
         let busy = Busy::new(self.clone(), seq);
         let mut store = Store::new(
             &self.engine,
-            HostState::new(
-                self.clone(),
-                component.clone(),
-                fault == Fault::AbortAfterResponse,
-            ),
+            HostState::new(self.clone(), component.clone(), fault),
         );
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);

@@ -52,8 +52,10 @@ pub struct HostState {
     pub(crate) outbound: crate::app::Outbound,
     component: Arc<ComponentInfo>,
     app: Arc<App>,
-    /// [`crate::Fault::AbortAfterResponse`]: side effects trap once the response is complete.
-    abort_after_response: bool,
+    /// The invocation's fault: when its side-effecting host calls start to trap.
+    fault: crate::Fault,
+    /// Side-effecting host calls made so far (for [`crate::Fault::AbortAtHostCall`]).
+    host_calls: u32,
     response: ResponseWatch,
 }
 
@@ -77,7 +79,7 @@ impl HostState {
     pub(crate) fn new(
         app: Arc<App>,
         component: Arc<ComponentInfo>,
-        abort_after_response: bool,
+        fault: crate::Fault,
     ) -> HostState {
         // Like Spin: no preopened directories, no environment, no sockets; the
         // guest's stdout/stderr go to the host's.
@@ -92,22 +94,30 @@ impl HostState {
             },
             component,
             app,
-            abort_after_response,
+            fault,
+            host_calls: 0,
             response: ResponseWatch::default(),
         }
     }
 
     /// Traps when the instance must already be dead: under
-    /// [`crate::Fault::AbortAfterResponse`], once its response is complete. Side
+    /// [`crate::Fault::AbortAfterResponse`], once its response is complete;
+    /// under [`crate::Fault::AbortAtHostCall`], from its n-th call on. Side
     /// effecting host calls (outbound HTTP, key-value, SQLite) check it first;
     /// the guest sets and finishes its response before its next call, so none
     /// gets through, whenever the host gets round to aborting its task.
-    fn alive(&self) -> wasmtime::Result<()> {
+    fn alive(&mut self) -> wasmtime::Result<()> {
+        self.host_calls += 1;
         let complete = (self.response.sent.as_ref()).is_some_and(|f| f.load(Ordering::SeqCst));
-        if self.abort_after_response && complete {
-            wasmtime::bail!("instance aborted after its response (Fault::AbortAfterResponse)");
+        match self.fault {
+            crate::Fault::AbortAfterResponse if complete => {
+                wasmtime::bail!("instance aborted after its response (Fault::AbortAfterResponse)")
+            }
+            crate::Fault::AbortAtHostCall(n) if self.host_calls >= n => {
+                wasmtime::bail!("instance aborted at host call {n} (Fault::AbortAtHostCall)")
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

@@ -87,6 +87,11 @@ pub enum Fault {
     /// follows the response; the task is aborted too once the body is sent (that
     /// stops pure computation).
     AbortAfterResponse,
+    /// The instance dies at its n-th side-effecting host call (outbound HTTP,
+    /// key-value, SQLite; counting from 1), before or after its response: that
+    /// call and all after it never happen, as when a host shuts down mid-work.
+    /// Dying before the response, it answers like a trapped guest (500).
+    AbortAtHostCall(u32),
 }
 
 /// Decides a [`Fault`] for each invocation; closures `Fn(&Invocation) -> Fault` are plans too.
