@@ -95,8 +95,21 @@ pub(crate) fn build_request(base: &str, api_key: Option<&str>, request: &ChatReq
         "max_tokens".into(),
         json!(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)),
     );
-    if let Some(system) = &request.system {
-        body.insert("system".into(), json!(system));
+    // The Messages API has no response format: the schema goes in the system prompt.
+    let schema_rule = request.response_schema.as_ref().map(|schema| {
+        format!("Answer with only a JSON value, no prose, that follows this JSON Schema: {schema}")
+    });
+    match (&request.system, schema_rule) {
+        (Some(system), Some(rule)) => {
+            body.insert("system".into(), json!(format!("{system}\n\n{rule}")));
+        }
+        (Some(system), None) => {
+            body.insert("system".into(), json!(system));
+        }
+        (None, Some(rule)) => {
+            body.insert("system".into(), json!(rule));
+        }
+        (None, None) => {}
     }
     body.insert("messages".into(), Value::Array(messages));
     if !request.tools.is_empty() {
@@ -243,6 +256,7 @@ mod tests {
             temperature: Some(0.5),
             max_tokens: None,
             top_p: Some(0.8),
+            response_schema: None,
         };
         let call = build_request(
             Provider::Anthropic,
@@ -279,6 +293,32 @@ mod tests {
                 "top_p": 0.8
             })
         );
+    }
+
+    #[test]
+    fn a_response_schema_is_asked_for_in_the_system_prompt() {
+        let request = |system: Option<&str>| ChatRequest {
+            model: "claude-sonnet-4".into(),
+            system: system.map(String::from),
+            messages: vec![Message::user("score it")],
+            response_schema: Some(json!({"type": "object"})),
+            ..ChatRequest::default()
+        };
+        let rule = r#"Answer with only a JSON value, no prose, that follows this JSON Schema: {"type":"object"}"#;
+        let with = body_json(&build_request(
+            Provider::Anthropic,
+            "https://api.anthropic.com/v1",
+            None,
+            &request(Some("You score.")),
+        ));
+        assert_eq!(with["system"], format!("You score.\n\n{rule}"));
+        let without = body_json(&build_request(
+            Provider::Anthropic,
+            "https://api.anthropic.com/v1",
+            None,
+            &request(None),
+        ));
+        assert_eq!(without["system"], rule);
     }
 
     #[test]

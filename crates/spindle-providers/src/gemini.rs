@@ -88,6 +88,10 @@ pub(crate) fn build_request(base: &str, api_key: Option<&str>, request: &ChatReq
     if let Some(p) = request.top_p {
         config.insert("topP".into(), json!(p));
     }
+    if let Some(schema) = &request.response_schema {
+        config.insert("responseMimeType".into(), json!("application/json"));
+        config.insert("responseSchema".into(), gemini_schema(schema));
+    }
     if !config.is_empty() {
         body.insert("generationConfig".into(), Value::Object(config));
     }
@@ -302,6 +306,7 @@ mod tests {
             temperature: Some(0.1),
             max_tokens: Some(100),
             top_p: Some(0.95),
+            response_schema: None,
         };
         let call = build_request(
             Provider::Gemini,
@@ -335,6 +340,32 @@ mod tests {
                 }]}],
                 "generationConfig": {"temperature": 0.1, "maxOutputTokens": 100, "topP": 0.95}
             })
+        );
+    }
+
+    #[test]
+    fn a_response_schema_asks_for_json_with_a_response_schema() {
+        let request = ChatRequest {
+            model: "gemini-2.0-flash".into(),
+            messages: vec![Message::user("score it")],
+            response_schema: Some(
+                json!({"type": "object", "properties": {"score": {"type": "number"}}}),
+            ),
+            ..ChatRequest::default()
+        };
+        let body = body_json(&build_request(
+            Provider::Gemini,
+            "https://generativelanguage.googleapis.com/v1beta",
+            None,
+            &request,
+        ));
+        assert_eq!(
+            body["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert_eq!(
+            body["generationConfig"]["responseSchema"],
+            gemini_schema(&json!({"type": "object", "properties": {"score": {"type": "number"}}}))
         );
     }
 

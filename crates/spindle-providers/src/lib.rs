@@ -176,6 +176,10 @@ pub struct ChatRequest {
     pub max_tokens: Option<u32>,
     /// Nucleus sampling; omitted when `None`.
     pub top_p: Option<f64>,
+    /// A JSON Schema the answer must follow: asks the model for JSON in the
+    /// provider's own way (a response format, a response schema, or the
+    /// system prompt where the API has neither).
+    pub response_schema: Option<serde_json::Value>,
 }
 
 /// Who wrote a [`Message`].

@@ -97,6 +97,12 @@ pub(crate) fn build_request(
     if let Some(p) = request.top_p {
         body.insert("top_p".into(), json!(p));
     }
+    if let Some(schema) = &request.response_schema {
+        body.insert(
+            "response_format".into(),
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+        );
+    }
 
     let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
     if let Some(key) = api_key {
@@ -250,6 +256,7 @@ mod tests {
             temperature: Some(0.2),
             max_tokens: Some(256),
             top_p: Some(0.9),
+            response_schema: None,
         }
     }
 
@@ -313,6 +320,27 @@ mod tests {
         assert_eq!(
             body_json(&call),
             json!({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]})
+        );
+    }
+
+    #[test]
+    fn a_response_schema_becomes_a_json_schema_response_format() {
+        let schema = json!({"type": "object", "properties": {"score": {"type": "number"}}});
+        let request = ChatRequest {
+            model: "gpt-4o-mini".into(),
+            messages: vec![Message::user("score it")],
+            response_schema: Some(schema.clone()),
+            ..ChatRequest::default()
+        };
+        let call = build_request(
+            Provider::OpenAi,
+            "https://api.openai.com/v1",
+            None,
+            &request,
+        );
+        assert_eq!(
+            body_json(&call)["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}})
         );
     }
 

@@ -281,6 +281,8 @@ fn execute_agent(
         max_tokens: body.max_tokens,
         conversation_id: body.conversation_id,
         step: None,
+        timeout_ms: None,
+        output_schema: None,
     };
     Ok(ApiResponse::json(
         200,

@@ -41,6 +41,10 @@ pub struct RunInput {
     pub conversation_id: Option<String>,
     /// The workflow step this run is, if it is one.
     pub step: Option<StepLink>,
+    /// Overrides the `provider_timeout_ms` variable for each provider call (a node's `timeout_ms`).
+    pub timeout_ms: Option<u64>,
+    /// A JSON Schema the answer must follow (an agent node's `output_schema`).
+    pub output_schema: Option<Json>,
 }
 
 /// The workflow step an agent run belongs to; its usage records carry it.
@@ -211,7 +215,10 @@ fn converse(
 ) -> Result<String, RunFailure> {
     let spec = &agent.spec;
     let provider = spec.provider();
-    let endpoint = Endpoint::configured(ctx, provider)?;
+    let mut endpoint = Endpoint::configured(ctx, provider)?;
+    if let Some(timeout_ms) = input.timeout_ms {
+        endpoint.timeout_ms = timeout_ms;
+    }
     let max_tokens = input.max_tokens.or(spec.model_config.max_tokens);
     let history = match (&input.conversation_id, spec.memory.enabled) {
         (Some(conversation), true) => {
@@ -242,6 +249,7 @@ fn converse(
         temperature: spec.model_config.temperature,
         max_tokens,
         top_p: spec.model_config.top_p,
+        response_schema: input.output_schema.clone(),
     };
     let mut retry_wait = 0;
     for round in 1..=MAX_TOOL_ROUNDS {
