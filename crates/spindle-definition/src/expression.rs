@@ -579,6 +579,12 @@ fn length(v: Value) -> Result<usize, Error> {
         .ok_or_else(|| invalid(format!("cannot take the length of a {}", type_name(&v))))
 }
 
+/// `value | json`: the value as compact JSON text (unlike minijinja's
+/// `tojson`, nothing is HTML-escaped: the text goes to a model, not a page).
+fn json_text(v: Value) -> Result<String, Error> {
+    serde_json::to_string(&v).map_err(|e| invalid(format!("cannot write JSON: {e}")))
+}
+
 fn environment() -> &'static Environment<'static> {
     static ENVIRONMENT: OnceLock<Environment<'static>> = OnceLock::new();
     ENVIRONMENT.get_or_init(|| {
@@ -592,6 +598,7 @@ fn environment() -> &'static Environment<'static> {
         env.add_function("__mul", multiply);
         env.add_filter("length", length);
         env.add_filter("count", length);
+        env.add_filter("json", json_text);
         env
     })
 }

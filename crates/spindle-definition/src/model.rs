@@ -1019,10 +1019,21 @@ fn parse_tasks(tasks: &Value) -> Result<Definition, Vec<Problem>> {
             "{{ previous_output }}"
         };
         // An object or list input (the shape earlier systems used, e.g.
-        // `{"content": "{{previous_output}}", "platforms": [...]}`) becomes
-        // its JSON text, whose templates render like any other.
+        // `{"content": "{{previous_output}}", "platforms": [...]}`) is
+        // rendered by a transform node of its own, so each value is
+        // rendered (and escaped) before the agent gets it as JSON text.
         let input = match task.get("input") {
-            Some(structured @ (Value::Object(_) | Value::Array(_))) => structured.to_string(),
+            Some(structured @ (Value::Object(_) | Value::Array(_))) => {
+                let mut template = Map::new();
+                template.insert("template".into(), structured.clone());
+                nodes.push(Node {
+                    id: format!("task_{}_input", i + 1),
+                    node_type: "transform".into(),
+                    config: template,
+                    ..Node::default()
+                });
+                "{{ previous_output | json }}".to_string()
+            }
             _ => f
                 .optional_str("input")
                 .unwrap_or_else(|| default_input.into()),
@@ -1076,14 +1087,22 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn structured_task_input_becomes_its_json_text() {
+    fn structured_task_input_is_rendered_then_sent_as_json_text() {
         let def = parse_definition(&json!({"tasks": [
             {"agent": "seo", "input": {"content": "{{previous_output}}", "keywords": ["ai"]}}
         ]}))
         .unwrap();
+        let ids: Vec<_> = def.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["trigger", "task_1_input", "task_1", "output"]);
+        let context = json!({"previous_output": "line one\n\"quoted\" <b>"});
+        let input = crate::render(&def.nodes[1].config["template"], &context).unwrap();
+        let prompt = crate::render(
+            &def.nodes[2].config["prompt"],
+            &json!({"previous_output": input}),
+        );
         assert_eq!(
-            def.nodes[1].config["prompt"],
-            json!(r#"{"content":"{{previous_output}}","keywords":["ai"]}"#)
+            prompt.unwrap(),
+            json!(r#"{"content":"line one\n\"quoted\" <b>","keywords":["ai"]}"#)
         );
     }
 
