@@ -3,6 +3,7 @@
 use crate::error::{ApiError, ErrorDetail};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::any::Any;
 use std::fmt;
 
 /// The largest request body the API reads; a larger one answers 413 unread.
@@ -196,14 +197,55 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// A response ready to be written back by the host adapter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct ApiResponse {
     /// The HTTP status.
     pub status: u16,
     /// Headers with lower-case names.
     pub headers: Vec<(String, String)>,
-    /// The body bytes.
+    /// The body bytes (with a `stream`, what is sent before it).
     pub body: Vec<u8>,
+    /// The rest of the body, written while the client reads it; `None` for a
+    /// body that is all in `body`.
+    pub stream: Option<BodyStream>,
+}
+
+/// Where a [`BodyStream`] writes: sends one chunk to the client at once and
+/// answers `false` when the client has gone (the producer should then stop).
+pub type ChunkSink<'a> = dyn FnMut(&[u8]) -> bool + 'a;
+
+type Producer = Box<dyn FnOnce(&dyn Any, &mut ChunkSink<'_>)>;
+
+/// A body produced piece by piece after the head is sent, e.g. Server-Sent
+/// Events. It runs with the component's context, so it can read storage
+/// and sleep while the response is open.
+pub struct BodyStream(Producer);
+
+impl BodyStream {
+    /// A stream that `produce` writes, given the context of type `C` that
+    /// the router ran the handler with.
+    pub fn new<C: 'static>(produce: impl FnOnce(&C, &mut ChunkSink<'_>) + 'static) -> Self {
+        // The router is generic over its context and the response is not, so
+        // the context travels as `Any`; `run` gets the same `C` back.
+        Self(Box::new(
+            move |ctx: &dyn Any, write: &mut ChunkSink<'_>| match ctx.downcast_ref::<C>() {
+                Some(ctx) => produce(ctx, write),
+                None => debug_assert!(false, "a body stream run with another context type"),
+            },
+        ))
+    }
+
+    /// Writes the body through `write`; the host adapter calls this once the
+    /// head is out. `ctx` must be the context the handler was given.
+    pub fn run<C: 'static>(self, ctx: &C, write: &mut ChunkSink<'_>) {
+        (self.0)(ctx, write)
+    }
+}
+
+impl fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BodyStream(..)")
+    }
 }
 
 impl ApiResponse {
@@ -216,6 +258,7 @@ impl ApiResponse {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body,
+            stream: None,
         }
     }
 
@@ -225,6 +268,18 @@ impl ApiResponse {
             status: 204,
             headers: Vec::new(),
             body: Vec::new(),
+            stream: None,
+        }
+    }
+
+    /// A `200` response of `content_type` whose body `stream` writes while
+    /// the client reads it.
+    pub fn streaming(content_type: &str, stream: BodyStream) -> Self {
+        Self {
+            status: 200,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: Vec::new(),
+            stream: Some(stream),
         }
     }
 
@@ -315,6 +370,29 @@ mod tests {
     #[test]
     fn empty_body_is_a_bad_request() {
         assert_eq!(with_body("").json::<Named>().unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn a_body_stream_gets_its_context_and_stops_when_the_client_goes() {
+        let stream = BodyStream::new(|ctx: &String, write: &mut ChunkSink<'_>| {
+            for piece in [ctx.as_str(), "second", "never"] {
+                if !write(piece.as_bytes()) {
+                    return;
+                }
+            }
+        });
+        let response = ApiResponse::streaming("text/event-stream", stream);
+        assert_eq!(response.header("content-type"), Some("text/event-stream"));
+        let mut chunks = Vec::new();
+        response
+            .stream
+            .unwrap()
+            .run(&"first".to_string(), &mut |chunk| {
+                chunks.push(String::from_utf8_lossy(chunk).into_owned());
+                // The client goes away after the second chunk.
+                chunks.len() < 2
+            });
+        assert_eq!(chunks, ["first", "second"]);
     }
 
     #[test]

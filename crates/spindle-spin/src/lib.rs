@@ -14,7 +14,7 @@
 mod outbound;
 
 use futures::TryStreamExt;
-use spin_sdk::http::{Fields, IncomingRequest, OutgoingResponse, ResponseOutparam};
+use spin_sdk::http::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 use spin_sdk::{key_value, sqlite};
 use spindle_api::{Backends, RequestContext};
 use spindle_http::{
@@ -142,7 +142,7 @@ pub async fn serve(
     };
     // Says which component answered: routing is Spin's, and this makes it visible.
     response.set_header("spindle-component", component);
-    write_response(out, response).await;
+    write_response(&ctx, out, response).await;
     // The client has its answer; Spin runs the component on until this returns.
     ctx.run_deferred();
 }
@@ -188,7 +188,8 @@ async fn read_request(request: IncomingRequest) -> Result<ApiRequest, ApiError> 
     Ok(api_request)
 }
 
-async fn write_response(out: ResponseOutparam, response: ApiResponse) {
+async fn write_response(ctx: &RequestContext, out: ResponseOutparam, mut response: ApiResponse) {
+    let stream = response.stream.take();
     let headers: Vec<(String, Vec<u8>)> = response
         .headers
         .into_iter()
@@ -198,7 +199,38 @@ async fn write_response(out: ResponseOutparam, response: ApiResponse) {
     let outgoing = OutgoingResponse::new(fields);
     // Our statuses are all valid HTTP codes; a refusal leaves Spin's default 200.
     let _ = outgoing.set_status_code(response.status);
-    if let Err(error) = out.set_with_body(outgoing, response.body).await {
-        eprintln!("spindle: writing the response failed: {error:?}");
+    let Some(stream) = stream else {
+        if let Err(error) = out.set_with_body(outgoing, response.body).await {
+            eprintln!("spindle: writing the response failed: {error:?}");
+        }
+        return;
+    };
+    // A streamed body: the head goes out now, and each chunk as the producer
+    // writes it. The response is not over until the body is finished, so
+    // Spin keeps the instance (and its storage) alive while the stream runs.
+    let Ok(body) = outgoing.body() else {
+        eprintln!("spindle: the response body was already taken");
+        return;
+    };
+    out.set(outgoing);
+    let Ok(output) = body.write() else {
+        eprintln!("spindle: the response body is not writable");
+        return;
+    };
+    let mut write = |chunk: &[u8]| {
+        // `blocking-write-and-flush` takes at most 4096 bytes a call; the
+        // flush is what makes each event reach the client at once. An error
+        // means the client went away (the host closed the stream).
+        chunk
+            .chunks(4096)
+            .all(|piece| output.blocking_write_and_flush(piece).is_ok())
+    };
+    if write(&response.body) {
+        stream.run(ctx, &mut write);
+    }
+    // The stream must be dropped before its body is finished.
+    drop(output);
+    if let Err(error) = OutgoingBody::finish(body, None) {
+        eprintln!("spindle: finishing the response body failed: {error:?}");
     }
 }
