@@ -24,11 +24,28 @@ pub struct Migration {
 }
 
 /// Spindle's migrations, in order. A test checks this list against the files.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial.sql",
-    sql: include_str!("../../../migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial.sql",
+        sql: include_str!("../../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_loops.sql",
+        sql: include_str!("../../../migrations/0002_loops.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_schedules.sql",
+        sql: include_str!("../../../migrations/0003_schedules.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_execution_logs.sql",
+        sql: include_str!("../../../migrations/0004_execution_logs.sql"),
+    },
+];
 
 /// The schema level the code expects: the last migration's version.
 pub fn latest_version() -> i64 {

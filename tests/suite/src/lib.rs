@@ -354,6 +354,30 @@ impl Target {
         )
     }
 
+    /// Calls the tick every `interval` until the returned [`Ticker`] is
+    /// dropped, as a scheduler would (cron, Spin's cron trigger, a CronJob).
+    pub fn tick_every(&self, interval: Duration) -> Ticker {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (agent, url) = (self.agent.clone(), format!("{}/internal/tick", self.base));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A failed tick is like a missed cron run: the next one catches up.
+                    let _ = agent
+                        .post(&url)
+                        .header("authorization", &format!("Bearer {TICK_KEY}"))
+                        .send_empty();
+                    std::thread::sleep(interval);
+                }
+            })
+        };
+        Ticker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
     /// Creates an API key of `role` with `token`; panics unless 201. Returns (id, secret).
     pub fn create_key(&self, token: &str, role: &str) -> (String, String) {
         let reply = self.call(
@@ -430,6 +454,126 @@ impl Target {
     }
 }
 
+/// One Server-Sent Event as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    /// Its `id:` field, if it had one.
+    pub id: Option<String>,
+    /// Its `event:` field (`message` when it had none).
+    pub event: String,
+    /// Its `data:` lines, joined with `\n`.
+    pub data: String,
+}
+
+impl SseEvent {
+    /// The data as JSON; panics with the event when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.data)
+            .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// A Server-Sent Events response, read event by event as it arrives.
+pub struct SseStream {
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers with lower-case names.
+    pub headers: Vec<(String, String)>,
+    lines: std::io::Lines<std::io::BufReader<ureq::BodyReader<'static>>>,
+}
+
+impl SseStream {
+    /// The first value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The next event, as soon as it has arrived; `None` once the server
+    /// has ended the stream. Panics when the stream's deadline passes first.
+    pub fn next_event(&mut self) -> Option<SseEvent> {
+        let (mut id, mut event, mut data) = (None, None, Vec::new());
+        for line in self.lines.by_ref() {
+            let line = line.unwrap_or_else(|e| panic!("reading the event stream: {e}"));
+            if line.is_empty() {
+                // A blank line ends an event; one without data is not dispatched (SSE).
+                if !data.is_empty() {
+                    let event = event.unwrap_or_else(|| "message".to_string());
+                    return Some(SseEvent {
+                        id,
+                        event,
+                        data: data.join("\n"),
+                    });
+                }
+                (id, event) = (None, None);
+                continue;
+            }
+            if line.starts_with(':') {
+                continue; // a comment
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+            match field {
+                "id" => id = Some(value),
+                "event" => event = Some(value),
+                "data" => data.push(value),
+                _ => {} // `retry:` and unknown fields
+            }
+        }
+        None
+    }
+}
+
+impl Target {
+    /// Opens `GET path` as a Server-Sent Events stream with `token` and
+    /// `headers`; reading it panics once `deadline` has passed.
+    pub fn events(
+        &self,
+        path: &str,
+        token: &str,
+        headers: &[(&str, &str)],
+        deadline: Duration,
+    ) -> SseStream {
+        let mut builder = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(()).expect("a valid request");
+        let request = self
+            .agent
+            .configure_request(request)
+            .timeout_global(Some(deadline))
+            .build();
+        let response = self
+            .agent
+            .run(request)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let status = response.status().as_u16();
+        let reader = std::io::BufReader::new(response.into_body().into_reader());
+        SseStream {
+            status,
+            headers,
+            lines: std::io::BufRead::lines(reader),
+        }
+    }
+}
+
 /// Parses an HTTP/1.1 response read to the end of the connection.
 fn parse_response(raw: &[u8]) -> Reply {
     let split = raw
@@ -475,4 +619,19 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[(start + size + 2).min(data.len())..];
     }
     out
+}
+
+/// A background scheduler calling the tick; stops when dropped.
+pub struct Ticker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

@@ -834,14 +834,14 @@ fn another_organisations_runs_and_workflows_answer_404() {
 }
 
 #[test]
-fn twenty_runs_started_at_once_all_complete() {
+fn fifty_runs_started_at_once_all_complete() {
     let _turn = fake_turn();
     let target = shared();
     let org = target.create_org("run-concurrent");
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let ids: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..20)
+        let handles: Vec<_> = (0..50)
             .map(|i| {
                 let (org, workflow) = (&org, &workflow);
                 scope.spawn(move || start(target, org, workflow, json!({"topic": format!("t{i}")})))
@@ -852,5 +852,260 @@ fn twenty_runs_started_at_once_all_complete() {
     for id in &ids {
         assert_eq!(finished(target, &org, id)["status"], "completed");
     }
-    assert_eq!(fake_llm().received().len(), 20, "one provider call per run");
+    assert_eq!(fake_llm().received().len(), 50, "one provider call per run");
+}
+
+#[test]
+fn a_node_timeout_cuts_a_slow_provider_call_and_the_retry_answers() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-node-timeout");
+    let agent = target.create_agent(&org);
+    let mut definition = linear(&agent);
+    // Below the suite's provider_timeout_ms (5 s): only the node's limit cuts the slow answer.
+    definition["nodes"][1]["timeout_ms"] = json!(800);
+    let workflow = target.create(&org, "/api/v1/workflows", &definition);
+    fake_llm().push(Reply::text("slow").after(Duration::from_secs(4)));
+    fake_llm().push(Reply::text("fast").tokens(7, 3));
+    let run = finished(
+        target,
+        &org,
+        &start(target, &org, &workflow, json!({"topic": "tides"})),
+    );
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(step(&run, "draft")["output"], "fast");
+    assert_eq!(
+        run["usage"]["input_tokens"], 7,
+        "only the answer that arrived is billed"
+    );
+}
+
+#[test]
+fn an_http_node_timeout_fails_a_request_that_hangs() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-http-timeout");
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Hanging HTTP",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "call", "type": "http", "timeout_ms": 800, "config": {"method": "POST", "url": url,
+                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}}
+            ],
+            "edges": [{"source": "start", "target": "call"}]
+        }),
+    );
+    fake_llm().push(Reply::hang());
+    let run = finished(target, &org, &start(target, &org, &workflow, json!({})));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "http_timeout");
+    assert_eq!(run["failed_node"], "call");
+}
+
+#[test]
+fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-provider-faults");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
+    let run_once = |topic: &str| {
+        let id = start(target, &org, &workflow, json!({"topic": topic}));
+        finished(target, &org, &id)
+    };
+
+    fake_llm().push(Reply::rate_limited(1));
+    fake_llm().push(Reply::text("after the wait").tokens(12, 4));
+    let run = run_once("rate limited");
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(step(&run, "draft")["output"], "after the wait");
+    assert_eq!(run["usage"]["input_tokens"], 12, "the successful call only");
+    assert_eq!(fake_llm().received().len(), 2);
+
+    for _ in 0..4 {
+        fake_llm().push(Reply::server_error());
+    }
+    let run = run_once("outage");
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["failed_node"], "draft");
+    assert_eq!(step(&run, "draft")["error"]["code"], "provider_unavailable");
+    assert_eq!(run["cost"]["billed_micros"], 0);
+    assert_eq!(fake_llm().received().len(), 6, "one call and three retries");
+
+    fake_llm().push(Reply::malformed());
+    let run = run_once("garbled");
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(
+        step(&run, "draft")["error"]["code"],
+        "provider_malformed_response"
+    );
+}
+
+/// Workflow with an agent step, then a loop of cheap steps run inline.
+fn agent_then_loop(agent: &str) -> Value {
+    json!({
+        "name": "Agent then loop",
+        "nodes": [
+            {"id": "start", "type": "trigger"},
+            {"id": "draft", "type": "agent", "config": {"agent_id": agent, "prompt": "Write about {{ trigger.topic }}"}},
+            {"id": "each", "type": "loop", "config": {"mode": "for_each", "items": "[1, 2, 3]", "body": {
+                "nodes": [{"id": "tag", "type": "transform", "config": {"template": "{{ item }}:{{ steps.draft.output | length }}"}}],
+                "edges": []
+            }}},
+            {"id": "done", "type": "output", "config": {"value": "{{ steps.each.output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "draft"},
+            {"source": "draft", "target": "each"},
+            {"source": "each", "target": "done"}
+        ]
+    })
+}
+
+#[test]
+fn runs_whose_step_invocations_die_at_any_point_are_finished_by_the_tick() {
+    let _turn = fake_turn();
+    // The k-th step invocation dies at its (2 + 3k)-th host call: before or
+    // after claiming, during or after the provider call, between storing the
+    // step and queueing what follows, or in the middle of the loop.
+    const RUNS: u32 = 16;
+    let invocations = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let plan = {
+        let invocations = invocations.clone();
+        move |inv: &Invocation| {
+            if !inv.path.starts_with("/internal/steps/") {
+                return Fault::None;
+            }
+            let k = invocations.fetch_add(1, Ordering::SeqCst);
+            if k < RUNS {
+                Fault::AbortAtHostCall(2 + 3 * k)
+            } else {
+                Fault::None
+            }
+        }
+    };
+    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
+        return; // needs fault injection: only on the test host
+    };
+    let org = target.create_org("run-die-anywhere");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &agent_then_loop(&agent));
+    let ids: Vec<String> = (0..RUNS)
+        .map(|i| start(&target, &org, &workflow, json!({"topic": format!("t{i}")})))
+        .collect();
+    let _ticker = target.tick_every(Duration::from_millis(250));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pending = ids.clone();
+    while !pending.is_empty() {
+        assert!(Instant::now() < deadline, "runs stuck: {pending:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        pending.retain(|id| execution(&target, &org, id)["status"] == "running");
+    }
+    assert!(
+        invocations.load(Ordering::SeqCst) >= RUNS,
+        "every fault was used"
+    );
+    for id in &ids {
+        let run = execution(&target, &org, id);
+        assert_eq!(run["status"], "completed", "{run}");
+        let length = step(&run, "draft")["output"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count();
+        assert_eq!(
+            run["output"],
+            json!([
+                format!("1:{length}"),
+                format!("2:{length}"),
+                format!("3:{length}")
+            ])
+        );
+    }
+}
+
+/// A dispatch token for `subject`, signed with the suite's `internal_key`.
+fn dispatch_token(subject: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(spindle_suite::INTERNAL_KEY.as_bytes()).unwrap();
+    mac.update(format!("{subject}.{expires}").as_bytes());
+    let signature: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{expires}.{signature}")
+}
+
+#[test]
+fn the_same_step_dispatched_twice_at_once_runs_once() {
+    let _turn = fake_turn();
+    // The engine's own dispatch is lost, so the step waits queued for ours.
+    let lost = Arc::new(AtomicBool::new(false));
+    let plan = {
+        let lost = lost.clone();
+        move |inv: &Invocation| {
+            if inv.path.starts_with("/internal/steps/") && !lost.swap(true, Ordering::SeqCst) {
+                Fault::AbortBeforeResponse
+            } else {
+                Fault::None
+            }
+        }
+    };
+    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
+        return; // needs fault injection: only on the test host
+    };
+    let org = target.create_org("run-double-dispatch");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
+    fake_llm().push(Reply::text("once").tokens(5, 1));
+    let id = start(&target, &org, &workflow, json!({"topic": "twins"}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lost.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the engine never dispatched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let step_id = step(&execution(&target, &org, &id), "draft")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let token = dispatch_token(&step_id);
+    let path = format!("/internal/steps/{step_id}");
+    let replies: Vec<Value> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    target
+                        .request("POST", &path, &[("x-spindle-dispatch", &token)], None)
+                        .json()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let claimed = replies.iter().filter(|r| r["claimed"] == true).count();
+    assert_eq!(claimed, 1, "{replies:?}");
+    let run = finished(&target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(step(&run, "draft")["attempts"], 1);
+    assert_eq!(
+        fake_llm().received().len(),
+        1,
+        "the provider was called once"
+    );
+    let again = target
+        .request("POST", &path, &[("x-spindle-dispatch", &token)], None)
+        .json();
+    assert_eq!(again["claimed"], false, "a finished step never runs again");
 }

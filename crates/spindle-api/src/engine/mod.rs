@@ -5,7 +5,12 @@
 mod dispatch;
 mod events;
 mod hooks;
+mod logs;
+mod loops;
+mod nodes;
 mod runner;
+mod schedules;
+mod scope;
 mod status;
 
 pub use status::{RunStatus, StepStatus};
@@ -39,6 +44,8 @@ pub fn router() -> Router<RequestContext> {
         )
         .route(Method::Get, "/api/v1/executions", list_executions)
         .route(Method::Get, "/api/v1/executions/:id", get_execution)
+        .route(Method::Get, "/api/v1/executions/:id/logs", logs::list)
+        .route(Method::Get, "/api/v1/executions/:id/events", logs::stream)
         .route(
             Method::Post,
             "/api/v1/executions/:id/rerun",
@@ -294,7 +301,10 @@ fn retry_execution(
 }
 
 /// Declared trigger inputs: required ones present, each of its type.
-fn check_inputs(definition: &Definition, inputs: &Map<String, Json>) -> Result<(), ApiError> {
+pub(crate) fn check_inputs(
+    definition: &Definition,
+    inputs: &Map<String, Json>,
+) -> Result<(), ApiError> {
     let declared = definition
         .nodes
         .iter()
@@ -404,8 +414,8 @@ fn get_execution(
     let mut execution = execution_row_json(&row);
     let steps = org.execute(
         "SELECT node_id, status, attempts, output, outcome, error, tokens_in, tokens_out, base_cost_micros, \
-         billed_cost_micros, started_at, finished_at FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
-         ORDER BY created_at, id",
+         billed_cost_micros, started_at, finished_at, iteration, loop_index, id FROM steps \
+         WHERE org_id = ?1 AND execution_id = ?2 ORDER BY created_at, id",
         &[Value::from(id)],
     )?;
     execution["steps"] = steps
@@ -413,6 +423,7 @@ fn get_execution(
         .iter()
         .map(|s| {
             json!({
+                "id": s[14].as_str(),
                 "node_id": s[0].as_str(),
                 "status": s[1].as_str(),
                 "attempts": s[2].as_i64(),
@@ -423,6 +434,8 @@ fn get_execution(
                 "cost": {"base_micros": s[8].as_i64(), "billed_micros": s[9].as_i64()},
                 "started_at": s[10].as_i64().map(timestamp),
                 "finished_at": s[11].as_i64().map(timestamp),
+                "iteration": s[12].as_str().filter(|key| !key.is_empty()),
+                "loop_index": s[13].as_i64(),
             })
         })
         .collect();
@@ -497,11 +510,14 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
         }
     }
     let timed_out = runner::time_out_waits(ctx, now, TICK_BATCH)?;
+    let resumed = runner::resume_stalled(ctx, TICK_BATCH)?;
+    let schedules_started = schedules::start_due(ctx, now, TICK_BATCH)?;
     let events_delivered = events::deliver_due(ctx)?;
     Ok(ApiResponse::json(
         200,
         &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out,
-                "events_delivered": events_delivered}),
+                "runs_resumed": resumed,
+                "events_delivered": events_delivered, "schedules_started": schedules_started}),
     ))
 }
 

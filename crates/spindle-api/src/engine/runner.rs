@@ -4,17 +4,19 @@
 
 use super::dispatch::dispatch_step;
 use super::events;
+use super::logs::{self, Entry, LogEvent};
+use super::loops;
+use super::nodes::{run_cheap, run_expensive};
+use super::scope::{Scope, Step, child_key, load_steps, node_states, template_context};
 use super::status::{RunStatus, StepStatus};
-use crate::agents::{self, RunInput, StepLink, StoredAgent, run_agent};
 use crate::context::RequestContext;
 use crate::{json_column, now_ms};
-use serde_json::{Map, Value as Json, json};
-use spindle_auth::{Caller, Role};
+use serde_json::{Value as Json, json};
+use spindle_auth::Caller;
 use spindle_definition::{
-    Definition, DelayConfig, HttpConfig, Node, NodeConfig, NodeState, OnError, TIMEOUT_HANDLE,
-    edge_taken, evaluate, is_truthy, plan, render,
+    Definition, DelayConfig, Node, NodeConfig, OnError, TIMEOUT_HANDLE, plan_graph, render,
 };
-use spindle_http::{ApiError, OutboundError, OutboundRequest};
+use spindle_http::ApiError;
 use spindle_store::{Db, OrgScoped, Value, in_transaction};
 use std::collections::HashMap;
 
@@ -25,32 +27,32 @@ const RUN_ENDED: &str = r#"{"code":"run_ended","message":"the run ended before t
 const DEFAULT_LEASE_MS: i64 = 300_000;
 
 /// A stored run and the definition version it is pinned to.
-struct Run {
-    id: String,
-    org_id: String,
-    workflow_id: String,
-    status: RunStatus,
-    inputs: Json,
-    api_key_id: Option<String>,
-    definition: Definition,
-}
-
-/// One stored step.
-struct Step {
-    id: String,
-    status: StepStatus,
-    outcome: Option<String>,
-    output: Json,
+pub(super) struct Run {
+    /// The execution's id.
+    pub id: String,
+    /// Its organisation.
+    pub org_id: String,
+    /// Its workflow.
+    pub workflow_id: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The trigger's output.
+    pub inputs: Json,
+    /// The API key that started it, billed for its agent calls.
+    pub api_key_id: Option<String>,
+    /// The pinned version's definition.
+    pub definition: Definition,
 }
 
 /// Why a node failed, as stored on its step and run.
-struct StepFailure {
+pub(super) struct StepFailure {
     code: String,
     message: String,
 }
 
 impl StepFailure {
-    fn new(code: &str, message: impl Into<String>) -> Self {
+    /// A failure with a stable code and a message for people.
+    pub(super) fn new(code: &str, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),
             message: message.into(),
@@ -60,13 +62,19 @@ impl StepFailure {
 
 /// What a node produced.
 #[derive(Default)]
-struct NodeResult {
-    output: Json,
-    outcome: Option<String>,
-    tokens_in: i64,
-    tokens_out: i64,
-    base_micros: i64,
-    billed_micros: i64,
+pub(super) struct NodeResult {
+    /// The step's output.
+    pub output: Json,
+    /// The handle it chose.
+    pub outcome: Option<String>,
+    /// Tokens sent to the provider.
+    pub tokens_in: i64,
+    /// Tokens the provider answered with.
+    pub tokens_out: i64,
+    /// The provider's price, in micro-dollars.
+    pub base_micros: i64,
+    /// What the organisation is billed, in micro-dollars.
+    pub billed_micros: i64,
 }
 
 fn lease_ms(ctx: &RequestContext) -> i64 {
@@ -129,7 +137,7 @@ pub fn reusable_steps(
     }
     let rows = OrgScoped::new(db, org_id).execute(
         "SELECT node_id, status, output, outcome FROM steps \
-         WHERE org_id = ?1 AND execution_id = ?2 AND status IN ('completed', 'skipped')",
+         WHERE org_id = ?1 AND execution_id = ?2 AND iteration = '' AND status IN ('completed', 'skipped')",
         &[Value::from(execution_id)],
     )?;
     Ok(rows
@@ -204,17 +212,27 @@ pub fn start_run(
                 Value::Integer(now),
             ],
         )?;
+        let place = Place {
+            org_id: &caller.org_id,
+            execution_id: &id,
+            scope: "",
+        };
         insert_step(
             ctx,
             db,
-            &caller.org_id,
-            &id,
+            place,
             &trigger.id,
             StepStatus::Completed,
             Some(&inputs),
         )?;
         let data = json!({"execution_id": id, "workflow_id": workflow_id, "version": version, "trigger": trigger_kind});
         events::emit(ctx, db, &caller.org_id, "workflow.started", &data)?;
+        let message = format!("run started by {trigger_kind} (version {version})");
+        let entry = Entry::new(LogEvent::RunStarted, message).data(data);
+        logs::record(db, &caller.org_id, &id, entry)?;
+        let message = format!("{} received the run's inputs", trigger.id);
+        let entry = Entry::new(LogEvent::StepCompleted, message).node(&trigger.id);
+        logs::record(db, &caller.org_id, &id, entry)?;
         for step in reuse {
             db.execute(
                 "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, outcome, created_at, \
@@ -235,15 +253,26 @@ pub fn start_run(
         }
         Ok(())
     })?;
-    advance(ctx, &caller.org_id, &id, 0)?;
+    advance(ctx, &caller.org_id, &id, "", 0)?;
     Ok(id)
 }
 
-fn insert_step(
+/// Where a new step goes: its run and its scope (`""` for the main graph).
+#[derive(Clone, Copy)]
+pub(super) struct Place<'a> {
+    /// The run's organisation.
+    pub org_id: &'a str,
+    /// The run.
+    pub execution_id: &'a str,
+    /// The scope's key.
+    pub scope: &'a str,
+}
+
+/// Stores a step of `node_id` in `place` unless it exists; its id when this call created it.
+pub(super) fn insert_step(
     ctx: &RequestContext,
     db: &dyn Db,
-    org_id: &str,
-    execution_id: &str,
+    place: Place<'_>,
     node_id: &str,
     status: StepStatus,
     output: Option<&Json>,
@@ -252,13 +281,14 @@ fn insert_step(
     // The (execution, node, iteration) key makes a second insert a no-op, so
     // two invocations advancing the same run create each step once.
     let rows = db.execute(
-        "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, created_at, finished_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, node_id, iteration) DO NOTHING RETURNING id",
+        "INSERT INTO steps (id, org_id, execution_id, node_id, iteration, status, output, created_at, finished_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (execution_id, node_id, iteration) DO NOTHING RETURNING id",
         &[
             Value::Text(ctx.new_id()),
-            Value::from(org_id),
-            Value::from(execution_id),
+            Value::from(place.org_id),
+            Value::from(place.execution_id),
             Value::from(node_id),
+            Value::from(place.scope),
             Value::from(status.as_str()),
             Value::from(output.map(Json::to_string)),
             Value::Integer(now),
@@ -270,7 +300,8 @@ fn insert_step(
         .and_then(|row| row[0].as_str().map(String::from)))
 }
 
-fn load_run(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<Run, ApiError> {
+/// Reads a run and its pinned definition.
+pub(super) fn load_run(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<Run, ApiError> {
     let org = OrgScoped::new(db, org_id);
     let row = crate::fetch_one(
         &org,
@@ -296,158 +327,81 @@ fn load_run(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<Run, ApiErr
     })
 }
 
-/// The run's steps by node. A run has at most one step per node (loops
-/// are not run yet), so this is bounded by the definition's size.
-fn load_steps(db: &dyn Db, run: &Run) -> Result<HashMap<String, Step>, ApiError> {
-    let rows = OrgScoped::new(db, &run.org_id).execute(
-        "SELECT node_id, id, status, outcome, output FROM steps WHERE org_id = ?1 AND execution_id = ?2",
-        &[Value::from(run.id.as_str())],
-    )?;
-    Ok(rows
-        .rows
-        .into_iter()
-        .map(|row| {
-            let step = Step {
-                id: row[1].as_str().unwrap_or_default().to_string(),
-                status: row[2]
-                    .as_str()
-                    .and_then(StepStatus::parse)
-                    .unwrap_or(StepStatus::Queued),
-                outcome: row[3].as_str().map(String::from),
-                output: json_column(&row[4]).unwrap_or(Json::Null),
-            };
-            (row[0].as_str().unwrap_or_default().to_string(), step)
-        })
-        .collect())
-}
+/// How long one invocation runs cheap nodes inline before it hands the
+/// rest to a new invocation: a long loop of cheap steps must not outlive a
+/// hosted request's time limit.
+const INLINE_BUDGET_MS: i64 = 5_000;
 
-fn node_states(steps: &HashMap<String, Step>) -> HashMap<String, NodeState> {
-    steps
-        .iter()
-        .filter_map(|(node, step)| {
-            let state = match step.status {
-                StepStatus::Completed => NodeState::Done {
-                    handle: step.outcome.clone(),
-                },
-                StepStatus::Skipped => NodeState::Skipped,
-                _ => return None,
-            };
-            Some((node.clone(), state))
-        })
-        .collect()
-}
-
-/// The template context of `node`: the trigger's inputs, every finished
-/// step's output, the run's variables and id, and the output of the node
-/// before it (the last taken input, in definition order).
-fn template_context(run: &Run, steps: &HashMap<String, Step>, node: &Node) -> Json {
-    let outputs: Map<String, Json> = steps
-        .iter()
-        .filter(|(_, s)| s.status == StepStatus::Completed)
-        .map(|(id, s)| {
-            (
-                id.clone(),
-                json!({"output": s.output, "status": s.status.as_str()}),
-            )
-        })
-        .collect();
-    let previous = run
-        .definition
-        .edges
-        .iter()
-        .filter(|e| e.target == node.id)
-        .filter_map(|e| {
-            let source = steps.get(&e.source)?;
-            (source.status == StepStatus::Completed && edge_taken(e, source.outcome.as_deref()))
-                .then(|| source.output.clone())
-        })
-        .next_back()
-        .unwrap_or(Json::Null);
-    json!({
-        "trigger": run.inputs,
-        "steps": outputs,
-        "previous_output": previous,
-        "variables": run.definition.variables,
-        "execution": {"id": run.id},
-    })
-}
-
-/// Moves a run forward: skips what the planner skips, runs cheap ready
-/// nodes inline, queues expensive ones and dispatches them after the
-/// response, and finishes the run when nothing is left.
+/// Moves a run forward from scope `scope_key` (`""` for the main graph):
+/// skips what the planner skips, runs cheap ready nodes inline, queues
+/// expensive ones and dispatches them after the response, enters loops and
+/// moves them from iteration to iteration, and finishes the run when
+/// nothing is left.
 pub fn advance(
     ctx: &RequestContext,
     org_id: &str,
     execution_id: &str,
+    scope_key: &str,
     hops: u64,
 ) -> Result<(), ApiError> {
     let db = ctx.db()?;
+    let started = now_ms();
+    let mut key = scope_key.to_string();
     loop {
         let run = load_run(db, org_id, execution_id)?;
         if run.status.is_terminal() {
             return Ok(());
         }
-        let steps = load_steps(db, &run)?;
-        let plan = plan(&run.definition, &node_states(&steps));
+        let scope = Scope::resolve(&run.definition, &key).ok_or_else(|| {
+            ApiError::Internal(format!("scope {key:?} names no loop of the definition"))
+        })?;
+        let place = Place {
+            org_id,
+            execution_id,
+            scope: &key,
+        };
+        let steps = load_steps(db, &run, &key)?;
+        let plan = plan_graph(&scope.nodes, &scope.edges, &node_states(&steps));
         let now = now_ms();
         let mut progressed = false;
+        let mut entered = None;
         for node in &plan.skip {
-            progressed |= insert_step(
-                ctx,
-                db,
-                org_id,
-                execution_id,
-                node,
-                StepStatus::Skipped,
-                None,
-            )?
-            .is_some();
+            progressed |= insert_step(ctx, db, place, node, StepStatus::Skipped, None)?.is_some();
         }
         for node_id in plan.ready.iter().filter(|n| !steps.contains_key(*n)) {
-            let Some(node) = run.definition.nodes.iter().find(|n| &n.id == node_id) else {
+            let Some(node) = scope.node(node_id) else {
                 continue;
             };
-            if let Ok(NodeConfig::Wait(wait)) = node.typed_config("config") {
-                // Parked until POST …/signals/:name or its timeout (the tick).
-                if let Some(step_id) = insert_step(
-                    ctx,
-                    db,
-                    org_id,
-                    execution_id,
-                    node_id,
-                    StepStatus::Waiting,
-                    None,
-                )? {
-                    let timeout = i64::try_from(wait.timeout_ms).unwrap_or(i64::MAX);
-                    db.execute(
-                        "UPDATE steps SET run_after = ? WHERE id = ?",
-                        &[
-                            Value::Integer(now.saturating_add(timeout)),
-                            Value::from(step_id.as_str()),
-                        ],
-                    )?;
+            match node.typed_config("config") {
+                Ok(NodeConfig::Wait(wait)) => {
+                    // Parked until POST …/signals/:name or its timeout (the tick).
+                    if let Some(step_id) =
+                        insert_step(ctx, db, place, node_id, StepStatus::Waiting, None)?
+                    {
+                        let timeout = i64::try_from(wait.timeout_ms).unwrap_or(i64::MAX);
+                        db.execute(
+                            "UPDATE steps SET run_after = ? WHERE id = ?",
+                            &[
+                                Value::Integer(now.saturating_add(timeout)),
+                                Value::from(step_id.as_str()),
+                            ],
+                        )?;
+                    }
+                    continue;
                 }
-                continue;
+                Ok(NodeConfig::Loop(config)) => {
+                    let context = template_context(db, &run, &scope, &steps, node)?;
+                    entered = loops::enter(ctx, db, &run, &scope, node, config, &context)?;
+                    progressed = true;
+                    break;
+                }
+                _ => {}
             }
-            let Some(step_id) = insert_step(
-                ctx,
-                db,
-                org_id,
-                execution_id,
-                node_id,
-                StepStatus::Queued,
-                None,
-            )?
+            let Some(step_id) = insert_step(ctx, db, place, node_id, StepStatus::Queued, None)?
             else {
                 continue;
             };
-            if let Some(resume_at) = delayed_until(&run, &steps, node, now) {
-                // A delay parks its step until its time; the tick resumes it.
-                db.execute(
-                    "UPDATE steps SET run_after = ? WHERE id = ?",
-                    &[Value::Integer(resume_at), Value::from(step_id.as_str())],
-                )?;
-            } else if is_expensive(node) {
+            if is_expensive(node) || now - started > INLINE_BUDGET_MS {
                 let (ctx_org, step) = (org_id.to_string(), step_id.clone());
                 ctx.defer(move |ctx| {
                     // A failed dispatch leaves the step queued for the tick.
@@ -455,31 +409,43 @@ pub fn advance(
                         eprintln!("spindle: dispatch of step {step} ({ctx_org}) failed: {problem}");
                     }
                 });
-            } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
-                finish_step(
-                    ctx,
-                    db,
-                    &run,
-                    node,
-                    &step_id,
-                    &lease,
-                    run_cheap(&run, &steps, node),
+                continue;
+            }
+            let context = template_context(db, &run, &scope, &steps, node)?;
+            if let Some(resume_at) = delayed_until(&context, node, now) {
+                // A delay parks its step until its time; the tick resumes it.
+                db.execute(
+                    "UPDATE steps SET run_after = ? WHERE id = ?",
+                    &[Value::Integer(resume_at), Value::from(step_id.as_str())],
                 )?;
+            } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
+                let result = run_cheap(&context, node);
+                finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
                 progressed = true;
                 break;
             }
         }
-        if !progressed {
-            if plan.finished {
-                complete_run(ctx, db, &run, &load_steps(db, &run)?)?;
-            }
+        if let Some(next) = entered {
+            key = next;
+        } else if progressed {
+            continue;
+        } else if !plan.finished {
             return Ok(());
+        } else if scope.frames.is_empty() {
+            return complete_run(ctx, db, &run, &load_steps(db, &run, "")?);
+        } else {
+            // Every node of this iteration is done: the next iteration, or
+            // the scope around the loop once it finished.
+            match loops::finish_iteration(ctx, db, &run, &scope, &steps)? {
+                Some(next) => key = next,
+                None => return Ok(()),
+            }
         }
     }
 }
 
 /// When a `delay` node's step may run, if that is still in the future.
-fn delayed_until(run: &Run, steps: &HashMap<String, Step>, node: &Node, now: i64) -> Option<i64> {
+fn delayed_until(context: &Json, node: &Node, now: i64) -> Option<i64> {
     let Ok(NodeConfig::Delay(delay)) = node.typed_config("config") else {
         return None;
     };
@@ -488,8 +454,7 @@ fn delayed_until(run: &Run, steps: &HashMap<String, Step>, node: &Node, now: i64
         DelayConfig::Until(template) => {
             // A time that does not render or parse does not delay; the
             // validator already checked its syntax.
-            let rendered =
-                render(&Json::String(template), &template_context(run, steps, node)).ok()?;
+            let rendered = render(&Json::String(template), context).ok()?;
             chrono::DateTime::parse_from_rfc3339(rendered.as_str()?)
                 .ok()?
                 .timestamp_millis()
@@ -524,21 +489,32 @@ pub fn claim(
     Ok((!rows.rows.is_empty()).then_some(lease))
 }
 
-/// The run a step belongs to: (org, execution).
-pub fn step_owner(db: &dyn Db, step_id: &str) -> Result<Option<(String, String)>, ApiError> {
+/// Where a stored step lives: its organisation, run, node and scope.
+struct StepHome {
+    org_id: String,
+    execution_id: String,
+    node_id: String,
+    scope: String,
+}
+
+fn step_home(db: &dyn Db, step_id: &str) -> Result<Option<StepHome>, ApiError> {
     let rows = db.execute(
-        "SELECT org_id, execution_id FROM steps WHERE id = ?",
+        "SELECT org_id, execution_id, node_id, iteration FROM steps WHERE id = ?",
         &[Value::from(step_id)],
     )?;
     Ok(rows.into_first().map(|row| {
-        (
-            row[0].as_str().unwrap_or_default().to_string(),
-            row[1].as_str().unwrap_or_default().to_string(),
-        )
+        let text = |i: usize| row[i].as_str().unwrap_or_default().to_string();
+        StepHome {
+            org_id: text(0),
+            execution_id: text(1),
+            node_id: text(2),
+            scope: text(3),
+        }
     }))
 }
 
-/// Runs a claimed expensive step, stores its result, and advances the run.
+/// Runs a claimed step (an expensive one, or a cheap one handed on), stores
+/// its result, and advances the run from the step's scope.
 pub fn run_step(
     ctx: &RequestContext,
     step_id: &str,
@@ -546,19 +522,10 @@ pub fn run_step(
     hops: u64,
 ) -> Result<(), ApiError> {
     let db = ctx.db()?;
-    let Some((org_id, execution_id)) = step_owner(db, step_id)? else {
+    let Some(home) = step_home(db, step_id)? else {
         return Ok(());
     };
-    let run = load_run(db, &org_id, &execution_id)?;
-    let steps = load_steps(db, &run)?;
-    let Some(node) = run
-        .definition
-        .nodes
-        .iter()
-        .find(|n| steps.get(&n.id).is_some_and(|s| s.id == step_id))
-    else {
-        return Ok(());
-    };
+    let run = load_run(db, &home.org_id, &home.execution_id)?;
     if run.status.is_terminal() {
         // The run ended while this step waited (a sibling failed): it will
         // never run, and the tick must not pick it up again.
@@ -575,274 +542,26 @@ pub fn run_step(
         )?;
         return Ok(());
     }
-    // A cheap node arrives here only when its first invocation died between
-    // queueing and running it, and the tick handed it on.
+    let Some(scope) = Scope::resolve(&run.definition, &home.scope) else {
+        return Err(ApiError::Internal(format!(
+            "step {step_id} is in scope {:?}, which names no loop",
+            home.scope
+        )));
+    };
+    let Some(node) = scope.node(&home.node_id) else {
+        return Ok(());
+    };
+    let steps = load_steps(db, &run, &home.scope)?;
+    let context = template_context(db, &run, &scope, &steps, node)?;
+    // A cheap node arrives here when its invocation spent its inline budget,
+    // or died between queueing and running it and the tick handed it on.
     let result = if is_expensive(node) {
-        run_expensive(ctx, &run, &steps, node, step_id)
+        run_expensive(ctx, &run, &context, node, step_id)
     } else {
-        run_cheap(&run, &steps, node)
+        run_cheap(&context, node)
     };
     finish_step(ctx, db, &run, node, step_id, lease, result)?;
-    advance(ctx, &org_id, &execution_id, hops)
-}
-
-fn run_cheap(
-    run: &Run,
-    steps: &HashMap<String, Step>,
-    node: &Node,
-) -> Result<NodeResult, StepFailure> {
-    let context = template_context(run, steps, node);
-    let config = node.typed_config("config").map_err(|_| {
-        StepFailure::new(
-            "invalid_node",
-            format!("node {} has an invalid config", node.id),
-        )
-    })?;
-    let template_failure =
-        |e: spindle_definition::TemplateError| StepFailure::new("template_failed", e.to_string());
-    Ok(match config {
-        NodeConfig::Condition(c) => {
-            let value = evaluate(&c.expression, &context).map_err(template_failure)?;
-            let truth = is_truthy(&value);
-            NodeResult {
-                output: json!(truth),
-                outcome: Some(truth.to_string()),
-                ..NodeResult::default()
-            }
-        }
-        NodeConfig::Switch(c) => {
-            let value = evaluate(&c.expression, &context).map_err(template_failure)?;
-            let key = match &value {
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            let outcome = if c.cases.contains(&key) {
-                key
-            } else {
-                "default".into()
-            };
-            NodeResult {
-                output: value,
-                outcome: Some(outcome),
-                ..NodeResult::default()
-            }
-        }
-        NodeConfig::Transform(c) => NodeResult {
-            output: render(&c.template, &context).map_err(template_failure)?,
-            ..NodeResult::default()
-        },
-        NodeConfig::Output(c) => NodeResult {
-            output: render(&c.value, &context).map_err(template_failure)?,
-            ..NodeResult::default()
-        },
-        // Its waiting is done by the time it runs (the claim honours `run_after`).
-        NodeConfig::Delay(_) => NodeResult::default(),
-        _ => {
-            return Err(StepFailure::new(
-                "node_not_supported",
-                format!("the engine does not run {} nodes yet", node.node_type),
-            ));
-        }
-    })
-}
-
-fn run_expensive(
-    ctx: &RequestContext,
-    run: &Run,
-    steps: &HashMap<String, Step>,
-    node: &Node,
-    step_id: &str,
-) -> Result<NodeResult, StepFailure> {
-    let config = match node.typed_config("config") {
-        Ok(NodeConfig::Agent(config)) => config,
-        Ok(NodeConfig::Http(config)) => {
-            return run_http(ctx, &template_context(run, steps, node), &config);
-        }
-        _ => {
-            return Err(StepFailure::new(
-                "node_not_supported",
-                format!("the engine does not run {} nodes yet", node.node_type),
-            ));
-        }
-    };
-    let context = template_context(run, steps, node);
-    let prompt = match render(&Json::String(config.prompt.clone()), &context)
-        .map_err(|e| StepFailure::new("template_failed", e.to_string()))?
-    {
-        Json::String(text) => text,
-        other => other.to_string(),
-    };
-    let db = ctx
-        .db()
-        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
-    let (spec, _) =
-        agents::load(&OrgScoped::new(db, &run.org_id), &config.agent_id).map_err(|_| {
-            StepFailure::new(
-                "agent_not_found",
-                format!("agent {} no longer exists", config.agent_id),
-            )
-        })?;
-    let caller = Caller {
-        org_id: run.org_id.clone(),
-        subject: format!("execution:{}", run.id),
-        role: Role::Member,
-        api_key_id: run.api_key_id.clone(),
-    };
-    let input = RunInput {
-        task: prompt,
-        context: None,
-        max_tokens: config.max_tokens.and_then(|m| u32::try_from(m).ok()),
-        conversation_id: None,
-        step: Some(StepLink {
-            workflow_id: run.workflow_id.clone(),
-            execution_id: run.id.clone(),
-            step_id: step_id.to_string(),
-        }),
-    };
-    let agent = StoredAgent {
-        id: config.agent_id.clone(),
-        spec,
-    };
-    let execution = run_agent(ctx, &caller, &agent, input)
-        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
-    if execution["status"] != "completed" {
-        return Err(StepFailure::new(
-            execution["error"]["code"]
-                .as_str()
-                .unwrap_or("agent_failed"),
-            execution["error"]["message"]
-                .as_str()
-                .unwrap_or("the agent run failed"),
-        ));
-    }
-    let text = execution["output"].as_str().unwrap_or_default();
-    let output = if config.output_schema.is_some() {
-        structured_output(text).ok_or_else(|| {
-            StepFailure::new(
-                "invalid_structured_output",
-                "the agent's answer is not the JSON its output_schema asks for",
-            )
-        })?
-    } else {
-        Json::String(text.to_string())
-    };
-    let number = |path: &[&str]| {
-        path.iter()
-            .fold(&execution, |v, k| &v[*k])
-            .as_i64()
-            .unwrap_or(0)
-    };
-    Ok(NodeResult {
-        output,
-        outcome: None,
-        tokens_in: number(&["usage", "input_tokens"]),
-        tokens_out: number(&["usage", "output_tokens"]),
-        base_micros: number(&["cost", "base_micros"]),
-        billed_micros: number(&["cost", "billed_micros"]),
-    })
-}
-
-/// Default and largest timeout of an `http` node, and the most of its answer kept.
-const HTTP_DEFAULT_TIMEOUT_MS: u64 = 30_000;
-const HTTP_MAX_TIMEOUT_MS: u64 = 120_000;
-const HTTP_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-
-/// An `http` node: renders the request, sends it to a host the app allows
-/// (the host refuses others before anything is sent), and records status,
-/// headers and the body (JSON when it parses). 4xx and 5xx fail the step.
-fn run_http(
-    ctx: &RequestContext,
-    context: &Json,
-    config: &HttpConfig,
-) -> Result<NodeResult, StepFailure> {
-    let template_failure =
-        |e: spindle_definition::TemplateError| StepFailure::new("template_failed", e.to_string());
-    let text = |value: Json| match value {
-        Json::String(s) => s,
-        other => other.to_string(),
-    };
-    let url = text(render(&Json::String(config.url.clone()), context).map_err(template_failure)?);
-    if !(url.starts_with("http://") || url.starts_with("https://")) {
-        return Err(StepFailure::new(
-            "invalid_url",
-            format!("{url:?} is not an absolute http(s) URL"),
-        ));
-    }
-    let mut headers = Vec::new();
-    for (name, value) in &config.headers {
-        headers.push((
-            name.to_ascii_lowercase(),
-            text(render(&Json::String(value.clone()), context).map_err(template_failure)?),
-        ));
-    }
-    let body = match &config.body {
-        None => Vec::new(),
-        Some(template) => match render(template, context).map_err(template_failure)? {
-            Json::String(raw) => raw.into_bytes(),
-            json => {
-                if !headers.iter().any(|(n, _)| n == "content-type") {
-                    headers.push(("content-type".into(), "application/json".into()));
-                }
-                json.to_string().into_bytes()
-            }
-        },
-    };
-    let method = format!("{:?}", config.method).to_ascii_uppercase();
-    let reply = ctx
-        .send(&OutboundRequest {
-            method,
-            url: url.clone(),
-            headers,
-            body,
-            timeout_ms: config
-                .timeout_ms
-                .unwrap_or(HTTP_DEFAULT_TIMEOUT_MS)
-                .min(HTTP_MAX_TIMEOUT_MS),
-            max_response_bytes: HTTP_MAX_RESPONSE_BYTES,
-        })
-        .map_err(|error| match error {
-            OutboundError::Denied(_) => {
-                StepFailure::new("host_not_allowed", format!("{url} is not an allowed host"))
-            }
-            OutboundError::Timeout => {
-                StepFailure::new("http_timeout", format!("{url} did not answer in time"))
-            }
-            other => StepFailure::new("http_failed", format!("{url}: {other}")),
-        })?;
-    let body = serde_json::from_slice::<Json>(&reply.body)
-        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&reply.body).into_owned()));
-    if reply.status >= 400 {
-        // 429 and 5xx may pass; other 4xx will not (a per-node `retry` retries only the former).
-        let code = if reply.status == 429 || reply.status >= 500 {
-            "http_unavailable"
-        } else {
-            "http_status"
-        };
-        return Err(StepFailure::new(
-            code,
-            format!("{url} answered {}", reply.status),
-        ));
-    }
-    let headers: Map<String, Json> = reply
-        .headers
-        .into_iter()
-        .map(|(n, v)| (n, Json::String(v)))
-        .collect();
-    Ok(NodeResult {
-        output: json!({"status": reply.status, "headers": headers, "body": body}),
-        ..NodeResult::default()
-    })
-}
-
-/// A model's JSON answer, also when wrapped in a Markdown code fence.
-fn structured_output(text: &str) -> Option<Json> {
-    let trimmed = text.trim();
-    let unfenced = trimmed
-        .strip_prefix("```json")
-        .or_else(|| trimmed.strip_prefix("```"))
-        .and_then(|rest| rest.strip_suffix("```"))
-        .unwrap_or(trimmed);
-    serde_json::from_str(unfenced.trim()).ok()
+    advance(ctx, &home.org_id, &home.execution_id, &home.scope, hops)
 }
 
 /// Failures a per-node `retry` retries: the ones that may pass on their own.
@@ -890,7 +609,7 @@ fn retry_at(
 
 /// Stores a step's result under its lease; a failure follows the node's
 /// `on_error`. A lease lost to another invocation stores nothing.
-fn finish_step(
+pub(super) fn finish_step(
     ctx: &RequestContext,
     db: &dyn Db,
     run: &Run,
@@ -906,9 +625,9 @@ fn finish_step(
             && let Some(run_after) = retry_at(db, node, step_id, failure, now)?
         {
             // Back to the queue: the tick dispatches it again when due.
-            db.execute(
+            let requeued = db.execute(
                 "UPDATE steps SET status = 'queued', run_after = ?, error = ?, lease_token = NULL, \
-                 lease_expires_at = NULL WHERE id = ? AND status = 'running' AND lease_token = ?",
+                 lease_expires_at = NULL WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
                 &[
                     Value::Integer(run_after),
                     Value::Text(
@@ -918,6 +637,12 @@ fn finish_step(
                     Value::from(lease),
                 ],
             )?;
+            if !requeued.rows.is_empty() {
+                let message = format!("{} failed ({}); retrying", node.id, failure.message);
+                let data = json!({"error": {"code": failure.code, "message": failure.message}, "run_after": crate::timestamp(run_after)});
+                let entry = Entry::new(LogEvent::StepRetrying, message).node(&node.id);
+                logs::record(db, &run.org_id, &run.id, entry.data(data))?;
+            }
             return Ok(());
         }
         let (status, result, error) = match result {
@@ -962,6 +687,10 @@ fn finish_step(
         if stored.rows.is_empty() {
             return Ok(());
         }
+        let failed = status == StepStatus::Failed;
+        let outcome = result.outcome.as_deref();
+        let entry = logs::step_finished(&node.id, error.as_ref(), failed, outcome);
+        logs::record(db, &run.org_id, &run.id, entry)?;
         if let Some(error) = &error {
             let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "node_id": node.id, "error": error});
             events::emit(ctx, db, &run.org_id, "step.failed", &data)?;
@@ -980,6 +709,10 @@ fn finish_step(
             if !failed.rows.is_empty() {
                 let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "status": "failed", "failed_node": node.id, "error": error});
                 events::emit(ctx, db, &run.org_id, "workflow.failed", &data)?;
+                let message = format!("run failed at {}", node.id);
+                let entry = Entry::new(LogEvent::RunFailed, message).node(&node.id);
+                let entry = entry.data(json!({"error": error}));
+                logs::record(db, &run.org_id, &run.id, entry)?;
             }
             // Steps still waiting for an invocation will never run.
             OrgScoped::new(db, &run.org_id).execute(
@@ -1009,29 +742,37 @@ pub fn signal(
     if run.status.is_terminal() {
         return Ok(false);
     }
-    let steps = load_steps(db, &run)?;
-    let waiting = run.definition.nodes.iter().find_map(|node| {
-        let step = steps
-            .get(&node.id)
-            .filter(|s| s.status == StepStatus::Waiting)?;
-        match node.typed_config("config") {
-            Ok(NodeConfig::Wait(wait)) if wait.signal == name => Some((node, step.id.clone())),
-            _ => None,
+    // Waiting steps of any scope (a wait may sit in a loop's body).
+    let rows = OrgScoped::new(db, org_id).execute(
+        "SELECT id, node_id, iteration FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
+         AND status = 'waiting' ORDER BY created_at",
+        &[Value::from(execution_id)],
+    )?;
+    for row in &rows.rows {
+        let text = |i: usize| row[i].as_str().unwrap_or_default().to_string();
+        let (step_id, node_id, scope_key) = (text(0), text(1), text(2));
+        let Some(scope) = Scope::resolve(&run.definition, &scope_key) else {
+            continue;
+        };
+        let Some(node) = scope.node(&node_id) else {
+            continue;
+        };
+        if !matches!(node.typed_config("config"), Ok(NodeConfig::Wait(wait)) if wait.signal == name)
+        {
+            continue;
         }
-    });
-    let Some((node, step_id)) = waiting else {
-        return Ok(false);
-    };
-    let Some(lease) = claim_waiting(ctx, db, &step_id)? else {
-        return Ok(false);
-    };
-    let result = NodeResult {
-        output: payload,
-        ..NodeResult::default()
-    };
-    finish_step(ctx, db, &run, node, &step_id, &lease, Ok(result))?;
-    advance(ctx, org_id, execution_id, 0)?;
-    Ok(true)
+        let Some(lease) = claim_waiting(ctx, db, &step_id)? else {
+            continue;
+        };
+        let result = NodeResult {
+            output: payload,
+            ..NodeResult::default()
+        };
+        finish_step(ctx, db, &run, node, &step_id, &lease, Ok(result))?;
+        advance(ctx, org_id, execution_id, &scope_key, 0)?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// Times out `wait` steps whose time passed, in a bounded batch: each takes
@@ -1040,7 +781,7 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
     let db = ctx.db()?;
     // Across organisations: the tick is the platform's.
     let due = db.execute(
-        "SELECT s.id, s.org_id, s.execution_id, s.node_id FROM steps s \
+        "SELECT s.id, s.org_id, s.execution_id, s.node_id, s.iteration FROM steps s \
          JOIN executions e ON e.id = s.execution_id AND e.status = 'running' \
          WHERE s.status = 'waiting' AND s.run_after <= ? ORDER BY s.run_after LIMIT ?",
         &[Value::Integer(now), Value::Integer(limit)],
@@ -1048,16 +789,19 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
     let mut timed_out = 0;
     for row in &due.rows {
         let text = |i: usize| row[i].as_str().unwrap_or_default().to_string();
-        let (step_id, org_id, execution_id, node_id) = (text(0), text(1), text(2), text(3));
+        let (step_id, org_id, execution_id) = (text(0), text(1), text(2));
+        let (node_id, scope_key) = (text(3), text(4));
         let run = load_run(db, &org_id, &execution_id)?;
-        let Some(node) = run.definition.nodes.iter().find(|n| n.id == node_id) else {
+        let Some(scope) = Scope::resolve(&run.definition, &scope_key) else {
+            continue;
+        };
+        let Some(node) = scope.node(&node_id) else {
             continue;
         };
         let Some(lease) = claim_waiting(ctx, db, &step_id)? else {
             continue;
         };
-        let has_timeout_edge = run
-            .definition
+        let has_timeout_edge = scope
             .edges
             .iter()
             .any(|e| e.source == node_id && e.source_handle.as_deref() == Some(TIMEOUT_HANDLE));
@@ -1073,7 +817,7 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
             ))
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
-        advance(ctx, &org_id, &execution_id, 0)?;
+        advance(ctx, &org_id, &execution_id, &scope_key, 0)?;
         timed_out += 1;
     }
     Ok(timed_out)
@@ -1154,6 +898,8 @@ pub fn cancel(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<(), ApiEr
     in_transaction(db, |db| -> Result<(), ApiError> {
         let org = OrgScoped::new(db, org_id);
         transition(&org, execution_id, RunStatus::Cancelled, now)?;
+        let entry = Entry::new(LogEvent::RunCancelled, "run cancelled");
+        logs::record(db, org_id, execution_id, entry)?;
         org.execute(
             &format!(
                 "UPDATE steps SET status = 'skipped', error = '{RUN_ENDED}', finished_at = ?2 \
@@ -1173,6 +919,16 @@ pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
         let org = OrgScoped::new(db, org_id);
         transition(&org, execution_id, RunStatus::Running, now)?;
+        let message = "run retried: its failed steps and the steps that never ran run again";
+        let entry = Entry::new(LogEvent::RunRetried, message);
+        logs::record(db, org_id, execution_id, entry)?;
+        // A failed loop starts again from its first iteration, whose
+        // completed steps are reused, so its old iteration rows go too.
+        org.execute(
+            "DELETE FROM loop_iterations WHERE loop_step_id IN (SELECT id FROM steps \
+             WHERE org_id = ?1 AND execution_id = ?2 AND status = 'failed' AND loop_index IS NOT NULL)",
+            &[Value::from(execution_id)],
+        )?;
         org.execute(
             &format!(
                 "DELETE FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
@@ -1182,7 +938,56 @@ pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(
         )?;
         Ok(())
     })?;
-    advance(ctx, org_id, execution_id, 0)
+    resume(ctx, org_id, execution_id, 0)
+}
+
+/// Advances every scope of a run that may have work: the running iteration
+/// of each open loop (innermost first, so a finished iteration moves its
+/// loop on), then the main graph. Used when a run continues (retry) or was
+/// left without an invocation (the tick's sweep).
+pub fn resume(
+    ctx: &RequestContext,
+    org_id: &str,
+    execution_id: &str,
+    hops: u64,
+) -> Result<(), ApiError> {
+    let open = OrgScoped::new(ctx.db()?, org_id).execute(
+        "SELECT iteration, node_id, loop_index FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
+         AND status = 'running' AND loop_index IS NOT NULL ORDER BY length(iteration) DESC",
+        &[Value::from(execution_id)],
+    )?;
+    for row in &open.rows {
+        let key = child_key(
+            row[0].as_str().unwrap_or_default(),
+            row[1].as_str().unwrap_or_default(),
+            row[2].as_i64().unwrap_or_default(),
+        );
+        advance(ctx, org_id, execution_id, &key, hops)?;
+    }
+    advance(ctx, org_id, execution_id, "", hops)
+}
+
+/// Resumes, in a bounded batch, running runs that have no live step: an
+/// invocation died after finishing a step and before queueing what came
+/// next. Resuming a run that is merely between two steps is harmless:
+/// every insert and claim is idempotent.
+pub fn resume_stalled(ctx: &RequestContext, limit: i64) -> Result<usize, ApiError> {
+    // Across organisations: the tick is the platform's. An open loop step
+    // (running, no lease) is not live: its iteration's steps are.
+    let stalled = ctx.db()?.execute(
+        "SELECT e.org_id, e.id FROM executions e WHERE e.status = 'running' AND NOT EXISTS \
+         (SELECT 1 FROM steps s WHERE s.execution_id = e.id AND s.status IN ('queued', 'running', 'waiting') \
+         AND NOT (s.status = 'running' AND s.lease_expires_at IS NULL)) LIMIT ?",
+        &[Value::Integer(limit)],
+    )?;
+    for row in &stalled.rows {
+        let (org_id, execution_id) = (
+            row[0].as_str().unwrap_or_default(),
+            row[1].as_str().unwrap_or_default(),
+        );
+        resume(ctx, org_id, execution_id, 0)?;
+    }
+    Ok(stalled.rows.len())
 }
 
 /// Sums the run's tokens and cost from its steps.
@@ -1231,25 +1036,9 @@ fn complete_run(
         if !completed.rows.is_empty() {
             let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "status": "completed", "output": output});
             events::emit(ctx, db, &run.org_id, "workflow.completed", &data)?;
+            let entry = Entry::new(LogEvent::RunCompleted, "run completed");
+            logs::record(db, &run.org_id, &run.id, entry)?;
         }
         add_totals(db, run)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn structured_output_reads_plain_and_fenced_json() {
-        assert_eq!(
-            structured_output(r#"{"score": 80}"#),
-            Some(json!({"score": 80}))
-        );
-        assert_eq!(
-            structured_output("```json\n{\"score\": 80}\n```"),
-            Some(json!({"score": 80}))
-        );
-        assert_eq!(structured_output("eighty"), None);
-    }
 }

@@ -1,6 +1,7 @@
 //! The workflows area: versioned workflow definitions, their webhook
 //! secrets, and starter templates.
 
+pub(crate) mod schedules;
 mod templates;
 
 pub use templates::{Template, templates};
@@ -56,6 +57,16 @@ pub fn router() -> Router<RequestContext> {
             Method::Post,
             "/api/v1/workflows/:id/webhook-secret",
             rotate_webhook_secret,
+        )
+        .route(
+            Method::Put,
+            "/api/v1/workflows/:id/schedules",
+            schedules::replace,
+        )
+        .route(
+            Method::Get,
+            "/api/v1/workflows/:id/schedules",
+            schedules::list,
         )
         .route(Method::Get, "/api/v1/templates", templates::list)
         .route(Method::Get, "/api/v1/templates/:id", templates::get)

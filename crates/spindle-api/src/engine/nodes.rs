@@ -1,0 +1,291 @@
+//! Running one node: the cheap ones (condition, switch, transform,
+//! output, delay) from their templates, and the expensive ones (agent,
+//! http) that call out.
+
+use super::runner::{NodeResult, Run, StepFailure};
+use crate::agents::{self, RunInput, StepLink, StoredAgent, run_agent};
+use crate::context::RequestContext;
+use serde_json::{Map, Value as Json, json};
+use spindle_auth::{Caller, Role};
+use spindle_definition::{HttpConfig, Node, NodeConfig, evaluate, is_truthy, render};
+use spindle_http::{OutboundError, OutboundRequest};
+use spindle_store::OrgScoped;
+
+/// Runs a cheap node over its template context.
+pub(super) fn run_cheap(context: &Json, node: &Node) -> Result<NodeResult, StepFailure> {
+    let config = node.typed_config("config").map_err(|_| {
+        StepFailure::new(
+            "invalid_node",
+            format!("node {} has an invalid config", node.id),
+        )
+    })?;
+    let template_failure =
+        |e: spindle_definition::TemplateError| StepFailure::new("template_failed", e.to_string());
+    Ok(match config {
+        NodeConfig::Condition(c) => {
+            let value = evaluate(&c.expression, context).map_err(template_failure)?;
+            let truth = is_truthy(&value);
+            NodeResult {
+                output: json!(truth),
+                outcome: Some(truth.to_string()),
+                ..NodeResult::default()
+            }
+        }
+        NodeConfig::Switch(c) => {
+            let value = evaluate(&c.expression, context).map_err(template_failure)?;
+            let key = match &value {
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            let outcome = if c.cases.contains(&key) {
+                key
+            } else {
+                "default".into()
+            };
+            NodeResult {
+                output: value,
+                outcome: Some(outcome),
+                ..NodeResult::default()
+            }
+        }
+        NodeConfig::Transform(c) => NodeResult {
+            output: render(&c.template, context).map_err(template_failure)?,
+            ..NodeResult::default()
+        },
+        NodeConfig::Output(c) => NodeResult {
+            output: render(&c.value, context).map_err(template_failure)?,
+            ..NodeResult::default()
+        },
+        // Its waiting is done by the time it runs (the claim honours `run_after`).
+        NodeConfig::Delay(_) => NodeResult::default(),
+        _ => {
+            return Err(StepFailure::new(
+                "node_not_supported",
+                format!("the engine does not run {} nodes yet", node.node_type),
+            ));
+        }
+    })
+}
+
+/// Runs an agent or http node: the provider call or the request.
+pub(super) fn run_expensive(
+    ctx: &RequestContext,
+    run: &Run,
+    context: &Json,
+    node: &Node,
+    step_id: &str,
+) -> Result<NodeResult, StepFailure> {
+    let config = match node.typed_config("config") {
+        Ok(NodeConfig::Agent(config)) => config,
+        Ok(NodeConfig::Http(config)) => {
+            return run_http(ctx, context, &config, node.timeout_ms);
+        }
+        _ => {
+            return Err(StepFailure::new(
+                "node_not_supported",
+                format!("the engine does not run {} nodes yet", node.node_type),
+            ));
+        }
+    };
+    let prompt = match render(&Json::String(config.prompt.clone()), context)
+        .map_err(|e| StepFailure::new("template_failed", e.to_string()))?
+    {
+        Json::String(text) => text,
+        other => other.to_string(),
+    };
+    let db = ctx
+        .db()
+        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
+    let (spec, _) =
+        agents::load(&OrgScoped::new(db, &run.org_id), &config.agent_id).map_err(|_| {
+            StepFailure::new(
+                "agent_not_found",
+                format!("agent {} no longer exists", config.agent_id),
+            )
+        })?;
+    let caller = Caller {
+        org_id: run.org_id.clone(),
+        subject: format!("execution:{}", run.id),
+        role: Role::Member,
+        api_key_id: run.api_key_id.clone(),
+    };
+    let input = RunInput {
+        task: prompt,
+        context: None,
+        max_tokens: config.max_tokens.and_then(|m| u32::try_from(m).ok()),
+        conversation_id: None,
+        step: Some(StepLink {
+            workflow_id: run.workflow_id.clone(),
+            execution_id: run.id.clone(),
+            step_id: step_id.to_string(),
+        }),
+        timeout_ms: node.timeout_ms,
+        output_schema: config.output_schema.clone(),
+    };
+    let agent = StoredAgent {
+        id: config.agent_id.clone(),
+        spec,
+    };
+    let execution = run_agent(ctx, &caller, &agent, input)
+        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
+    if execution["status"] != "completed" {
+        return Err(StepFailure::new(
+            execution["error"]["code"]
+                .as_str()
+                .unwrap_or("agent_failed"),
+            execution["error"]["message"]
+                .as_str()
+                .unwrap_or("the agent run failed"),
+        ));
+    }
+    let text = execution["output"].as_str().unwrap_or_default();
+    let output = if config.output_schema.is_some() {
+        structured_output(text).ok_or_else(|| {
+            StepFailure::new(
+                "invalid_structured_output",
+                "the agent's answer is not the JSON its output_schema asks for",
+            )
+        })?
+    } else {
+        Json::String(text.to_string())
+    };
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(&execution, |v, k| &v[*k])
+            .as_i64()
+            .unwrap_or(0)
+    };
+    Ok(NodeResult {
+        output,
+        outcome: None,
+        tokens_in: number(&["usage", "input_tokens"]),
+        tokens_out: number(&["usage", "output_tokens"]),
+        base_micros: number(&["cost", "base_micros"]),
+        billed_micros: number(&["cost", "billed_micros"]),
+    })
+}
+
+/// Default and largest timeout of an `http` node, and the most of its answer kept.
+const HTTP_DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const HTTP_MAX_TIMEOUT_MS: u64 = 120_000;
+const HTTP_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// An `http` node: renders the request, sends it to a host the app allows
+/// (the host refuses others before anything is sent), and records status,
+/// headers and the body (JSON when it parses). 4xx and 5xx fail the step.
+fn run_http(
+    ctx: &RequestContext,
+    context: &Json,
+    config: &HttpConfig,
+    node_timeout_ms: Option<u64>,
+) -> Result<NodeResult, StepFailure> {
+    let template_failure =
+        |e: spindle_definition::TemplateError| StepFailure::new("template_failed", e.to_string());
+    let text = |value: Json| match value {
+        Json::String(s) => s,
+        other => other.to_string(),
+    };
+    let url = text(render(&Json::String(config.url.clone()), context).map_err(template_failure)?);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(StepFailure::new(
+            "invalid_url",
+            format!("{url:?} is not an absolute http(s) URL"),
+        ));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in &config.headers {
+        headers.push((
+            name.to_ascii_lowercase(),
+            text(render(&Json::String(value.clone()), context).map_err(template_failure)?),
+        ));
+    }
+    let body = match &config.body {
+        None => Vec::new(),
+        Some(template) => match render(template, context).map_err(template_failure)? {
+            Json::String(raw) => raw.into_bytes(),
+            json => {
+                if !headers.iter().any(|(n, _)| n == "content-type") {
+                    headers.push(("content-type".into(), "application/json".into()));
+                }
+                json.to_string().into_bytes()
+            }
+        },
+    };
+    let method = format!("{:?}", config.method).to_ascii_uppercase();
+    let reply = ctx
+        .send(&OutboundRequest {
+            method,
+            url: url.clone(),
+            headers,
+            body,
+            // The tighter of the request's and the node's limits.
+            timeout_ms: [config.timeout_ms, node_timeout_ms]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(HTTP_DEFAULT_TIMEOUT_MS)
+                .min(HTTP_MAX_TIMEOUT_MS),
+            max_response_bytes: HTTP_MAX_RESPONSE_BYTES,
+        })
+        .map_err(|error| match error {
+            OutboundError::Denied(_) => {
+                StepFailure::new("host_not_allowed", format!("{url} is not an allowed host"))
+            }
+            OutboundError::Timeout => {
+                StepFailure::new("http_timeout", format!("{url} did not answer in time"))
+            }
+            other => StepFailure::new("http_failed", format!("{url}: {other}")),
+        })?;
+    let body = serde_json::from_slice::<Json>(&reply.body)
+        .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&reply.body).into_owned()));
+    if reply.status >= 400 {
+        // 429 and 5xx may pass; other 4xx will not (a per-node `retry` retries only the former).
+        let code = if reply.status == 429 || reply.status >= 500 {
+            "http_unavailable"
+        } else {
+            "http_status"
+        };
+        return Err(StepFailure::new(
+            code,
+            format!("{url} answered {}", reply.status),
+        ));
+    }
+    let headers: Map<String, Json> = reply
+        .headers
+        .into_iter()
+        .map(|(n, v)| (n, Json::String(v)))
+        .collect();
+    Ok(NodeResult {
+        output: json!({"status": reply.status, "headers": headers, "body": body}),
+        ..NodeResult::default()
+    })
+}
+
+/// A model's JSON answer, also when wrapped in a Markdown code fence.
+fn structured_output(text: &str) -> Option<Json> {
+    let trimmed = text.trim();
+    let unfenced = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(trimmed);
+    serde_json::from_str(unfenced.trim()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_output_reads_plain_and_fenced_json() {
+        assert_eq!(
+            structured_output(r#"{"score": 80}"#),
+            Some(json!({"score": 80}))
+        );
+        assert_eq!(
+            structured_output("```json\n{\"score\": 80}\n```"),
+            Some(json!({"score": 80}))
+        );
+        assert_eq!(structured_output("eighty"), None);
+    }
+}

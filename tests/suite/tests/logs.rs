@@ -1,0 +1,472 @@
+//! Execution logs over HTTP: the ordered entries of a run
+//! (`GET /api/v1/executions/:id/logs`) and the same entries as Server-Sent
+//! Events (`GET /api/v1/executions/:id/events`), live and resumable.
+
+use serde_json::{Value, json};
+use spindle_suite::{Org, SseEvent, SseStream, Target, shared};
+use std::time::{Duration, Instant};
+
+/// Longer than the server keeps a stream open (about 25 s), so a stream
+/// always ends on the server's side first.
+const STREAM_DEADLINE: Duration = Duration::from_secs(40);
+
+fn start(target: &Target, org: &Org, workflow: &str) -> String {
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/workflows/{workflow}/execute"),
+        Some(&org.owner_key),
+        Some(&json!({"inputs": {}})),
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["execution_id"].as_str().unwrap().to_string()
+}
+
+fn execution(target: &Target, org: &Org, id: &str) -> Value {
+    target
+        .call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json()
+}
+
+/// Polls the run until it is completed, failed or cancelled.
+fn finished(target: &Target, org: &Org, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let run = execution(target, org, id);
+        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run did not finish: {run}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Every log entry of the run, read page by page with `after`.
+fn all_logs(target: &Target, token: &str, id: &str) -> Vec<Value> {
+    let mut entries = Vec::new();
+    let mut after = 0;
+    loop {
+        let reply = target.call(
+            "GET",
+            &format!("/api/v1/executions/{id}/logs?after={after}&limit=1000"),
+            Some(token),
+            None,
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let page = reply.json();
+        entries.extend(page["data"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => return entries,
+        }
+    }
+}
+
+fn events_of(entries: &[Value]) -> Vec<&str> {
+    entries
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect()
+}
+
+/// The events of a stream up to and including `complete`; panics if the
+/// stream ends without it.
+fn until_complete(stream: &mut SseStream) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    loop {
+        let event = stream
+            .next_event()
+            .unwrap_or_else(|| panic!("the stream ended without `complete` after {events:?}"));
+        let done = event.event == "complete";
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
+
+fn open_events(
+    target: &Target,
+    org: &Org,
+    id: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> SseStream {
+    let stream = target.events(
+        &format!("/api/v1/executions/{id}/events{query}"),
+        &org.owner_key,
+        headers,
+        STREAM_DEADLINE,
+    );
+    assert_eq!(stream.status, 200);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    assert_eq!(stream.header("cache-control"), Some("no-cache"));
+    stream
+}
+
+/// trigger → condition (true) → transform → output, with a branch not taken.
+fn branching() -> Value {
+    json!({
+        "name": "Logged",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "check", "type": "condition", "config": {"expression": "1 < 2"}},
+            {"id": "shape", "type": "transform", "config": {"template": {"ok": true}}},
+            {"id": "other", "type": "transform", "config": {"template": "never"}},
+            {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "check"},
+            {"source": "check", "target": "shape", "source_handle": "true"},
+            {"source": "check", "target": "other", "source_handle": "false"},
+            {"source": "shape", "target": "done"},
+            {"source": "other", "target": "done"}
+        ]
+    })
+}
+
+/// trigger → http to a host the app does not allow: the step fails.
+fn failing() -> Value {
+    json!({
+        "name": "Refused",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "call", "type": "http", "config": {"method": "GET", "url": "http://example.com/hook"}},
+            {"id": "done", "type": "output", "config": {"value": 1}}
+        ],
+        "edges": [{"source": "start", "target": "call"}, {"source": "call", "target": "done"}]
+    })
+}
+
+/// trigger → wait for signal `go` → output.
+fn waiting() -> Value {
+    json!({
+        "name": "Waits",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "gate", "type": "wait", "config": {"signal": "go", "timeout_ms": 600000}},
+            {"id": "done", "type": "output", "config": {"value": "{{ steps.gate.output.by }}"}}
+        ],
+        "edges": [{"source": "start", "target": "gate"}, {"source": "gate", "target": "done"}]
+    })
+}
+
+#[test]
+fn a_completed_runs_logs_are_ordered_with_one_step_completed_per_node_that_ran() {
+    let target = shared();
+    let org = target.create_org("logs-completed");
+    let workflow = target.create(&org, "/api/v1/workflows", &branching());
+    let id = start(target, &org, &workflow);
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let entries = all_logs(target, &viewer, &id);
+    let events = events_of(&entries);
+    assert_eq!(events.first(), Some(&"run.started"), "{events:?}");
+    assert_eq!(events.last(), Some(&"run.completed"), "{events:?}");
+    let ids: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend: {ids:?}");
+    for entry in &entries {
+        assert!(entry["at"].as_str().is_some_and(|at| at.ends_with('Z')));
+        assert!(["info", "warn", "error"].contains(&entry["level"].as_str().unwrap()));
+        assert!(entry["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(entry["data"].is_object());
+    }
+    assert!(!events.iter().any(|e| e.contains("failed")), "{events:?}");
+
+    let mut logged: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["event"] == "step.completed")
+        .map(|e| e["node_id"].as_str().unwrap())
+        .collect();
+    let mut ran: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == "completed")
+        .map(|s| s["node_id"].as_str().unwrap())
+        .collect();
+    logged.sort_unstable();
+    ran.sort_unstable();
+    assert_eq!(logged, ran);
+    assert_eq!(ran, ["check", "done", "shape", "start"]);
+
+    // Pages follow one another without gaps or repeats.
+    let path = format!("/api/v1/executions/{id}/logs");
+    let first = target
+        .call("GET", &format!("{path}?limit=2"), Some(&viewer), None)
+        .json();
+    assert_eq!(first["data"].as_array().unwrap().len(), 2);
+    assert_eq!(first["next_after"], ids[1]);
+    let rest = target
+        .call(
+            "GET",
+            &format!("{path}?after={}", ids[1]),
+            Some(&viewer),
+            None,
+        )
+        .json();
+    assert_eq!(rest["data"].as_array().unwrap()[..], entries[2..]);
+    assert!(rest["next_after"].is_null());
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=-1", "after=abc"] {
+        target
+            .call("GET", &format!("{path}?{bad}"), Some(&viewer), None)
+            .assert_error(400, "bad_request");
+    }
+}
+
+#[test]
+fn a_failing_run_logs_step_failed_and_run_failed() {
+    let target = shared();
+    let org = target.create_org("logs-failed");
+    let workflow = target.create(&org, "/api/v1/workflows", &failing());
+    let id = start(target, &org, &workflow);
+    let run = finished(target, &org, &id);
+    assert_eq!(run["status"], "failed", "{run}");
+
+    let entries = all_logs(target, &org.owner_key, &id);
+    let events = events_of(&entries);
+    assert_eq!(events.first(), Some(&"run.started"), "{events:?}");
+    assert_eq!(events.last(), Some(&"run.failed"), "{events:?}");
+    assert!(!events.contains(&"run.completed"), "{events:?}");
+    let failed = entries
+        .iter()
+        .find(|e| e["event"] == "step.failed")
+        .unwrap_or_else(|| panic!("no step.failed in {events:?}"));
+    assert_eq!(failed["node_id"], "call");
+    assert_eq!(failed["level"], "error");
+    assert_eq!(failed["data"]["error"]["code"], "host_not_allowed");
+    let last = entries.last().unwrap();
+    assert_eq!(last["level"], "error");
+    assert_eq!(last["node_id"], "call");
+    assert_eq!(last["data"]["error"]["code"], "host_not_allowed");
+}
+
+#[test]
+fn the_stream_of_a_finished_run_sends_every_entry_then_complete() {
+    let target = shared();
+    let org = target.create_org("logs-stream");
+    let workflow = target.create(&org, "/api/v1/workflows", &branching());
+    let id = start(target, &org, &workflow);
+    finished(target, &org, &id);
+    let entries = all_logs(target, &org.owner_key, &id);
+
+    let mut stream = open_events(target, &org, &id, "", &[]);
+    let events = until_complete(&mut stream);
+    let (complete, sent) = events.split_last().unwrap();
+    assert_eq!(sent.len(), entries.len(), "{sent:?}");
+    for (event, entry) in sent.iter().zip(&entries) {
+        assert_eq!(event.id, Some(entry["id"].to_string()));
+        assert_eq!(event.event, entry["event"].as_str().unwrap());
+        assert_eq!(&event.json(), entry);
+    }
+    assert_eq!(complete.id, None);
+    assert_eq!(
+        complete.json(),
+        json!({"execution_id": id, "status": "completed"})
+    );
+    assert_eq!(
+        stream.next_event(),
+        None,
+        "the stream ends after `complete`"
+    );
+}
+
+#[test]
+fn a_stream_resumes_after_last_event_id_without_repeats() {
+    let target = shared();
+    let org = target.create_org("logs-resume");
+    let workflow = target.create(&org, "/api/v1/workflows", &failing());
+    let id = start(target, &org, &workflow);
+    finished(target, &org, &id);
+    let entries = all_logs(target, &org.owner_key, &id);
+    assert!(entries.len() >= 3, "{entries:?}");
+    let resume_at = entries[1]["id"].to_string();
+    let expected: Vec<String> = entries[2..].iter().map(|e| e["id"].to_string()).collect();
+
+    let ids = |events: Vec<SseEvent>| -> Vec<String> {
+        let (complete, sent) = events.split_last().unwrap();
+        assert_eq!(complete.json()["status"], "failed");
+        sent.iter().map(|e| e.id.clone().unwrap()).collect()
+    };
+    let mut resumed = open_events(target, &org, &id, "", &[("last-event-id", &resume_at)]);
+    assert_eq!(ids(until_complete(&mut resumed)), expected);
+    let mut by_query = open_events(target, &org, &id, &format!("?after={resume_at}"), &[]);
+    assert_eq!(ids(until_complete(&mut by_query)), expected);
+    // The header is what a reconnecting EventSource sends: it wins.
+    let mut both = open_events(
+        target,
+        &org,
+        &id,
+        "?after=0",
+        &[("last-event-id", &resume_at)],
+    );
+    assert_eq!(ids(until_complete(&mut both)), expected);
+}
+
+#[test]
+fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
+    let target = shared();
+    let org = target.create_org("logs-live");
+    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
+    let id = start(target, &org, &workflow);
+    let mut stream = open_events(target, &org, &id, "", &[]);
+
+    // What happened before the signal arrives on the open stream first.
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e: &SseEvent| e.event == "step.completed" && e.json()["node_id"] == "start")
+    {
+        let event = stream
+            .next_event()
+            .unwrap_or_else(|| panic!("the stream ended early after {seen:?}"));
+        assert_ne!(
+            event.event, "complete",
+            "the run is still waiting: {seen:?}"
+        );
+        seen.push(event);
+    }
+    assert_eq!(seen[0].event, "run.started");
+    assert_eq!(execution(target, &org, &id)["status"], "running");
+
+    // Then the signal: what it causes arrives on the same stream.
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/signals/go"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {"by": "Ada"}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let later = until_complete(&mut stream);
+    let names: Vec<&str> = later.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "step.completed",
+            "step.completed",
+            "run.completed",
+            "complete"
+        ],
+        "{later:?}"
+    );
+    assert_eq!(later[0].json()["node_id"], "gate");
+    assert_eq!(later[1].json()["node_id"], "done");
+    assert_eq!(later[3].json()["status"], "completed");
+    // Ids go on from where the stream was, each entry once.
+    let all: Vec<i64> = seen
+        .iter()
+        .chain(&later[..3])
+        .map(|e| e.id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+}
+
+#[test]
+fn a_cancelled_run_logs_its_cancellation_and_its_stream_completes() {
+    let target = shared();
+    let org = target.create_org("logs-cancel");
+    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
+    let id = start(target, &org, &workflow);
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/cancel"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let entries = all_logs(target, &org.owner_key, &id);
+    let last = entries.last().unwrap();
+    assert_eq!(last["event"], "run.cancelled", "{entries:?}");
+    assert_eq!(last["level"], "warn");
+    let mut stream = open_events(target, &org, &id, "", &[]);
+    let events = until_complete(&mut stream);
+    assert_eq!(events.len(), entries.len() + 1);
+    assert_eq!(events.last().unwrap().json()["status"], "cancelled");
+}
+
+#[test]
+fn another_organisations_execution_is_404_on_both_routes() {
+    let target = shared();
+    let ours = target.create_org("logs-ours");
+    let theirs = target.create_org("logs-theirs");
+    let workflow = target.create(&theirs, "/api/v1/workflows", &branching());
+    let id = start(target, &theirs, &workflow);
+    finished(target, &theirs, &id);
+    for route in ["logs", "events"] {
+        for execution in [id.as_str(), "01234567-89ab-7def-8123-456789abcdef"] {
+            target
+                .call(
+                    "GET",
+                    &format!("/api/v1/executions/{execution}/{route}"),
+                    Some(&ours.owner_key),
+                    None,
+                )
+                .assert_error(404, "not_found");
+        }
+        target
+            .call(
+                "GET",
+                &format!("/api/v1/executions/{id}/{route}"),
+                None,
+                None,
+            )
+            .assert_error(401, "unauthenticated");
+    }
+}
+
+#[test]
+fn a_bad_last_event_id_is_400() {
+    let target = shared();
+    let org = target.create_org("logs-bad-id");
+    let workflow = target.create(&org, "/api/v1/workflows", &branching());
+    let id = start(target, &org, &workflow);
+    let path = format!("/api/v1/executions/{id}/events");
+    let authorization = format!("Bearer {}", org.owner_key);
+    for bad in ["abc", "-1", "1.5", "99999999999999999999"] {
+        let reply = target.request(
+            "GET",
+            &path,
+            &[("authorization", &authorization), ("last-event-id", bad)],
+            None,
+        );
+        reply.assert_error(400, "bad_request");
+        assert_eq!(
+            reply.json()["error"]["details"][0]["path"],
+            "header.last-event-id"
+        );
+    }
+    target
+        .call(
+            "GET",
+            &format!("{path}?after=x"),
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(400, "bad_request");
+}
