@@ -111,6 +111,39 @@ impl Page {
     }
 }
 
+/// The half-open UTC range `[from, to)` of a list request, in ms; either
+/// end may be missing. A bound that is not RFC 3339, or `from` not before
+/// `to`, answers 400 naming it.
+pub fn time_range(request: &ApiRequest) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let mut problems = Vec::new();
+    let mut bound = |name: &str| {
+        let text = request.query_param(name)?;
+        match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(at) => Some(at.timestamp_millis()),
+            Err(_) => {
+                problems.push(ErrorDetail::new(
+                    format!("query.{name}"),
+                    "must be an RFC 3339 timestamp",
+                ));
+                None
+            }
+        }
+    };
+    let (from, to) = (bound("from"), bound("to"));
+    if let (Some(from), Some(to)) = (from, to)
+        && from >= to
+    {
+        problems.push(ErrorDetail::new("query.to", "must be after from"));
+    }
+    if !problems.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: "invalid query parameters".into(),
+            details: problems,
+        });
+    }
+    Ok((from, to))
+}
+
 /// A `LIKE … ESCAPE '\'` pattern matching `search` anywhere, with `%`, `_`
 /// and `\` in it taken literally; `None` when there is no search.
 pub fn like_pattern(search: Option<String>) -> Option<String> {

@@ -97,6 +97,11 @@ fn a_linear_run_completes_and_templates_keep_their_types() {
     assert_eq!(run["usage"]["input_tokens"], 20);
     assert_eq!(step(&run, "draft")["status"], "completed");
     assert_eq!(step(&run, "draft")["attempts"], 1);
+    assert_eq!(
+        step(&run, "draft")["input"],
+        json!({"prompt": "Write about tides"}),
+        "the rendered prompt is kept on the step"
+    );
     let sent = fake_llm().received();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].body["messages"][1]["content"], "Write about tides");
@@ -509,6 +514,14 @@ fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
         run["output"],
         json!({"status": 200, "model": "gpt-4o-mini"})
     );
+    let input = &step(&run, "call")["input"];
+    assert_eq!(input["method"], "POST");
+    assert_eq!(input["url"], url);
+    assert_eq!(
+        input["header_names"],
+        json!(["x-request", "content-type"]),
+        "names, never values"
+    );
     let sent = fake_llm().received();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].header("x-request"), Some("t-1"));
@@ -827,10 +840,140 @@ fn another_organisations_runs_and_workflows_answer_404() {
             Some(&json!({"inputs": {"topic": "x"}})),
         )
         .assert_error(404, "not_found");
+    for (method, path, body) in [
+        ("POST", format!("/api/v1/executions/{id}/cancel"), None),
+        ("POST", format!("/api/v1/executions/{id}/retry"), None),
+        (
+            "POST",
+            format!("/api/v1/executions/{id}/rerun"),
+            Some(json!({"from_node": "draft"})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/executions/{id}/signals/approved"),
+            Some(json!({"payload": {}})),
+        ),
+        ("GET", format!("/api/v1/executions/{id}/logs"), None),
+        ("GET", format!("/api/v1/executions/{id}/events"), None),
+    ] {
+        target
+            .call(method, &path, Some(&ours.owner_key), body.as_ref())
+            .assert_error(404, "not_found");
+    }
     let listed = target
         .call("GET", "/api/v1/executions", Some(&ours.owner_key), None)
         .json();
     assert_eq!(listed["total"], 0);
+    let theirs_now = execution(target, &theirs, &id);
+    assert_eq!(theirs_now["status"], "completed", "nothing changed it");
+    let runs = target
+        .call("GET", "/api/v1/executions", Some(&theirs.owner_key), None)
+        .json();
+    assert_eq!(runs["total"], 1, "no rerun was started");
+}
+
+#[test]
+fn a_switch_takes_the_matching_case_or_its_default() {
+    let target = shared();
+    let org = target.create_org("run-switch");
+    let definition = json!({
+        "name": "Switch",
+        "nodes": [
+            {"id": "start", "type": "trigger"},
+            {"id": "route", "type": "switch", "config": {"expression": "trigger.severity", "cases": ["critical", "high"]}},
+            {"id": "page", "type": "transform", "config": {"template": "page on-call"}},
+            {"id": "ticket", "type": "transform", "config": {"template": "open a ticket"}},
+            {"id": "log", "type": "transform", "config": {"template": "log it"}},
+            {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "route"},
+            {"source": "route", "target": "page", "source_handle": "critical"},
+            {"source": "route", "target": "ticket", "source_handle": "high"},
+            {"source": "route", "target": "log", "source_handle": "default"},
+            {"source": "page", "target": "done"},
+            {"source": "ticket", "target": "done"},
+            {"source": "log", "target": "done"}
+        ]
+    });
+    let workflow = target.create(&org, "/api/v1/workflows", &definition);
+    for (severity, output, ran) in [
+        ("critical", "page on-call", "page"),
+        ("high", "open a ticket", "ticket"),
+        ("low", "log it", "log"),
+    ] {
+        let id = start(target, &org, &workflow, json!({"severity": severity}));
+        let run = finished(target, &org, &id);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(run["output"], output);
+        for node in ["page", "ticket", "log"] {
+            let expected = if node == ran { "completed" } else { "skipped" };
+            assert_eq!(step(&run, node)["status"], expected, "{severity}: {node}");
+        }
+    }
+}
+
+#[test]
+fn executions_are_filtered_by_workflow_status_and_creation_range() {
+    let target = shared();
+    let org = target.create_org("run-filters");
+    let definition = |name: &str| {
+        json!({"name": name, "nodes": [{"id": "start", "type": "trigger"},
+            {"id": "done", "type": "output", "config": {"value": "{{ trigger.n }}"}}],
+            "edges": [{"source": "start", "target": "done"}]})
+    };
+    let first = target.create(&org, "/api/v1/workflows", &definition("First"));
+    let second = target.create(&org, "/api/v1/workflows", &definition("Second"));
+    let a = start(target, &org, &first, json!({"n": 1}));
+    finished(target, &org, &a);
+    std::thread::sleep(Duration::from_millis(20));
+    let between = execution(target, &org, &a)["created_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    let b = start(target, &org, &second, json!({"n": 2}));
+    finished(target, &org, &b);
+    let ids = |query: &str| -> Vec<String> {
+        let listed = target
+            .call(
+                "GET",
+                &format!("/api/v1/executions{query}"),
+                Some(&org.owner_key),
+                None,
+            )
+            .json();
+        listed["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{listed}"))
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids(""), [b.clone(), a.clone()], "newest first");
+    assert_eq!(ids(&format!("?workflow_id={first}")), [a.as_str()]);
+    assert_eq!(ids("?status=completed").len(), 2);
+    assert!(ids("?status=failed").is_empty());
+    let after_a = (chrono::DateTime::parse_from_rfc3339(&between).unwrap()
+        + chrono::Duration::milliseconds(1))
+    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    assert_eq!(ids(&format!("?from={after_a}")), [b.as_str()]);
+    assert_eq!(ids(&format!("?to={after_a}")), [a.as_str()]);
+    for bad in [
+        "?status=done",
+        "?from=yesterday",
+        "?to=2026-13-01T00:00:00Z",
+        "?from=2026-11-25T10:00:00Z&to=2026-11-25T09:00:00Z",
+    ] {
+        target
+            .call(
+                "GET",
+                &format!("/api/v1/executions{bad}"),
+                Some(&org.owner_key),
+                None,
+            )
+            .assert_error(400, "bad_request");
+    }
 }
 
 #[test]

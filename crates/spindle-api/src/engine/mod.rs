@@ -20,7 +20,7 @@ pub(crate) use events::emit as emit_event;
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
-use crate::listing::Page;
+use crate::listing::{Page, time_range};
 use crate::{fetch_one, json_column, now_ms, timestamp};
 use dispatch::{dispatch_step, internal_key, verify};
 use serde_json::{Map, Value as Json, json};
@@ -370,7 +370,8 @@ fn execution_row_json(row: &[Value]) -> Json {
     })
 }
 
-/// `GET /api/v1/executions` (viewer): newest first; `workflow_id`, `status`.
+/// `GET /api/v1/executions` (viewer): newest first; `workflow_id`, `status`,
+/// and a `from`/`to` range of creation times.
 fn list_executions(
     ctx: &RequestContext,
     request: &ApiRequest,
@@ -379,12 +380,27 @@ fn list_executions(
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Viewer)?;
     let page = Page::parse(request, &["created_at"])?;
+    let (from, to) = time_range(request)?;
+    let status = request.query_text("status");
+    if let Some(status) = status.as_deref()
+        && RunStatus::parse(status).is_none()
+    {
+        return Err(ApiError::BadRequest {
+            message: "invalid query parameters".into(),
+            details: vec![ErrorDetail::new(
+                "query.status",
+                "must be pending, running, completed, failed or cancelled",
+            )],
+        });
+    }
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
-    let filters =
-        "org_id = ?1 AND (?2 IS NULL OR workflow_id = ?2) AND (?3 IS NULL OR status = ?3)";
+    let filters = "org_id = ?1 AND (?2 IS NULL OR workflow_id = ?2) AND (?3 IS NULL OR status = ?3) \
+         AND (?4 IS NULL OR created_at >= ?4) AND (?5 IS NULL OR created_at < ?5)";
     let params = [
         Value::from(request.query_text("workflow_id")),
-        Value::from(request.query_text("status")),
+        Value::from(status),
+        Value::from(from),
+        Value::from(to),
     ];
     page.respond(
         &org,
@@ -414,7 +430,7 @@ fn get_execution(
     let mut execution = execution_row_json(&row);
     let steps = org.execute(
         "SELECT node_id, status, attempts, output, outcome, error, tokens_in, tokens_out, base_cost_micros, \
-         billed_cost_micros, started_at, finished_at, iteration, loop_index, id FROM steps \
+         billed_cost_micros, started_at, finished_at, iteration, loop_index, id, input FROM steps \
          WHERE org_id = ?1 AND execution_id = ?2 ORDER BY created_at, id",
         &[Value::from(id)],
     )?;
@@ -427,6 +443,7 @@ fn get_execution(
                 "node_id": s[0].as_str(),
                 "status": s[1].as_str(),
                 "attempts": s[2].as_i64(),
+                "input": json_column(&s[15]),
                 "output": json_column(&s[3]),
                 "outcome": s[4].as_str(),
                 "error": json_column(&s[5]),

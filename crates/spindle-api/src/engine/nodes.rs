@@ -7,7 +7,7 @@ use crate::agents::{self, RunInput, StepLink, StoredAgent, run_agent};
 use crate::context::RequestContext;
 use serde_json::{Map, Value as Json, json};
 use spindle_auth::{Caller, Role};
-use spindle_definition::{HttpConfig, Node, NodeConfig, evaluate, is_truthy, render};
+use spindle_definition::{AgentConfig, HttpConfig, Node, NodeConfig, evaluate, is_truthy, render};
 use spindle_http::{OutboundError, OutboundRequest};
 use spindle_store::OrgScoped;
 
@@ -75,24 +75,40 @@ pub(super) fn run_expensive(
     node: &Node,
     step_id: &str,
 ) -> Result<NodeResult, StepFailure> {
-    let config = match node.typed_config("config") {
-        Ok(NodeConfig::Agent(config)) => config,
-        Ok(NodeConfig::Http(config)) => {
-            return run_http(ctx, context, &config, node.timeout_ms);
+    match node.typed_config("config") {
+        Ok(NodeConfig::Agent(config)) => {
+            let prompt = match render(&Json::String(config.prompt.clone()), context)
+                .map_err(|e| StepFailure::new("template_failed", e.to_string()))?
+            {
+                Json::String(text) => text,
+                other => other.to_string(),
+            };
+            let input = json!({"prompt": prompt});
+            run_agent_node(ctx, run, node, &config, prompt, step_id)
+                .map(|result| NodeResult {
+                    input: input.clone(),
+                    ..result
+                })
+                .map_err(|failure| failure.with_input(input))
         }
-        _ => {
-            return Err(StepFailure::new(
-                "node_not_supported",
-                format!("the engine does not run {} nodes yet", node.node_type),
-            ));
-        }
-    };
-    let prompt = match render(&Json::String(config.prompt.clone()), context)
-        .map_err(|e| StepFailure::new("template_failed", e.to_string()))?
-    {
-        Json::String(text) => text,
-        other => other.to_string(),
-    };
+        Ok(NodeConfig::Http(config)) => run_http(ctx, context, &config, node.timeout_ms),
+        _ => Err(StepFailure::new(
+            "node_not_supported",
+            format!("the engine does not run {} nodes yet", node.node_type),
+        )),
+    }
+}
+
+/// An agent node with its rendered prompt: the agent run, its answer
+/// (parsed when the node has an `output_schema`), tokens and cost.
+fn run_agent_node(
+    ctx: &RequestContext,
+    run: &Run,
+    node: &Node,
+    config: &AgentConfig,
+    prompt: String,
+    step_id: &str,
+) -> Result<NodeResult, StepFailure> {
     let db = ctx
         .db()
         .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
@@ -157,11 +173,11 @@ pub(super) fn run_expensive(
     };
     Ok(NodeResult {
         output,
-        outcome: None,
         tokens_in: number(&["usage", "input_tokens"]),
         tokens_out: number(&["usage", "output_tokens"]),
         base_micros: number(&["cost", "base_micros"]),
         billed_micros: number(&["cost", "billed_micros"]),
+        ..NodeResult::default()
     })
 }
 
@@ -212,6 +228,13 @@ fn run_http(
         },
     };
     let method = format!("{:?}", config.method).to_ascii_uppercase();
+    // Header values may carry credentials: the stored input names them only.
+    let input = json!({
+        "method": method,
+        "url": url,
+        "header_names": headers.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+        "body": String::from_utf8_lossy(&body),
+    });
     let reply = ctx
         .send(&OutboundRequest {
             method,
@@ -235,7 +258,8 @@ fn run_http(
                 StepFailure::new("http_timeout", format!("{url} did not answer in time"))
             }
             other => StepFailure::new("http_failed", format!("{url}: {other}")),
-        })?;
+        })
+        .map_err(|failure| failure.with_input(input.clone()))?;
     let body = serde_json::from_slice::<Json>(&reply.body)
         .unwrap_or_else(|_| Json::String(String::from_utf8_lossy(&reply.body).into_owned()));
     if reply.status >= 400 {
@@ -245,10 +269,9 @@ fn run_http(
         } else {
             "http_status"
         };
-        return Err(StepFailure::new(
-            code,
-            format!("{url} answered {}", reply.status),
-        ));
+        return Err(
+            StepFailure::new(code, format!("{url} answered {}", reply.status)).with_input(input),
+        );
     }
     let headers: Map<String, Json> = reply
         .headers
@@ -257,6 +280,7 @@ fn run_http(
         .collect();
     Ok(NodeResult {
         output: json!({"status": reply.status, "headers": headers, "body": body}),
+        input,
         ..NodeResult::default()
     })
 }

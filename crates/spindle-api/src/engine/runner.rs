@@ -48,6 +48,8 @@ pub(super) struct Run {
 pub(super) struct StepFailure {
     code: String,
     message: String,
+    /// What the node was given, when it got that far (see [`NodeResult::input`]).
+    input: Json,
 }
 
 impl StepFailure {
@@ -56,7 +58,13 @@ impl StepFailure {
         Self {
             code: code.into(),
             message: message.into(),
+            input: Json::Null,
         }
+    }
+
+    /// The same failure, recording what the node was given.
+    pub(super) fn with_input(self, input: Json) -> Self {
+        Self { input, ..self }
     }
 }
 
@@ -67,6 +75,10 @@ pub(super) struct NodeResult {
     pub output: Json,
     /// The handle it chose.
     pub outcome: Option<String>,
+    /// What the node was given, for people reading the run: an agent's
+    /// rendered prompt, an http node's request (null when the node has no
+    /// input worth storing beyond its output).
+    pub input: Json,
     /// Tokens sent to the provider.
     pub tokens_in: i64,
     /// Tokens the provider answered with.
@@ -576,13 +588,15 @@ const TRANSIENT_FAILURES: &[&str] = &[
 ];
 
 /// When a failed step should run again under its node's `retry` policy
-/// (exponential from `backoff_ms`), or `None` when it should not.
+/// (exponential from `backoff_ms`, stretched by up to a quarter by
+/// `jitter` in `[0, 1)` so failed siblings do not retry in step), or `None`
+/// when it should not.
 fn retry_at(
     db: &dyn Db,
     node: &Node,
     step_id: &str,
     failure: &StepFailure,
-    now: i64,
+    (now, jitter): (i64, f64),
 ) -> Result<Option<i64>, ApiError> {
     let Some(policy) = &node.retry else {
         return Ok(None);
@@ -603,7 +617,9 @@ fn retry_at(
     let exponent = u32::try_from(attempts.saturating_sub(1))
         .unwrap_or(0)
         .min(16);
-    let delay = i64::try_from(policy.backoff_ms.saturating_mul(1 << exponent)).unwrap_or(i64::MAX);
+    let delay = policy.backoff_ms.saturating_mul(1 << exponent);
+    let stretch = (delay as f64 * jitter.clamp(0.0, 1.0) / 4.0) as u64;
+    let delay = i64::try_from(delay.saturating_add(stretch)).unwrap_or(i64::MAX);
     Ok(Some(now.saturating_add(delay)))
 }
 
@@ -618,21 +634,29 @@ pub(super) fn finish_step(
     lease: &str,
     result: Result<NodeResult, StepFailure>,
 ) -> Result<(), ApiError> {
-    let now = now_ms();
+    let (now, jitter) = (now_ms(), ctx.random_unit());
     let on_error = node.on_error;
+    let input = match &result {
+        Ok(result) => &result.input,
+        Err(failure) => &failure.input,
+    };
+    // NULL keeps what is stored (a loop step's item count).
+    let input = Value::from((!input.is_null()).then(|| input.to_string()));
     in_transaction(db, |db| -> Result<(), ApiError> {
         if let Err(failure) = &result
-            && let Some(run_after) = retry_at(db, node, step_id, failure, now)?
+            && let Some(run_after) = retry_at(db, node, step_id, failure, (now, jitter))?
         {
             // Back to the queue: the tick dispatches it again when due.
             let requeued = db.execute(
                 "UPDATE steps SET status = 'queued', run_after = ?, error = ?, lease_token = NULL, \
-                 lease_expires_at = NULL WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
+                 lease_expires_at = NULL, input = COALESCE(?, input) \
+                 WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
                 &[
                     Value::Integer(run_after),
                     Value::Text(
                         json!({"code": failure.code, "message": failure.message}).to_string(),
                     ),
+                    input.clone(),
                     Value::from(step_id),
                     Value::from(lease),
                 ],
@@ -668,8 +692,8 @@ pub(super) fn finish_step(
         };
         let stored = db.execute(
             "UPDATE steps SET status = ?, output = ?, outcome = ?, error = ?, tokens_in = ?, tokens_out = ?, \
-             base_cost_micros = ?, billed_cost_micros = ?, finished_at = ?, lease_expires_at = NULL \
-             WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
+             base_cost_micros = ?, billed_cost_micros = ?, finished_at = ?, lease_expires_at = NULL, \
+             input = COALESCE(?, input) WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
             &[
                 Value::from(status.as_str()),
                 Value::Text(result.output.to_string()),
@@ -680,6 +704,7 @@ pub(super) fn finish_step(
                 Value::Integer(result.base_micros),
                 Value::Integer(result.billed_micros),
                 Value::Integer(now),
+                input.clone(),
                 Value::from(step_id),
                 Value::from(lease),
             ],
