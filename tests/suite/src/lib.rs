@@ -354,6 +354,61 @@ impl Target {
         )
     }
 
+    /// Starts a run of `workflow` with `inputs` as the org's owner; panics
+    /// unless 202. Returns the execution's id.
+    pub fn start_run(&self, org: &Org, workflow: &str, inputs: Value) -> String {
+        let reply = self.call(
+            "POST",
+            &format!("/api/v1/workflows/{workflow}/execute"),
+            Some(&org.owner_key),
+            Some(&json!({"inputs": inputs})),
+        );
+        assert_eq!(
+            reply.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let body = reply.json();
+        let id = body["execution_id"].as_str().unwrap().to_string();
+        assert_eq!(body["status_url"], format!("/api/v1/executions/{id}"));
+        id
+    }
+
+    /// `GET /api/v1/executions/:id` as the org's owner.
+    pub fn execution(&self, org: &Org, id: &str) -> Value {
+        self.call(
+            "GET",
+            &format!("/api/v1/executions/{id}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json()
+    }
+
+    /// Polls run `id` until it is completed, failed or cancelled, for at most 30 s.
+    pub fn finished(&self, org: &Org, id: &str) -> Value {
+        self.finished_within(org, id, Duration::from_secs(30))
+    }
+
+    /// Polls run `id` until it is completed, failed or cancelled, for at most `within`.
+    pub fn finished_within(&self, org: &Org, id: &str, within: Duration) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let run = self.execution(org, id);
+            if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or(""))
+            {
+                return run;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "run {id} did not finish: {}",
+                run["status"]
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Calls the tick every `interval` until the returned [`Ticker`] is
     /// dropped, as a scheduler would (cron, Spin's cron trigger, a CronJob).
     pub fn tick_every(&self, interval: Duration) -> Ticker {

@@ -6,55 +6,11 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
-    Org, STEP_LEASE_MS, Target, configured_with_faults, fake_llm, fake_turn, shared,
-    suite_variables,
+    STEP_LEASE_MS, configured_with_faults, fake_llm, fake_turn, shared, suite_variables,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn start(target: &Target, org: &Org, workflow: &str, inputs: Value) -> String {
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/workflows/{workflow}/execute"),
-        Some(&org.owner_key),
-        Some(&json!({"inputs": inputs})),
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    let body = reply.json();
-    let id = body["execution_id"].as_str().unwrap().to_string();
-    assert_eq!(body["status_url"], format!("/api/v1/executions/{id}"));
-    id
-}
-
-fn execution(target: &Target, org: &Org, id: &str) -> Value {
-    target
-        .call(
-            "GET",
-            &format!("/api/v1/executions/{id}"),
-            Some(&org.owner_key),
-            None,
-        )
-        .json()
-}
-
-/// Polls the run until it is completed, failed or cancelled.
-fn finished(target: &Target, org: &Org, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = execution(target, org, id);
-        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
     run["steps"]
@@ -90,8 +46,8 @@ fn a_linear_run_completes_and_templates_keep_their_types() {
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     fake_llm().push(Reply::text("Draft text").tokens(20, 5));
-    let id = start(target, &org, &workflow, json!({"topic": "tides"}));
-    let run = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({"topic": "tides"}));
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], json!({"text": "Draft text", "length": 10}));
     assert_eq!(run["usage"]["input_tokens"], 20);
@@ -135,8 +91,8 @@ fn a_branch_not_taken_is_skipped_down_to_the_join() {
         }),
     );
     fake_llm().push(Reply::text("```json\n{\"score\": 85}\n```"));
-    let id = start(target, &org, &workflow, json!({"lead": {"name": "Ada"}}));
-    let run = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({"lead": {"name": "Ada"}}));
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], json!({"tier": "hot", "score": 85}));
     assert_eq!(step(&run, "check")["outcome"], "true");
@@ -165,8 +121,8 @@ fn fan_out_of_three_joins_once() {
             ]
         }),
     );
-    let id = start(target, &org, &workflow, json!({}));
-    let run = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], 3);
     assert_eq!(step(&run, "join")["attempts"], 1, "the join ran once");
@@ -181,8 +137,8 @@ fn a_failing_step_fails_the_run_and_names_the_node() {
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     fake_llm().push(Reply::error(400, "content policy"));
-    let id = start(target, &org, &workflow, json!({"topic": "x"}));
-    let run = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({"topic": "x"}));
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "failed");
     assert_eq!(run["failed_node"], "draft");
     assert_eq!(run["error"]["code"], "provider_rejected");
@@ -218,13 +174,13 @@ fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
     let org = target.create_org("run-recovery");
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
-    let id = start(&target, &org, &workflow, json!({"topic": "resilience"}));
+    let id = target.start_run(&org, &workflow, json!({"topic": "resilience"}));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         killed.load(Ordering::SeqCst),
         "the step invocation was aborted"
     );
-    assert_eq!(execution(&target, &org, &id)["status"], "running");
+    assert_eq!(target.execution(&org, &id)["status"], "running");
     assert!(
         fake_llm().received().is_empty(),
         "the dead instance called nobody"
@@ -240,7 +196,7 @@ fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
     std::thread::sleep(Duration::from_millis(STEP_LEASE_MS + 200));
     let tick = target.tick();
     assert_eq!(tick.json()["redispatched"], 1);
-    let run = finished(&target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(step(&run, "draft")["attempts"], 2);
     assert_eq!(
@@ -272,16 +228,16 @@ fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
     let org = target.create_org("run-undispatched");
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
-    let id = start(&target, &org, &workflow, json!({"topic": "recovery"}));
+    let id = target.start_run(&org, &workflow, json!({"topic": "recovery"}));
     std::thread::sleep(Duration::from_millis(2_300));
     assert!(killed.load(Ordering::SeqCst));
     assert_eq!(
-        step(&execution(&target, &org, &id), "draft")["status"],
+        step(&target.execution(&org, &id), "draft")["status"],
         "queued"
     );
     let tick = target.tick();
     assert_eq!(tick.json()["redispatched"], 1);
-    let run = finished(&target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(step(&run, "draft")["attempts"], 1);
     assert_eq!(fake_llm().received().len(), 1);
@@ -313,8 +269,8 @@ fn retry_after_a_failure_reuses_the_completed_steps() {
     let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
     fake_llm().push(Reply::text("one").tokens(10, 2));
     fake_llm().push(Reply::error(400, "temporarily refused"));
-    let id = start(target, &org, &workflow, json!({}));
-    let failed = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    let failed = target.finished(&org, &id);
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["failed_node"], "second");
     fake_llm().push(Reply::text("two").tokens(20, 4));
@@ -330,7 +286,7 @@ fn retry_after_a_failure_reuses_the_completed_steps() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let run = finished(target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "two");
     assert_eq!(
@@ -371,7 +327,7 @@ fn a_cancelled_run_starts_nothing_new() {
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
     fake_llm().push(Reply::text("slow one").after(Duration::from_millis(800)));
-    let id = start(target, &org, &workflow, json!({}));
+    let id = target.start_run(&org, &workflow, json!({}));
     std::thread::sleep(Duration::from_millis(200));
     let reply = target.call(
         "POST",
@@ -387,7 +343,7 @@ fn a_cancelled_run_starts_nothing_new() {
     );
     assert_eq!(reply.json()["status"], "cancelled");
     std::thread::sleep(Duration::from_millis(1_200));
-    let run = execution(target, &org, &id);
+    let run = target.execution(&org, &id);
     assert_eq!(run["status"], "cancelled");
     assert_eq!(
         step(&run, "first")["status"],
@@ -449,7 +405,7 @@ fn an_idempotency_key_starts_one_run() {
         None,
     );
     assert_eq!(runs.json()["total"], 1);
-    finished(target, &org, first.json()["execution_id"].as_str().unwrap());
+    target.finished(&org, first.json()["execution_id"].as_str().unwrap());
 }
 
 #[test]
@@ -469,15 +425,15 @@ fn a_delay_parks_the_run_until_the_tick_resumes_it() {
             "edges": [{"source": "start", "target": "pause"}, {"source": "pause", "target": "done"}]
         }),
     );
-    let id = start(target, &org, &workflow, json!({"greeting": "later"}));
+    let id = target.start_run(&org, &workflow, json!({"greeting": "later"}));
     let tick = || target.tick();
     tick();
-    let parked = execution(target, &org, &id);
+    let parked = target.execution(&org, &id);
     assert_eq!(parked["status"], "running");
     assert_eq!(step(&parked, "pause")["status"], "queued");
     std::thread::sleep(Duration::from_millis(1_600));
     tick();
-    let run = finished(target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "later");
 }
@@ -504,10 +460,9 @@ fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
         })
     };
     let allowed = target.create(&org, "/api/v1/workflows", &definition(&url));
-    let run = finished(
-        target,
+    let run = target.finished(
         &org,
-        &start(target, &org, &allowed, json!({"tag": "t-1"})),
+        &target.start_run(&org, &allowed, json!({"tag": "t-1"})),
     );
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(
@@ -532,10 +487,9 @@ fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
         "/api/v1/workflows",
         &definition("http://example.com/hook"),
     );
-    let run = finished(
-        target,
+    let run = target.finished(
         &org,
-        &start(target, &org, &refused, json!({"tag": "t-2"})),
+        &target.start_run(&org, &refused, json!({"tag": "t-2"})),
     );
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "host_not_allowed", "{run}");
@@ -567,7 +521,7 @@ fn a_failure_routed_to_an_error_edge_keeps_the_run_going() {
         }),
     );
     fake_llm().push(Reply::error(400, "refused"));
-    let run = finished(target, &org, &start(target, &org, &workflow, json!({})));
+    let run = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "fallback: provider_rejected");
     assert_eq!(step(&run, "ask")["outcome"], "error");
@@ -593,10 +547,10 @@ fn a_node_retry_policy_runs_a_transient_failure_again_after_its_backoff() {
     );
     fake_llm().push(Reply::server_error());
     fake_llm().push(Reply::server_error());
-    let id = start(target, &org, &workflow, json!({}));
+    let id = target.start_run(&org, &workflow, json!({}));
     let deadline = Instant::now() + Duration::from_secs(15);
     let run = loop {
-        let run = execution(target, &org, &id);
+        let run = target.execution(&org, &id);
         if run["status"] != "running" {
             break run;
         }
@@ -635,8 +589,8 @@ fn a_wait_node_is_resumed_by_its_signal() {
     let target = shared();
     let org = target.create_org("run-signal");
     let workflow = target.create(&org, "/api/v1/workflows", &approval_flow(60_000));
-    let id = start(target, &org, &workflow, json!({}));
-    let parked = execution(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    let parked = target.execution(&org, &id);
     assert_eq!(parked["status"], "running");
     assert_eq!(step(&parked, "approval")["status"], "waiting");
     let signals = format!("/api/v1/executions/{id}/signals");
@@ -660,7 +614,7 @@ fn a_wait_node_is_resumed_by_its_signal() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let run = finished(target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["output"], "approved by Grace");
     assert_eq!(step(&run, "expired")["status"], "skipped");
     target
@@ -678,12 +632,12 @@ fn a_wait_node_without_its_signal_times_out_on_the_tick() {
     let target = shared();
     let org = target.create_org("run-wait-timeout");
     let workflow = target.create(&org, "/api/v1/workflows", &approval_flow(300));
-    let id = start(target, &org, &workflow, json!({}));
+    let id = target.start_run(&org, &workflow, json!({}));
     std::thread::sleep(Duration::from_millis(400));
     // Any tick may time it out (other tests tick the same app too).
     let tick = target.tick();
     assert_eq!(tick.status, 200);
-    let run = finished(target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "no answer");
     assert_eq!(step(&run, "approval")["outcome"], "timeout");
@@ -699,7 +653,7 @@ fn rerun_from_a_middle_node_on_a_new_version_reuses_what_came_before() {
     let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
     fake_llm().push(Reply::text("one").tokens(10, 1));
     fake_llm().push(Reply::text("two").tokens(10, 1));
-    let first = finished(target, &org, &start(target, &org, &workflow, json!({})));
+    let first = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
     assert_eq!(first["output"], "two");
     let mut changed = two_agents(&agent);
     changed["nodes"][2]["config"]["prompt"] = json!("second, v2: {{ previous_output }}");
@@ -724,7 +678,7 @@ fn rerun_from_a_middle_node_on_a_new_version_reuses_what_came_before() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let rerun = finished(target, &org, reply.json()["execution_id"].as_str().unwrap());
+    let rerun = target.finished(&org, reply.json()["execution_id"].as_str().unwrap());
     assert_eq!(rerun["status"], "completed", "{rerun}");
     assert_eq!(rerun["version"], 2);
     assert_eq!(rerun["output"], "two, v2");
@@ -822,8 +776,8 @@ fn another_organisations_runs_and_workflows_answer_404() {
     let theirs = target.create_org("run-theirs");
     let agent = target.create_agent(&theirs);
     let workflow = target.create(&theirs, "/api/v1/workflows", &linear(&agent));
-    let id = start(target, &theirs, &workflow, json!({"topic": "x"}));
-    finished(target, &theirs, &id);
+    let id = target.start_run(&theirs, &workflow, json!({"topic": "x"}));
+    target.finished(&theirs, &id);
     target
         .call(
             "GET",
@@ -864,7 +818,7 @@ fn another_organisations_runs_and_workflows_answer_404() {
         .call("GET", "/api/v1/executions", Some(&ours.owner_key), None)
         .json();
     assert_eq!(listed["total"], 0);
-    let theirs_now = execution(target, &theirs, &id);
+    let theirs_now = target.execution(&theirs, &id);
     assert_eq!(theirs_now["status"], "completed", "nothing changed it");
     let runs = target
         .call("GET", "/api/v1/executions", Some(&theirs.owner_key), None)
@@ -902,8 +856,8 @@ fn a_switch_takes_the_matching_case_or_its_default() {
         ("high", "open a ticket", "ticket"),
         ("low", "log it", "log"),
     ] {
-        let id = start(target, &org, &workflow, json!({"severity": severity}));
-        let run = finished(target, &org, &id);
+        let id = target.start_run(&org, &workflow, json!({"severity": severity}));
+        let run = target.finished(&org, &id);
         assert_eq!(run["status"], "completed", "{run}");
         assert_eq!(run["output"], output);
         for node in ["page", "ticket", "log"] {
@@ -924,16 +878,16 @@ fn executions_are_filtered_by_workflow_status_and_creation_range() {
     };
     let first = target.create(&org, "/api/v1/workflows", &definition("First"));
     let second = target.create(&org, "/api/v1/workflows", &definition("Second"));
-    let a = start(target, &org, &first, json!({"n": 1}));
-    finished(target, &org, &a);
+    let a = target.start_run(&org, &first, json!({"n": 1}));
+    target.finished(&org, &a);
     std::thread::sleep(Duration::from_millis(20));
-    let between = execution(target, &org, &a)["created_at"]
+    let between = target.execution(&org, &a)["created_at"]
         .as_str()
         .unwrap()
         .to_string();
     std::thread::sleep(Duration::from_millis(20));
-    let b = start(target, &org, &second, json!({"n": 2}));
-    finished(target, &org, &b);
+    let b = target.start_run(&org, &second, json!({"n": 2}));
+    target.finished(&org, &b);
     let ids = |query: &str| -> Vec<String> {
         let listed = target
             .call(
@@ -987,13 +941,15 @@ fn fifty_runs_started_at_once_all_complete() {
         let handles: Vec<_> = (0..50)
             .map(|i| {
                 let (org, workflow) = (&org, &workflow);
-                scope.spawn(move || start(target, org, workflow, json!({"topic": format!("t{i}")})))
+                scope.spawn(move || {
+                    target.start_run(org, workflow, json!({"topic": format!("t{i}")}))
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for id in &ids {
-        assert_eq!(finished(target, &org, id)["status"], "completed");
+        assert_eq!(target.finished(&org, id)["status"], "completed");
     }
     assert_eq!(fake_llm().received().len(), 50, "one provider call per run");
 }
@@ -1010,10 +966,9 @@ fn a_node_timeout_cuts_a_slow_provider_call_and_the_retry_answers() {
     let workflow = target.create(&org, "/api/v1/workflows", &definition);
     fake_llm().push(Reply::text("slow").after(Duration::from_secs(4)));
     fake_llm().push(Reply::text("fast").tokens(7, 3));
-    let run = finished(
-        target,
+    let run = target.finished(
         &org,
-        &start(target, &org, &workflow, json!({"topic": "tides"})),
+        &target.start_run(&org, &workflow, json!({"topic": "tides"})),
     );
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(step(&run, "draft")["output"], "fast");
@@ -1043,7 +998,7 @@ fn an_http_node_timeout_fails_a_request_that_hangs() {
         }),
     );
     fake_llm().push(Reply::hang());
-    let run = finished(target, &org, &start(target, &org, &workflow, json!({})));
+    let run = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["error"]["code"], "http_timeout");
     assert_eq!(run["failed_node"], "call");
@@ -1057,8 +1012,8 @@ fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     let run_once = |topic: &str| {
-        let id = start(target, &org, &workflow, json!({"topic": topic}));
-        finished(target, &org, &id)
+        let id = target.start_run(&org, &workflow, json!({"topic": topic}));
+        target.finished(&org, &id)
     };
 
     fake_llm().push(Reply::rate_limited(1));
@@ -1138,7 +1093,7 @@ fn runs_whose_step_invocations_die_at_any_point_are_finished_by_the_tick() {
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &agent_then_loop(&agent));
     let ids: Vec<String> = (0..RUNS)
-        .map(|i| start(&target, &org, &workflow, json!({"topic": format!("t{i}")})))
+        .map(|i| target.start_run(&org, &workflow, json!({"topic": format!("t{i}")})))
         .collect();
     let _ticker = target.tick_every(Duration::from_millis(250));
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1146,14 +1101,14 @@ fn runs_whose_step_invocations_die_at_any_point_are_finished_by_the_tick() {
     while !pending.is_empty() {
         assert!(Instant::now() < deadline, "runs stuck: {pending:?}");
         std::thread::sleep(Duration::from_millis(100));
-        pending.retain(|id| execution(&target, &org, id)["status"] == "running");
+        pending.retain(|id| target.execution(&org, id)["status"] == "running");
     }
     assert!(
         invocations.load(Ordering::SeqCst) >= RUNS,
         "every fault was used"
     );
     for id in &ids {
-        let run = execution(&target, &org, id);
+        let run = target.execution(&org, id);
         assert_eq!(run["status"], "completed", "{run}");
         let length = step(&run, "draft")["output"]
             .as_str()
@@ -1213,13 +1168,13 @@ fn the_same_step_dispatched_twice_at_once_runs_once() {
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
     fake_llm().push(Reply::text("once").tokens(5, 1));
-    let id = start(&target, &org, &workflow, json!({"topic": "twins"}));
+    let id = target.start_run(&org, &workflow, json!({"topic": "twins"}));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lost.load(Ordering::SeqCst) {
         assert!(Instant::now() < deadline, "the engine never dispatched");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let step_id = step(&execution(&target, &org, &id), "draft")["id"]
+    let step_id = step(&target.execution(&org, &id), "draft")["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1239,7 +1194,7 @@ fn the_same_step_dispatched_twice_at_once_runs_once() {
     });
     let claimed = replies.iter().filter(|r| r["claimed"] == true).count();
     assert_eq!(claimed, 1, "{replies:?}");
-    let run = finished(&target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(step(&run, "draft")["attempts"], 1);
     assert_eq!(

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use spindle_suite::{Org, Reply, Target, shared};
 use standardwebhooks::Webhook;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A delivery's body: the run's trigger output.
 const BODY: &str = r#"{"name": "Ada"}"#;
@@ -180,33 +180,13 @@ fn accepted(reply: &Reply) -> String {
     id.to_string()
 }
 
-/// Polls the run until it is completed, failed or cancelled.
-fn finished(target: &Target, org: &Org, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = target
-            .call(
-                "GET",
-                &format!("/api/v1/executions/{id}"),
-                Some(&org.owner_key),
-                None,
-            )
-            .json();
-        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 #[test]
 fn a_delivery_signed_by_the_standard_webhooks_library_starts_a_run() {
     let target = shared();
     let org = target.create_org("hooks-accepted");
     let (workflow, secret) = create_workflow(target, &org, &greeter("Greeter"));
     let id = accepted(&deliver_signed(target, &workflow, &secret, "msg_1", BODY));
-    let run = finished(target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["inputs"], json!({"name": "Ada"}));
     assert_eq!(run["output"], json!({"greeting": "Hello Ada"}));
@@ -348,7 +328,7 @@ fn a_github_workflow_checks_x_hub_signature_256() {
 
     let good = github_signature(&secret, BODY);
     let id = accepted(&deliver_github(target, &workflow, "delivery-1", &good));
-    let run = finished(target, &org, &id);
+    let run = target.finished(&org, &id);
     assert_eq!(run["output"], json!({"greeting": "Hello Ada"}), "{run}");
     // X-GitHub-Delivery is the replay id.
     deliver_github(target, &workflow, "delivery-1", &good).assert_error(409, "conflict");

@@ -4,51 +4,11 @@
 
 use serde_json::{Value, json};
 use spindle_suite::{Org, SseEvent, SseStream, Target, shared};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longer than the server keeps a stream open (about 25 s), so a stream
 /// always ends on the server's side first.
 const STREAM_DEADLINE: Duration = Duration::from_secs(40);
-
-fn start(target: &Target, org: &Org, workflow: &str) -> String {
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/workflows/{workflow}/execute"),
-        Some(&org.owner_key),
-        Some(&json!({"inputs": {}})),
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["execution_id"].as_str().unwrap().to_string()
-}
-
-fn execution(target: &Target, org: &Org, id: &str) -> Value {
-    target
-        .call(
-            "GET",
-            &format!("/api/v1/executions/{id}"),
-            Some(&org.owner_key),
-            None,
-        )
-        .json()
-}
-
-/// Polls the run until it is completed, failed or cancelled.
-fn finished(target: &Target, org: &Org, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = execution(target, org, id);
-        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// Every log entry of the run, read page by page with `after`.
 fn all_logs(target: &Target, token: &str, id: &str) -> Vec<Value> {
@@ -170,8 +130,8 @@ fn a_completed_runs_logs_are_ordered_with_one_step_completed_per_node_that_ran()
     let target = shared();
     let org = target.create_org("logs-completed");
     let workflow = target.create(&org, "/api/v1/workflows", &branching());
-    let id = start(target, &org, &workflow);
-    let run = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
 
     let (_, viewer) = target.create_key(&org.owner_key, "viewer");
@@ -235,8 +195,8 @@ fn a_failing_run_logs_step_failed_and_run_failed() {
     let target = shared();
     let org = target.create_org("logs-failed");
     let workflow = target.create(&org, "/api/v1/workflows", &failing());
-    let id = start(target, &org, &workflow);
-    let run = finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
     assert_eq!(run["status"], "failed", "{run}");
 
     let entries = all_logs(target, &org.owner_key, &id);
@@ -262,8 +222,8 @@ fn the_stream_of_a_finished_run_sends_every_entry_then_complete() {
     let target = shared();
     let org = target.create_org("logs-stream");
     let workflow = target.create(&org, "/api/v1/workflows", &branching());
-    let id = start(target, &org, &workflow);
-    finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    target.finished(&org, &id);
     let entries = all_logs(target, &org.owner_key, &id);
 
     let mut stream = open_events(target, &org, &id, "", &[]);
@@ -292,8 +252,8 @@ fn a_stream_resumes_after_last_event_id_without_repeats() {
     let target = shared();
     let org = target.create_org("logs-resume");
     let workflow = target.create(&org, "/api/v1/workflows", &failing());
-    let id = start(target, &org, &workflow);
-    finished(target, &org, &id);
+    let id = target.start_run(&org, &workflow, json!({}));
+    target.finished(&org, &id);
     let entries = all_logs(target, &org.owner_key, &id);
     assert!(entries.len() >= 3, "{entries:?}");
     let resume_at = entries[1]["id"].to_string();
@@ -324,7 +284,7 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
     let target = shared();
     let org = target.create_org("logs-live");
     let workflow = target.create(&org, "/api/v1/workflows", &waiting());
-    let id = start(target, &org, &workflow);
+    let id = target.start_run(&org, &workflow, json!({}));
     let mut stream = open_events(target, &org, &id, "", &[]);
 
     // What happened before the signal arrives on the open stream first.
@@ -343,7 +303,7 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
         seen.push(event);
     }
     assert_eq!(seen[0].event, "run.started");
-    assert_eq!(execution(target, &org, &id)["status"], "running");
+    assert_eq!(target.execution(&org, &id)["status"], "running");
 
     // Then the signal: what it causes arrives on the same stream.
     let reply = target.call(
@@ -387,7 +347,7 @@ fn a_cancelled_run_logs_its_cancellation_and_its_stream_completes() {
     let target = shared();
     let org = target.create_org("logs-cancel");
     let workflow = target.create(&org, "/api/v1/workflows", &waiting());
-    let id = start(target, &org, &workflow);
+    let id = target.start_run(&org, &workflow, json!({}));
     let reply = target.call(
         "POST",
         &format!("/api/v1/executions/{id}/cancel"),
@@ -416,8 +376,8 @@ fn another_organisations_execution_is_404_on_both_routes() {
     let ours = target.create_org("logs-ours");
     let theirs = target.create_org("logs-theirs");
     let workflow = target.create(&theirs, "/api/v1/workflows", &branching());
-    let id = start(target, &theirs, &workflow);
-    finished(target, &theirs, &id);
+    let id = target.start_run(&theirs, &workflow, json!({}));
+    target.finished(&theirs, &id);
     for route in ["logs", "events"] {
         for execution in [id.as_str(), "01234567-89ab-7def-8123-456789abcdef"] {
             target
@@ -445,7 +405,7 @@ fn a_bad_last_event_id_is_400() {
     let target = shared();
     let org = target.create_org("logs-bad-id");
     let workflow = target.create(&org, "/api/v1/workflows", &branching());
-    let id = start(target, &org, &workflow);
+    let id = target.start_run(&org, &workflow, json!({}));
     let path = format!("/api/v1/executions/{id}/events");
     let authorization = format!("Bearer {}", org.owner_key);
     for bad in ["abc", "-1", "1.5", "99999999999999999999"] {

@@ -5,47 +5,7 @@
 use fake_llm::Reply;
 use serde_json::{Value, json};
 use spindle_suite::{Org, Target, fake_llm, fake_turn, shared};
-use std::time::{Duration, Instant};
-
-fn start(target: &Target, org: &Org, workflow: &str, inputs: Value) -> String {
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/workflows/{workflow}/execute"),
-        Some(&org.owner_key),
-        Some(&json!({"inputs": inputs})),
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["execution_id"].as_str().unwrap().to_string()
-}
-
-/// Polls the run until it is completed, failed or cancelled.
-fn finished(target: &Target, org: &Org, id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let run = target
-            .call(
-                "GET",
-                &format!("/api/v1/executions/{id}"),
-                Some(&org.owner_key),
-                None,
-            )
-            .json();
-        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run did not finish: {}",
-            run["status"]
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
+use std::time::Duration;
 
 /// trigger → loop (body) → output of the loop's collected outputs.
 fn looping(config: Value) -> Value {
@@ -65,8 +25,8 @@ fn looping(config: Value) -> Value {
 
 fn run_to_end(target: &Target, org: &Org, definition: &Value, inputs: Value) -> Value {
     let workflow = target.create(org, "/api/v1/workflows", definition);
-    let id = start(target, org, &workflow, inputs);
-    finished(target, org, &id, Duration::from_secs(60))
+    let id = target.start_run(org, &workflow, inputs);
+    target.finished_within(org, &id, Duration::from_secs(60))
 }
 
 #[test]
@@ -336,13 +296,12 @@ fn retry_of_a_loop_whose_body_failed_reuses_the_iterations_that_completed() {
     fake_llm().push(Reply::text("one").tokens(10, 1));
     fake_llm().push(Reply::error(400, "refused"));
     let workflow = target.create(&org, "/api/v1/workflows", &agent_loop(&agent));
-    let id = start(
-        target,
+    let id = target.start_run(
         &org,
         &workflow,
         json!({"topics": ["tides", "moons", "orbits"]}),
     );
-    let failed = finished(target, &org, &id, Duration::from_secs(20));
+    let failed = target.finished_within(&org, &id, Duration::from_secs(20));
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["failed_node"], "write");
     fake_llm().push(Reply::text("two").tokens(20, 1));
@@ -359,7 +318,7 @@ fn retry_of_a_loop_whose_body_failed_reuses_the_iterations_that_completed() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let run = finished(target, &org, &id, Duration::from_secs(20));
+    let run = target.finished_within(&org, &id, Duration::from_secs(20));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], json!(["one", "two", "three"]));
     assert_eq!(

@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use spindle_providers::Provider;
 use spindle_providers::pricing::{Cost, cost_of, price_for};
 use spindle_suite::{Org, Target, fake_llm, fake_turn, provider_key, shared};
-use std::time::{Duration, Instant};
 
 /// The markup the suite's app bills with (`billing_markup_percent` unset).
 const MARKUP_PERCENT: u32 = 20;
@@ -213,46 +212,10 @@ fn contract_schema() -> Value {
     json!({"type": "object", "properties": {"term_months": {"type": "number"}, "liability_cap_eur": {"type": "number"}, "clauses": {"type": "array"}}})
 }
 
-fn start(target: &Target, org: &Org, workflow: &str, inputs: Value) -> String {
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/workflows/{workflow}/execute"),
-        Some(&org.owner_key),
-        Some(&json!({"inputs": inputs})),
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
-    reply.json()["execution_id"].as_str().unwrap().to_string()
-}
-
-/// Polls the run until it is completed, failed or cancelled.
-fn finished(target: &Target, org: &Org, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let run = target
-            .call(
-                "GET",
-                &format!("/api/v1/executions/{id}"),
-                Some(&org.owner_key),
-                None,
-            )
-            .json();
-        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 /// Starts a run and waits until it has completed.
 fn run_to_completion(target: &Target, org: &Org, workflow: &str, inputs: Value) -> Value {
-    let id = start(target, org, workflow, inputs);
-    let run = finished(target, org, &id);
+    let id = target.start_run(org, workflow, inputs);
+    let run = target.finished(org, &id);
     assert_eq!(run["status"], "completed", "{run:#}");
     assert!(run["error"].is_null(), "{run:#}");
     run

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use spindle_suite::{Org, Target, is_external, shared};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Tests that tick take turns, so one test's due schedule is never started
 /// by another's tick while it counts what its own ticks started.
@@ -108,26 +108,6 @@ fn runs(target: &Target, org: &Org, workflow: &str) -> Vec<Value> {
     );
     assert_eq!(reply.status, 200);
     reply.json()["data"].as_array().unwrap().clone()
-}
-
-/// Polls a run until it is completed, failed or cancelled.
-fn finished(target: &Target, org: &Org, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let run = target
-            .call(
-                "GET",
-                &format!("/api/v1/executions/{id}"),
-                Some(&org.owner_key),
-                None,
-            )
-            .json();
-        if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run did not finish: {run}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 /// Waits until the server's clock (the same machine's) has passed `due`.
@@ -430,7 +410,7 @@ fn two_ticks_at_once_start_a_due_schedule_once() {
         started[0]["inputs"],
         json!({"topic": "tides", "scheduled_at": due})
     );
-    let run = finished(target, &org, started[0]["id"].as_str().unwrap());
+    let run = target.finished(&org, started[0]["id"].as_str().unwrap());
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], json!({"topic": "tides", "at": due}));
 

@@ -249,12 +249,7 @@ fn cancel_execution(
     caller.require(Role::Member)?;
     let id = params.get("id").unwrap_or_default();
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
-    fetch_one(
-        &org,
-        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
-        &[Value::from(id)],
-        || format!("execution {id}"),
-    )?;
+    require_execution(&org, id)?;
     runner::cancel(ctx.db()?, &caller.org_id, id)?;
     record_activity(
         ctx,
@@ -281,12 +276,7 @@ fn retry_execution(
     internal_key(ctx)?;
     let id = params.get("id").unwrap_or_default();
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
-    fetch_one(
-        &org,
-        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
-        &[Value::from(id)],
-        || format!("execution {id}"),
-    )?;
+    require_execution(&org, id)?;
     runner::retry(ctx, &caller.org_id, id)?;
     record_activity(
         ctx,
@@ -347,6 +337,17 @@ pub(crate) fn check_inputs(
             details: problems,
         })
     }
+}
+
+/// 404 unless the organisation has execution `id`.
+fn require_execution(org: &OrgScoped, id: &str) -> Result<(), ApiError> {
+    fetch_one(
+        org,
+        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
+        &[Value::from(id)],
+        || format!("execution {id}"),
+    )
+    .map(drop)
 }
 
 const EXECUTION_COLUMNS: &str = "id, workflow_id, workflow_version, status, inputs, output, error, failed_node, \
@@ -651,12 +652,7 @@ fn send_signal(
         .remove("payload")
         .unwrap_or(Json::Null);
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
-    fetch_one(
-        &org,
-        "SELECT id FROM executions WHERE org_id = ?1 AND id = ?2",
-        &[Value::from(id)],
-        || format!("execution {id}"),
-    )?;
+    require_execution(&org, id)?;
     if !runner::signal(ctx, &caller.org_id, id, name, payload)? {
         return Err(ApiError::NotFound(format!(
             "no step of execution {id} is waiting for signal {name}"
