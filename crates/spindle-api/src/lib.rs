@@ -9,6 +9,7 @@ pub mod auth;
 mod context;
 pub mod engine;
 mod listing;
+pub mod usage;
 pub mod workflows;
 
 pub use context::{Backends, RequestContext};
@@ -16,9 +17,9 @@ pub use context::{Backends, RequestContext};
 use spindle_http::Router;
 pub use spindle_store::now_ms;
 
-/// `/api/v1/usage/...` and `/metrics`; its routes arrive with the usage issue.
+/// `/api/v1/usage/...` and `/metrics`.
 pub fn usage_router() -> Router<RequestContext> {
-    Router::new()
+    usage::router()
 }
 
 /// The first row of a scoped query, or a 404 naming what was not found.
