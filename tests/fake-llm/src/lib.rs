@@ -330,6 +330,13 @@ pub(crate) struct State {
     pub(crate) latency: Duration,
     pub(crate) no_recording: bool,
     pub(crate) seq: u64,
+    /// Chat requests answered per second (a token bucket holding a second's
+    /// worth, as providers limit); a request finding it empty gets a 429.
+    pub(crate) rate_limit: Option<usize>,
+    /// The bucket: requests it still allows, and when it was last filled.
+    pub(crate) bucket: (f64, Option<std::time::Instant>),
+    /// How many chat requests the rate limit answered with 429.
+    pub(crate) rate_limited: usize,
 }
 
 impl State {
@@ -447,6 +454,21 @@ impl FakeLlm {
         state.queue.len()
             + state.by_dialect.values().map(VecDeque::len).sum::<usize>()
             + state.by_model.values().map(VecDeque::len).sum::<usize>()
+    }
+
+    /// Limits chat requests to `per_second` the way providers do, with a
+    /// token bucket that refills at that rate and holds one second's worth:
+    /// a request finding it empty gets a 429 with `Retry-After: 1` (and uses
+    /// no scripted reply). `None` lifts it; [`FakeLlm::clear`] does too.
+    pub fn set_rate_limit(&self, per_second: Option<usize>) {
+        let mut state = self.shared.lock();
+        state.rate_limit = per_second;
+        state.bucket = (per_second.unwrap_or(0) as f64, None);
+    }
+
+    /// How many chat requests the rate limit has refused since the last clear.
+    pub fn rate_limited(&self) -> usize {
+        self.shared.lock().rate_limited
     }
 
     /// Sets the latency added to every reply (zero by default).

@@ -159,7 +159,24 @@ async fn handle(
             }
             (Some((dialect, _)), Some(body)) => {
                 state.seq += 1;
-                let reply = state.next_reply(dialect, model.as_deref());
+                let over_limit = match state.rate_limit {
+                    None => false,
+                    Some(per_second) => {
+                        let now = std::time::Instant::now();
+                        let (tokens, filled) = state.bucket;
+                        let refill = filled.map_or(0.0, |at| now.duration_since(at).as_secs_f64());
+                        let tokens = (tokens + refill * per_second as f64).min(per_second as f64);
+                        let allowed = tokens >= 1.0;
+                        state.bucket = (if allowed { tokens - 1.0 } else { tokens }, Some(now));
+                        !allowed
+                    }
+                };
+                let reply = if over_limit {
+                    state.rate_limited += 1;
+                    Some(Reply::rate_limited(1))
+                } else {
+                    state.next_reply(dialect, model.as_deref())
+                };
                 let latency = state.latency + reply.as_ref().map_or(Duration::ZERO, |r| r.latency);
                 Plan::Reply {
                     dialect,
