@@ -81,6 +81,10 @@ pub enum ApiError {
         /// Seconds until a retry may succeed.
         retry_after_secs: u64,
     },
+    /// A call could pass a `block` budget's limit, so it was not made (429
+    /// `budget_exceeded`); not transient: it passes only once spend frees up.
+    #[error("{0}")]
+    BudgetExceeded(String),
     /// A dependency (storage, a provider) is unavailable for now (503).
     #[error("{0}")]
     Unavailable(String),
@@ -111,6 +115,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::Validation { .. } => "validation_failed",
             Self::RateLimited { .. } => "rate_limited",
+            Self::BudgetExceeded(_) => "budget_exceeded",
             Self::Unavailable(_) => "unavailable",
             Self::Internal(_) => "internal",
         }
@@ -127,7 +132,7 @@ impl ApiError {
             Self::Conflict(_) => 409,
             Self::PayloadTooLarge { .. } => 413,
             Self::Validation { .. } => 422,
-            Self::RateLimited { .. } => 429,
+            Self::RateLimited { .. } | Self::BudgetExceeded(_) => 429,
             Self::Unavailable(_) => 503,
             Self::Internal(_) => 500,
         }
@@ -250,6 +255,18 @@ mod tests {
         };
         assert!(error.is_transient());
         assert_eq!(error.into_response().header("retry-after"), Some("7"));
+    }
+
+    #[test]
+    fn budget_exceeded_is_a_429_that_is_not_transient() {
+        let error = ApiError::BudgetExceeded("the budget is spent".into());
+        assert!(!error.is_transient());
+        let response = error.into_response();
+        assert_eq!(response.status, 429);
+        assert_eq!(
+            body(&response),
+            json!({"error": {"code": "budget_exceeded", "message": "the budget is spent"}})
+        );
     }
 
     #[test]

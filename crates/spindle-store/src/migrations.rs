@@ -45,6 +45,26 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_execution_logs.sql",
         sql: include_str!("../../../migrations/0004_execution_logs.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_pricing.sql",
+        sql: include_str!("../../../migrations/0005_pricing.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_budgets.sql",
+        sql: include_str!("../../../migrations/0006_budgets.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_metrics_and_admission.sql",
+        sql: include_str!("../../../migrations/0007_metrics_and_admission.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "0008_usage_report_indexes.sql",
+        sql: include_str!("../../../migrations/0008_usage_report_indexes.sql"),
+    },
 ];
 
 /// The schema level the code expects: the last migration's version.

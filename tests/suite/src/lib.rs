@@ -29,6 +29,8 @@ pub const JWT_AUDIENCE: &str = "spindle-api";
 pub const INTERNAL_KEY: &str = "suite-internal-key-not-for-production";
 /// The key an external scheduler calls `/internal/tick` with (`tick_key`).
 pub const TICK_KEY: &str = "suite-tick-key-not-for-production";
+/// The `metrics_token` the suite configures (`GET /metrics`).
+pub const METRICS_TOKEN: &str = "suite-metrics-token-not-for-production";
 /// How long a claimed step may run before the tick may hand it to another
 /// invocation (`step_lease_ms`): short, so recovery tests are quick.
 pub const STEP_LEASE_MS: u64 = 2_000;
@@ -78,6 +80,7 @@ pub fn suite_variables() -> HashMap<String, String> {
         ("provider_timeout_ms".to_string(), "5000".to_string()),
         ("internal_key".to_string(), INTERNAL_KEY.to_string()),
         ("tick_key".to_string(), TICK_KEY.to_string()),
+        ("metrics_token".to_string(), METRICS_TOKEN.to_string()),
         ("step_lease_ms".to_string(), STEP_LEASE_MS.to_string()),
     ]);
     variables.insert(
@@ -402,8 +405,9 @@ impl Target {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "run {id} did not finish: {}",
-                run["status"]
+                "run {id} did not finish: {} (steps: {})",
+                run["status"],
+                run["steps"]
             );
             std::thread::sleep(Duration::from_millis(25));
         }

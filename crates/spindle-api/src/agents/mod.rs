@@ -229,7 +229,10 @@ struct ExecuteBody {
 }
 
 /// `POST /api/v1/agents/:id/execute` (member): runs the agent now and
-/// answers with the stored execution (status `completed` or `failed`).
+/// answers with the stored execution (status `completed` or `failed`), or
+/// `429 budget_exceeded` when a block budget refused a provider call, or
+/// `429 rate_limited` (with `Retry-After`) when the organisation's provider
+/// limits allow no call within the run's wait.
 fn execute_agent(
     ctx: &RequestContext,
     request: &ApiRequest,
@@ -284,10 +287,36 @@ fn execute_agent(
         timeout_ms: None,
         output_schema: None,
     };
-    Ok(ApiResponse::json(
-        200,
-        &run_agent(ctx, &caller, &agent, input)?,
-    ))
+    let execution = run_agent(ctx, &caller, &agent, input)?;
+    // A budget refused a provider call: 429, though the refused run is kept as failed.
+    if execution["error"]["code"] == "budget_exceeded" {
+        return Err(ApiError::BudgetExceeded(format!(
+            "{} (agent execution {}, stored as failed)",
+            execution["error"]["message"]
+                .as_str()
+                .unwrap_or("a budget is spent"),
+            execution["id"].as_str().unwrap_or_default()
+        )));
+    }
+    // The organisation's provider limits allow no call within the run's wait.
+    if execution["error"]["code"] == "provider_deferred" {
+        let not_before = execution["error"]["not_before"]
+            .as_str()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map_or(0, |at| at.timestamp_millis());
+        let wait_ms = u64::try_from(not_before - crate::now_ms()).unwrap_or(0);
+        return Err(ApiError::RateLimited {
+            message: format!(
+                "{} (agent execution {}, stored as failed)",
+                execution["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the provider limits are spent for now"),
+                execution["id"].as_str().unwrap_or_default()
+            ),
+            retry_after_secs: wait_ms.div_ceil(1000).max(1),
+        });
+    }
+    Ok(ApiResponse::json(200, &execution))
 }
 
 /// `GET /api/v1/agents/:id/executions` (viewer): newest first, filter

@@ -4,11 +4,15 @@
 use super::definition::AgentSpec;
 use crate::auth::record_activity;
 use crate::context::RequestContext;
+use crate::usage::admission::{Admission, admit, estimated_tokens, hold_off_ms, pause};
+use crate::usage::metrics::{ProviderCall, record_provider_call};
+use crate::usage::pricing::DEFAULT_MARKUP_PERCENT;
+use crate::usage::{budgets, pricing};
 use crate::{fetch_one, json_column, now_ms, timestamp};
 use serde_json::{Value as Json, json};
 use spindle_auth::Caller;
 use spindle_http::{ApiError, OutboundError, OutboundRequest};
-use spindle_providers::pricing::{Cost, cost_of, format_micros, price_for};
+use spindle_providers::pricing::{Cost, cost_of, format_micros};
 use spindle_providers::tools::{
     HTTP_GET_MAX_BYTES, builtin_tool, run_builtin_tool, truncate_http_body,
 };
@@ -24,8 +28,6 @@ pub const MAX_TOOL_ROUNDS: usize = 5;
 pub const MAX_RETRIES: u32 = 3;
 /// Most time one run may spend waiting between retries.
 const RETRY_WAIT_BUDGET_MS: u64 = 20_000;
-/// Default markup on provider cost when `billing_markup_percent` is unset.
-pub const DEFAULT_MARKUP_PERCENT: u32 = 20;
 const DEFAULT_PROVIDER_TIMEOUT_MS: u64 = 60_000;
 const MAX_PROVIDER_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 
@@ -91,6 +93,8 @@ struct Tally {
     provider_calls: u64,
     pricing_missing: bool,
     tool_calls: Vec<Json>,
+    /// When admission refused a call: the earliest time it could go.
+    not_before: Option<i64>,
 }
 
 /// Runs `agent` on `input` now and returns the stored execution as JSON.
@@ -129,11 +133,13 @@ pub fn run_agent(
     let duration = finished - started;
     let (status, output, error) = match &outcome {
         Ok(text) => ("completed", Some(text.clone()), None),
-        Err(failure) => (
-            "failed",
-            None,
-            Some(json!({"code": failure.code, "message": failure.message})),
-        ),
+        Err(failure) => {
+            let mut error = json!({"code": failure.code, "message": failure.message});
+            if let Some(at) = tally.not_before {
+                error["not_before"] = json!(crate::timestamp(at));
+            }
+            ("failed", None, Some(error))
+        }
     };
     in_transaction(db, |db| -> Result<(), ApiError> {
         let org = OrgScoped::new(db, &caller.org_id);
@@ -358,8 +364,25 @@ fn call_with_retries(
 ) -> Result<ChatResponse, RunFailure> {
     let mut attempt = 0;
     loop {
+        admit_call(
+            ctx,
+            &caller.org_id,
+            endpoint,
+            request,
+            step.is_some(),
+            *retry_wait,
+            tally,
+        )?;
+        // Budgets: book the call's worst case first; settle it to the billed cost after.
+        let budget_scope = budgets::ChargeScope {
+            org_id: &caller.org_id,
+            api_key_id: caller.api_key_id.as_deref(),
+            workflow_id: step.map(|s| s.workflow_id.as_str()),
+            agent_id: Some(&agent.id),
+        };
+        let reservation = reserve_budget(ctx, &budget_scope, endpoint, request)?;
         let started = now_ms();
-        let result = call_once(ctx, endpoint, request);
+        let result = call_once(ctx, &caller.org_id, endpoint, request);
         let latency = now_ms() - started;
         tally.provider_calls += 1;
         let record = UsageRecord {
@@ -376,6 +399,9 @@ fn call_with_retries(
                 let cost = record
                     .succeeded(ctx, response.usage)
                     .map_err(storage_failure)?;
+                let billed = cost.as_ref().map_or(0, |c| c.billed_micros);
+                budgets::settle(ctx, &budget_scope, &reservation, billed)
+                    .map_err(storage_failure)?;
                 tally.input_tokens += response.usage.input_tokens;
                 tally.output_tokens += response.usage.output_tokens;
                 tally.base_micros += cost.as_ref().map_or(0, |c| c.base_micros);
@@ -385,6 +411,7 @@ fn call_with_retries(
             }
             Err(error) => {
                 record.failed(ctx, &error).map_err(storage_failure)?;
+                budgets::settle(ctx, &budget_scope, &reservation, 0).map_err(storage_failure)?;
                 let delay = backoff_delay_ms(attempt, retry_after(&error), ctx.random_unit());
                 if !error.is_transient()
                     || attempt >= MAX_RETRIES
@@ -400,6 +427,96 @@ fn call_with_retries(
     }
 }
 
+/// Reserves the call's worst-case cost (input estimate and `max_tokens` at the
+/// price and markup [`UsageRecord::succeeded`] bills) against every budget that
+/// applies; a block budget it could pass fails the run with `budget_exceeded`.
+fn reserve_budget(
+    ctx: &RequestContext,
+    scope: &budgets::ChargeScope,
+    endpoint: &Endpoint,
+    request: &ChatRequest,
+) -> Result<budgets::Reservation, RunFailure> {
+    let ttl_ms = endpoint
+        .timeout_ms
+        .saturating_add(budgets::RESERVATION_MARGIN_MS);
+    let worst_case = || {
+        let db = ctx.db()?;
+        let markup = pricing::org_markup_percent(db, scope.org_id)?;
+        let markup = markup.unwrap_or(endpoint.markup_percent);
+        let price = pricing::effective_price(db, scope.org_id, endpoint.provider, &request.model)?;
+        let price = price.map(|(price, _)| price);
+        Ok(budgets::worst_case_micros(
+            endpoint.provider,
+            price,
+            markup,
+            request,
+        ))
+    };
+    budgets::reserve(ctx, scope, ttl_ms, worst_case).map_err(|error| match error {
+        ApiError::BudgetExceeded(message) => RunFailure {
+            code: "budget_exceeded",
+            message,
+        },
+        other => storage_failure(other),
+    })
+}
+
+/// Most a workflow step waits in place for its provider slot; a later slot
+/// defers the step to that time instead of holding the invocation.
+const STEP_ADMISSION_WAIT_MS: u64 = 5_000;
+
+/// Waits for the call's slot under the organisation's limits for the
+/// provider (see `usage::admission`). A slot further away than the caller
+/// may wait fails the run with `provider_deferred` and nothing is sent.
+fn admit_call(
+    ctx: &RequestContext,
+    org_id: &str,
+    endpoint: &Endpoint,
+    request: &ChatRequest,
+    in_step: bool,
+    retry_wait: u64,
+    tally: &mut Tally,
+) -> Result<(), RunFailure> {
+    let characters = request.system.as_ref().map_or(0, String::len)
+        + request
+            .messages
+            .iter()
+            .map(|m| m.content.len())
+            .sum::<usize>();
+    let tokens = estimated_tokens(characters, request.max_tokens);
+    let max_wait = if in_step {
+        // Well inside the step's lease, or the tick would hand the step to
+        // another invocation while this one still waits to call.
+        let lease = ctx
+            .variable("step_lease_ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        STEP_ADMISSION_WAIT_MS.min(lease / 4)
+    } else {
+        RETRY_WAIT_BUDGET_MS.saturating_sub(retry_wait)
+    };
+    let db = ctx.db().map_err(storage_failure)?;
+    let provider = endpoint.provider.as_str();
+    match admit(db, org_id, provider, tokens, now_ms(), max_wait).map_err(storage_failure)? {
+        Admission::Go { wait_ms } => {
+            if wait_ms > 0 {
+                ctx.sleep_ms(wait_ms);
+            }
+            Ok(())
+        }
+        Admission::Later { not_before } => {
+            tally.not_before = Some(not_before);
+            Err(RunFailure {
+                code: "provider_deferred",
+                message: format!(
+                    "the organisation's {provider} limits allow no call before {}",
+                    crate::timestamp(not_before)
+                ),
+            })
+        }
+    }
+}
+
 fn retry_after(error: &ProviderError) -> Option<u64> {
     match error {
         ProviderError::RateLimited {
@@ -411,6 +528,7 @@ fn retry_after(error: &ProviderError) -> Option<u64> {
 
 fn call_once(
     ctx: &RequestContext,
+    org_id: &str,
     endpoint: &Endpoint,
     request: &ChatRequest,
 ) -> Result<ChatResponse, ProviderError> {
@@ -433,6 +551,17 @@ fn call_once(
             OutboundError::Timeout => ProviderError::Timeout,
             other => ProviderError::Transport(other.to_string()),
         })?;
+    // The provider's own limits hold every call of the organisation to it.
+    let now = now_ms();
+    if let Some(hold_off) = hold_off_ms(&reply.headers, now) {
+        let until = now.saturating_add(i64::try_from(hold_off).unwrap_or(i64::MAX));
+        let paused = ctx
+            .db()
+            .and_then(|db| pause(db, org_id, endpoint.provider.as_str(), until));
+        if let Err(problem) = paused {
+            eprintln!("spindle: provider pause was not stored: {problem}");
+        }
+    }
     parse_response(endpoint.provider, reply.status, &reply.headers, &reply.body)
 }
 
@@ -451,10 +580,19 @@ impl UsageRecord<'_> {
     /// Records a successful call with its tokens and cost; `None` when the
     /// model has no price (recorded as cost 0 with `pricing_missing`).
     fn succeeded(&self, ctx: &RequestContext, usage: Usage) -> Result<Option<Cost>, ApiError> {
-        let cost = price_for(self.endpoint.provider, self.model)
-            .map(|price| cost_of(price, usage, self.endpoint.markup_percent));
-        self.insert(ctx, "succeeded", None, usage, cost)?;
+        // The organisation's price and markup as they are now (usage::pricing).
+        let markup = self.markup_percent(ctx)?;
+        let org = self.caller.org_id.as_str();
+        let price = pricing::effective_price(ctx.db()?, org, self.endpoint.provider, self.model)?;
+        let cost = price.map(|(price, _)| cost_of(price, usage, markup));
+        self.insert(ctx, "succeeded", None, usage, cost, markup)?;
         Ok(cost)
+    }
+
+    /// The organisation's own markup, else the app-wide `billing_markup_percent`.
+    fn markup_percent(&self, ctx: &RequestContext) -> Result<u32, ApiError> {
+        Ok(pricing::org_markup_percent(ctx.db()?, &self.caller.org_id)?
+            .unwrap_or(self.endpoint.markup_percent))
     }
 
     fn failed(&self, ctx: &RequestContext, error: &ProviderError) -> Result<(), ApiError> {
@@ -466,7 +604,8 @@ impl UsageRecord<'_> {
             base_micros: 0,
             billed_micros: 0,
         });
-        self.insert(ctx, "failed", Some(error.code()), none, cost)
+        let markup = self.markup_percent(ctx)?;
+        self.insert(ctx, "failed", Some(error.code()), none, cost, markup)
     }
 
     fn insert(
@@ -476,6 +615,7 @@ impl UsageRecord<'_> {
         error_code: Option<&str>,
         usage: Usage,
         cost: Option<Cost>,
+        markup_percent: u32,
     ) -> Result<(), ApiError> {
         let db = ctx.db()?;
         db.execute(
@@ -501,13 +641,24 @@ impl UsageRecord<'_> {
                 int(usage.input_tokens + usage.output_tokens),
                 Value::Integer(cost.map_or(0, |c| c.base_micros)),
                 Value::Integer(cost.map_or(0, |c| c.billed_micros)),
-                Value::Integer(i64::from(self.endpoint.markup_percent)),
+                Value::Integer(i64::from(markup_percent)),
                 Value::Integer(i64::from(cost.is_none())),
                 Value::Integer(self.latency),
                 Value::Integer(now_ms()),
             ],
         )?;
-        Ok(())
+        let call = ProviderCall {
+            provider: self.endpoint.provider.as_str(),
+            model: self.model,
+            status,
+            tokens: (
+                i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
+                i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
+            ),
+            cost: cost.map_or((0, 0), |c| (c.base_micros, c.billed_micros)),
+            latency_ms: self.latency,
+        };
+        record_provider_call(db, &call)
     }
 }
 

@@ -23,6 +23,7 @@ pub(crate) const EVENT_TYPES: &[&str] = &[
     "workflow.failed",
     "step.failed",
     "agent.executed",
+    "budget.threshold",
 ];
 const MAX_URL_CHARS: usize = 2048;
 /// Most outbox rows one tick tries to deliver.

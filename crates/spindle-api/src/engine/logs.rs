@@ -63,6 +63,8 @@ pub(crate) enum LogEvent {
     StepFailed,
     /// A step failed transiently and was queued to run again.
     StepRetrying,
+    /// A step was queued for later: the organisation's provider limits are spent for now.
+    StepDeferred,
     /// Every node is done or skipped.
     RunCompleted,
     /// A node's failure failed the run.
@@ -80,6 +82,7 @@ impl LogEvent {
             Self::StepCompleted => "step.completed",
             Self::StepFailed => "step.failed",
             Self::StepRetrying => "step.retrying",
+            Self::StepDeferred => "step.deferred",
             Self::RunCompleted => "run.completed",
             Self::RunFailed => "run.failed",
             Self::RunCancelled => "run.cancelled",

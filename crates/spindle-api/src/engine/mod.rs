@@ -531,6 +531,8 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
     let resumed = runner::resume_stalled(ctx, TICK_BATCH)?;
     let schedules_started = schedules::start_due(ctx, now, TICK_BATCH)?;
     let events_delivered = events::deliver_due(ctx)?;
+    // Reservations of provider calls that died stop counting at expiry; drop them.
+    crate::usage::budgets::release_expired(ctx.db()?, now)?;
     Ok(ApiResponse::json(
         200,
         &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out,

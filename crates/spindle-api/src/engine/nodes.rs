@@ -145,14 +145,23 @@ fn run_agent_node(
     let execution = run_agent(ctx, &caller, &agent, input)
         .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
     if execution["status"] != "completed" {
-        return Err(StepFailure::new(
+        let failure = StepFailure::new(
             execution["error"]["code"]
                 .as_str()
                 .unwrap_or("agent_failed"),
             execution["error"]["message"]
                 .as_str()
                 .unwrap_or("the agent run failed"),
-        ));
+        );
+        // Provider admission said "not yet": the step waits for its slot.
+        let not_before = execution["error"]["not_before"]
+            .as_str()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.timestamp_millis());
+        return Err(match not_before {
+            Some(at) => failure.deferred_until(at),
+            None => failure,
+        });
     }
     let text = execution["output"].as_str().unwrap_or_default();
     let output = if config.output_schema.is_some() {

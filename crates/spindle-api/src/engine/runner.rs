@@ -10,6 +10,7 @@ use super::nodes::{run_cheap, run_expensive};
 use super::scope::{Scope, Step, child_key, load_steps, node_states, template_context};
 use super::status::{RunStatus, StepStatus};
 use crate::context::RequestContext;
+use crate::usage::metrics::record_step;
 use crate::{json_column, now_ms};
 use serde_json::{Value as Json, json};
 use spindle_auth::Caller;
@@ -50,6 +51,8 @@ pub(super) struct StepFailure {
     message: String,
     /// What the node was given, when it got that far (see [`NodeResult::input`]).
     input: Json,
+    /// Set when the step did not fail but must wait: it runs again at this time (ms).
+    not_before: Option<i64>,
 }
 
 impl StepFailure {
@@ -59,6 +62,15 @@ impl StepFailure {
             code: code.into(),
             message: message.into(),
             input: Json::Null,
+            not_before: None,
+        }
+    }
+
+    /// Not a failure: the step is queued again to run at `at` (ms).
+    pub(super) fn deferred_until(self, at: i64) -> Self {
+        Self {
+            not_before: Some(at),
+            ..self
         }
     }
 
@@ -643,6 +655,30 @@ pub(super) fn finish_step(
     // NULL keeps what is stored (a loop step's item count).
     let input = Value::from((!input.is_null()).then(|| input.to_string()));
     in_transaction(db, |db| -> Result<(), ApiError> {
+        if let Err(StepFailure {
+            not_before: Some(run_after),
+            message,
+            ..
+        }) = &result
+        {
+            // Back to the queue for its slot, without using up an attempt.
+            let deferred = db.execute(
+                "UPDATE steps SET status = 'queued', run_after = ?, attempts = MAX(attempts - 1, 0), \
+                 lease_token = NULL, lease_expires_at = NULL \
+                 WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
+                &[
+                    Value::Integer(*run_after),
+                    Value::from(step_id),
+                    Value::from(lease),
+                ],
+            )?;
+            if !deferred.rows.is_empty() {
+                let data = json!({"run_after": crate::timestamp(*run_after)});
+                let entry = Entry::new(LogEvent::StepDeferred, message.clone()).node(&node.id);
+                logs::record(db, &run.org_id, &run.id, entry.data(data))?;
+            }
+            return Ok(());
+        }
         if let Err(failure) = &result
             && let Some(run_after) = retry_at(db, node, step_id, failure, (now, jitter))?
         {
@@ -693,7 +729,8 @@ pub(super) fn finish_step(
         let stored = db.execute(
             "UPDATE steps SET status = ?, output = ?, outcome = ?, error = ?, tokens_in = ?, tokens_out = ?, \
              base_cost_micros = ?, billed_cost_micros = ?, finished_at = ?, lease_expires_at = NULL, \
-             input = COALESCE(?, input) WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING id",
+             input = COALESCE(?, input) WHERE id = ? AND status = 'running' AND lease_token = ? \
+             RETURNING started_at",
             &[
                 Value::from(status.as_str()),
                 Value::Text(result.output.to_string()),
@@ -709,9 +746,11 @@ pub(super) fn finish_step(
                 Value::from(lease),
             ],
         )?;
-        if stored.rows.is_empty() {
+        let Some(stored) = stored.into_first() else {
             return Ok(());
-        }
+        };
+        let duration = stored[0].as_i64().map(|started| now - started);
+        record_step(db, &node.node_type, status.as_str(), duration)?;
         let failed = status == StepStatus::Failed;
         let outcome = result.outcome.as_deref();
         let entry = logs::step_finished(&node.id, error.as_ref(), failed, outcome);

@@ -1,0 +1,918 @@
+//! Pricing per organisation over HTTP: the effective price table, an
+//! organisation's own prices and markup (and that they bill the next call
+//! only), roles and validation, and cost estimates compared with real runs.
+
+use fake_llm::Reply;
+use serde_json::{Value, json};
+use spindle_providers::pricing::{Price, cost_of, price_for, pricing_table};
+use spindle_providers::{Provider, Usage};
+use spindle_suite::{Org, Target, fake_llm, fake_turn, shared};
+
+const PRICING: &str = "/api/v1/usage/pricing";
+const SETTINGS: &str = "/api/v1/usage/settings";
+const ESTIMATE: &str = "/api/v1/usage/estimate";
+const MINI: &str = "/api/v1/usage/pricing/openai/gpt-4o-mini";
+
+fn billed(price: Price, input: u64, output: u64, markup: u32) -> i64 {
+    let usage = Usage {
+        input_tokens: input,
+        output_tokens: output,
+    };
+    cost_of(price, usage, markup).billed_micros
+}
+
+fn mini() -> Price {
+    price_for(Provider::OpenAi, "gpt-4o-mini").expect("a built-in price")
+}
+
+fn ok(reply: spindle_suite::Reply, status: u16) -> Value {
+    assert_eq!(
+        reply.status,
+        status,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    if reply.body.is_empty() {
+        Value::Null
+    } else {
+        reply.json()
+    }
+}
+
+fn pricing(target: &Target, token: &str) -> Value {
+    ok(target.call("GET", PRICING, Some(token), None), 200)
+}
+
+/// The entry of the effective table for `provider`/`model`.
+fn entry(table: &Value, provider: &str, model: &str) -> Value {
+    table["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["provider"] == provider && e["model"] == model)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn own_entries(table: &Value) -> usize {
+    table["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "organisation")
+        .count()
+}
+
+/// Runs the agent directly with the fake answering `input`/`output` tokens.
+fn call_agent(target: &Target, org: &Org, agent: &str, input: u64, output: u64) -> Value {
+    fake_llm().push(Reply::text("ok").tokens(input, output));
+    let execution = ok(
+        target.call(
+            "POST",
+            &format!("/api/v1/agents/{agent}/execute"),
+            Some(&org.owner_key),
+            Some(&json!({"task": "Say hi"})),
+        ),
+        200,
+    );
+    assert_eq!(execution["status"], "completed", "{execution}");
+    execution
+}
+
+/// The stored usage record of one agent execution.
+fn usage_record(target: &Target, org: &Org, agent_execution: &str) -> Value {
+    let page = ok(
+        target.call(
+            "GET",
+            "/api/v1/usage/records?limit=1000",
+            Some(&org.owner_key),
+            None,
+        ),
+        200,
+    );
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["agent_execution_id"] == agent_execution)
+        .cloned()
+        .unwrap_or_else(|| panic!("no usage record for {agent_execution}: {page}"))
+}
+
+/// The stored cost of one agent execution, as the agent's history shows it.
+fn stored_execution_cost(target: &Target, org: &Org, agent: &str, id: &str) -> Value {
+    let page = ok(
+        target.call(
+            "GET",
+            &format!("/api/v1/agents/{agent}/executions?limit=100"),
+            Some(&org.owner_key),
+            None,
+        ),
+        200,
+    );
+    page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == id)
+        .map(|e| e["cost"]["billed_micros"].clone())
+        .unwrap_or_else(|| panic!("no execution {id}: {page}"))
+}
+
+fn actions(target: &Target, org: &Org) -> Vec<String> {
+    let log = ok(
+        target.call(
+            "GET",
+            "/api/v1/orgs/current/activity?limit=200",
+            Some(&org.owner_key),
+            None,
+        ),
+        200,
+    );
+    log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn the_table_lists_every_built_in_price_with_its_source_and_date() {
+    let target = shared();
+    let org = target.create_org("pricing-table");
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let table = pricing(target, &viewer);
+    assert_eq!(table["markup_percent"], 20);
+    assert_eq!(table["markup_source"], "default");
+    assert_eq!(own_entries(&table), 0);
+    for built_in in pricing_table() {
+        let shown = entry(&table, built_in.provider.as_str(), built_in.model);
+        assert_eq!(
+            shown["input_micros_per_million"], built_in.price.input_micros_per_million,
+            "{shown}"
+        );
+        assert_eq!(
+            shown["output_micros_per_million"],
+            built_in.price.output_micros_per_million
+        );
+        assert_eq!(shown["source"], built_in.source);
+        assert!(shown["source"].as_str().unwrap().starts_with("https://"));
+        assert_eq!(shown["as_of"], built_in.as_of);
+        assert_eq!(shown["updated_at"], Value::Null);
+    }
+    let gpt4o = entry(&table, "openai", "gpt-4o");
+    assert_eq!(gpt4o["input_per_million"], "2.500000");
+    assert_eq!(
+        table["data"].as_array().unwrap().len(),
+        pricing_table().len()
+    );
+}
+
+#[test]
+fn an_own_price_bills_the_next_call_and_earlier_records_keep_their_cost() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("pricing-override");
+    let agent = target.create_agent(&org);
+    let before = call_agent(target, &org, &agent, 1000, 500);
+    let built_in_cost = billed(mini(), 1000, 500, 20);
+    assert_eq!(before["cost"]["billed_micros"], built_in_cost);
+
+    let negotiated = Price {
+        input_micros_per_million: 1_000_000,
+        output_micros_per_million: 4_000_000,
+    };
+    let set = ok(
+        target.call(
+            "PUT",
+            MINI,
+            Some(&org.owner_key),
+            Some(&json!({"input_micros_per_million": 1_000_000, "output_micros_per_million": 4_000_000})),
+        ),
+        200,
+    );
+    assert_eq!(set["source"], "organisation");
+    assert_eq!(set["input_micros_per_million"], 1_000_000);
+    assert_eq!(set["built_in"]["input_micros_per_million"], 150_000);
+    let updated_at = set["updated_at"].as_str().unwrap();
+    assert!(updated_at.ends_with('Z'), "UTC: {updated_at}");
+    assert!(updated_at.starts_with(set["as_of"].as_str().unwrap()));
+    let shown = entry(&pricing(target, &org.owner_key), "openai", "gpt-4o-mini");
+    assert_eq!(shown["source"], "organisation");
+    assert_eq!(shown["output_micros_per_million"], 4_000_000);
+    assert_eq!(shown["updated_at"], updated_at);
+
+    let after = call_agent(target, &org, &agent, 1000, 500);
+    let negotiated_cost = billed(negotiated, 1000, 500, 20);
+    assert_ne!(negotiated_cost, built_in_cost);
+    assert_eq!(after["cost"]["billed_micros"], negotiated_cost);
+    // The earlier call keeps the price it was made at, on its execution and its usage record.
+    let before_id = before["id"].as_str().unwrap();
+    assert_eq!(
+        stored_execution_cost(target, &org, &agent, before_id),
+        built_in_cost
+    );
+    let record = usage_record(target, &org, before_id);
+    assert_eq!(record["billed_cost_micros"], built_in_cost);
+    assert_eq!(record["base_cost_micros"], billed(mini(), 1000, 500, 0));
+    let record = usage_record(target, &org, after["id"].as_str().unwrap());
+    assert_eq!(record["billed_cost_micros"], negotiated_cost);
+
+    // DELETE goes back to the built-in price, for the next call only.
+    ok(target.call("DELETE", MINI, Some(&org.owner_key), None), 204);
+    let shown = entry(&pricing(target, &org.owner_key), "openai", "gpt-4o-mini");
+    let built_in = pricing_table()
+        .iter()
+        .find(|e| e.model == "gpt-4o-mini")
+        .unwrap();
+    assert_eq!(shown["source"], built_in.source);
+    assert_eq!(shown["built_in"], Value::Null);
+    assert_eq!(shown["input_micros_per_million"], 150_000);
+    let restored = call_agent(target, &org, &agent, 1000, 500);
+    assert_eq!(restored["cost"]["billed_micros"], built_in_cost);
+    assert_eq!(
+        stored_execution_cost(target, &org, &agent, after["id"].as_str().unwrap()),
+        negotiated_cost
+    );
+    target
+        .call("DELETE", MINI, Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
+    let log = actions(target, &org);
+    assert!(log.contains(&"pricing.price_set".to_string()), "{log:?}");
+    assert!(
+        log.contains(&"pricing.price_removed".to_string()),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn a_self_hosted_model_can_be_given_a_price() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("pricing-self-hosted");
+    let agent = target.create(
+        &org,
+        "/api/v1/agents",
+        &json!({"name": "Local", "model_config": {"provider": "openai_compatible", "model": "llama3.2"}}),
+    );
+    let unpriced = call_agent(target, &org, &agent, 1000, 1000);
+    assert_eq!(unpriced["cost"]["pricing_missing"], true);
+    let own = json!({"input_micros_per_million": 100_000, "output_micros_per_million": 200_000});
+    let set = ok(
+        target.call(
+            "PUT",
+            "/api/v1/usage/pricing/openai_compatible/llama3.2",
+            Some(&org.owner_key),
+            Some(&own),
+        ),
+        200,
+    );
+    assert_eq!(set["built_in"], Value::Null);
+    let table = pricing(target, &org.owner_key);
+    assert_eq!(
+        entry(&table, "openai_compatible", "llama3.2")["source"],
+        "organisation"
+    );
+    let priced = call_agent(target, &org, &agent, 1000, 1000);
+    assert_eq!(priced["cost"]["pricing_missing"], false);
+    assert_eq!(priced["cost"]["billed_micros"], 360); // (100 + 200) × 1.2
+    assert_eq!(unpriced["cost"]["billed_micros"], 0);
+}
+
+#[test]
+fn a_markup_change_applies_to_the_next_call_only() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("pricing-markup");
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let agent = target.create_agent(&org);
+    let settings = ok(target.call("GET", SETTINGS, Some(&viewer), None), 200);
+    assert_eq!(
+        settings,
+        json!({"markup_percent": 20, "markup_source": "default", "default_markup_percent": 20, "updated_at": null})
+    );
+    let first = call_agent(target, &org, &agent, 2000, 1000);
+    assert_eq!(
+        first["cost"]["billed_micros"],
+        billed(mini(), 2000, 1000, 20)
+    );
+
+    let set = ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&org.owner_key),
+            Some(&json!({"markup_percent": 50})),
+        ),
+        200,
+    );
+    assert_eq!(set["markup_percent"], 50);
+    assert_eq!(set["markup_source"], "organisation");
+    assert!(set["updated_at"].as_str().unwrap().ends_with('Z'));
+    let seen = ok(target.call("GET", SETTINGS, Some(&viewer), None), 200);
+    assert_eq!(seen, set);
+    assert_eq!(pricing(target, &viewer)["markup_percent"], 50);
+
+    let second = call_agent(target, &org, &agent, 2000, 1000);
+    assert_eq!(
+        second["cost"]["billed_micros"],
+        billed(mini(), 2000, 1000, 50)
+    );
+    let first_record = usage_record(target, &org, first["id"].as_str().unwrap());
+    assert_eq!(first_record["markup_percent"], 20);
+    assert_eq!(
+        first_record["billed_cost_micros"],
+        billed(mini(), 2000, 1000, 20)
+    );
+    let second_record = usage_record(target, &org, second["id"].as_str().unwrap());
+    assert_eq!(second_record["markup_percent"], 50);
+
+    // Zero is a markup like any other; null goes back to the default.
+    ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&org.owner_key),
+            Some(&json!({"markup_percent": 0})),
+        ),
+        200,
+    );
+    let free = call_agent(target, &org, &agent, 2000, 1000);
+    assert_eq!(free["cost"]["billed_micros"], billed(mini(), 2000, 1000, 0));
+    let reset = ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&org.owner_key),
+            Some(&json!({"markup_percent": null})),
+        ),
+        200,
+    );
+    assert_eq!(reset["markup_source"], "default");
+    assert_eq!(reset["markup_percent"], 20);
+    let third = call_agent(target, &org, &agent, 2000, 1000);
+    assert_eq!(
+        third["cost"]["billed_micros"],
+        billed(mini(), 2000, 1000, 20)
+    );
+    assert_eq!(
+        stored_execution_cost(target, &org, &agent, second["id"].as_str().unwrap()),
+        billed(mini(), 2000, 1000, 50)
+    );
+    assert!(actions(target, &org).contains(&"pricing.markup_set".to_string()));
+}
+
+#[test]
+fn viewers_and_members_cannot_change_prices_or_markup() {
+    let target = shared();
+    let org = target.create_org("pricing-roles");
+    let price = json!({"input_micros_per_million": 1, "output_micros_per_million": 2});
+    for role in ["viewer", "member"] {
+        let (_, key) = target.create_key(&org.owner_key, role);
+        target
+            .call("PUT", MINI, Some(&key), Some(&price))
+            .assert_error(403, "forbidden");
+        target
+            .call("DELETE", MINI, Some(&key), None)
+            .assert_error(403, "forbidden");
+        target
+            .call(
+                "PUT",
+                SETTINGS,
+                Some(&key),
+                Some(&json!({"markup_percent": 0})),
+            )
+            .assert_error(403, "forbidden");
+        assert_eq!(pricing(target, &key)["markup_percent"], 20);
+    }
+    let table = pricing(target, &org.owner_key);
+    assert_eq!(own_entries(&table), 0);
+    assert_eq!(table["markup_source"], "default");
+    target
+        .call("GET", PRICING, None, None)
+        .assert_error(401, "unauthenticated");
+    let (_, admin) = target.create_key(&org.owner_key, "admin");
+    ok(target.call("PUT", MINI, Some(&admin), Some(&price)), 200);
+    ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&admin),
+            Some(&json!({"markup_percent": 1000})),
+        ),
+        200,
+    );
+}
+
+#[test]
+fn invalid_prices_and_settings_are_refused_and_change_nothing() {
+    let target = shared();
+    let org = target.create_org("pricing-invalid");
+    let key = Some(org.owner_key.as_str());
+    let good = json!({"input_micros_per_million": 1, "output_micros_per_million": 2});
+    target
+        .call(
+            "PUT",
+            "/api/v1/usage/pricing/skynet/gpt-4o",
+            key,
+            Some(&good),
+        )
+        .assert_error(422, "validation_failed");
+    target
+        .call(
+            "PUT",
+            "/api/v1/usage/pricing/openai/gpt%204o",
+            key,
+            Some(&good),
+        )
+        .assert_error(422, "validation_failed");
+    let refused = [
+        (
+            json!({"input_micros_per_million": -1, "output_micros_per_million": 2}),
+            422,
+        ),
+        (
+            json!({"input_micros_per_million": 1, "output_micros_per_million": 1_000_000_000_001_i64}),
+            422,
+        ),
+        (
+            json!({"input_micros_per_million": "1", "output_micros_per_million": 2}),
+            400,
+        ),
+        (
+            json!({"input_micros_per_million": 1.5, "output_micros_per_million": 2}),
+            400,
+        ),
+        (json!({"input_micros_per_million": 1}), 400),
+        (
+            json!({"input_micros_per_million": 1, "output_micros_per_million": 2, "currency": "EUR"}),
+            400,
+        ),
+        (
+            json!({"input_per_million_micros": 1, "output_per_million_micros": 2}),
+            400,
+        ),
+        (json!([1, 2]), 400),
+    ];
+    for (body, status) in refused {
+        let reply = target.call("PUT", MINI, key, Some(&body));
+        let code = if status == 400 {
+            "bad_request"
+        } else {
+            "validation_failed"
+        };
+        reply.assert_error(status, code);
+    }
+    let reply = target.request(
+        "PUT",
+        MINI,
+        &[
+            ("authorization", &format!("Bearer {}", org.owner_key)),
+            ("content-type", "application/json"),
+        ],
+        Some(b"{not json"),
+    );
+    reply.assert_error(400, "bad_request");
+    target
+        .call("DELETE", "/api/v1/usage/pricing/skynet/gpt-4o", key, None)
+        .assert_error(422, "validation_failed");
+    for (body, status) in [
+        (json!({"markup_percent": 1001}), 422),
+        (json!({"markup_percent": -1}), 422),
+        (json!({"markup_percent": "20"}), 400),
+        (json!({"markup_percent": 12.5}), 400),
+        (json!({"markup_percent": 20, "currency": "EUR"}), 400),
+        (json!({}), 400),
+    ] {
+        let code = if status == 400 {
+            "bad_request"
+        } else {
+            "validation_failed"
+        };
+        target
+            .call("PUT", SETTINGS, key, Some(&body))
+            .assert_error(status, code);
+    }
+    let table = pricing(target, &org.owner_key);
+    assert_eq!(own_entries(&table), 0, "nothing was stored");
+    assert_eq!(table["markup_source"], "default");
+    assert_eq!(
+        entry(&table, "openai", "gpt-4o-mini")["input_micros_per_million"],
+        150_000
+    );
+    assert!(
+        !actions(target, &org)
+            .iter()
+            .any(|a| a.starts_with("pricing.")),
+        "no change was logged"
+    );
+}
+
+#[test]
+fn another_organisation_does_not_see_or_pay_an_override() {
+    let _turn = fake_turn();
+    let target = shared();
+    let acme = target.create_org("pricing-acme");
+    let other = target.create_org("pricing-other");
+    ok(
+        target.call(
+            "PUT",
+            MINI,
+            Some(&acme.owner_key),
+            Some(&json!({"input_micros_per_million": 9_000_000, "output_micros_per_million": 9_000_000})),
+        ),
+        200,
+    );
+    ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&acme.owner_key),
+            Some(&json!({"markup_percent": 300})),
+        ),
+        200,
+    );
+    let table = pricing(target, &other.owner_key);
+    assert_eq!(own_entries(&table), 0);
+    assert_eq!(table["markup_percent"], 20);
+    assert_eq!(
+        entry(&table, "openai", "gpt-4o-mini")["input_micros_per_million"],
+        150_000
+    );
+    target
+        .call("DELETE", MINI, Some(&other.owner_key), None)
+        .assert_error(404, "not_found");
+    let agent = target.create_agent(&other);
+    let execution = call_agent(target, &other, &agent, 1000, 500);
+    assert_eq!(
+        execution["cost"]["billed_micros"],
+        billed(mini(), 1000, 500, 20)
+    );
+    assert_eq!(
+        entry(&pricing(target, &acme.owner_key), "openai", "gpt-4o-mini")["source"],
+        "organisation"
+    );
+}
+
+// ---- estimates ------------------------------------------------------------
+
+const SYSTEM: &str = "You are Scout: qualifies leads\n\nAnswer briefly.";
+
+fn scout() -> Value {
+    json!({
+        "name": "Scout",
+        "description": "qualifies leads",
+        "instructions": "Answer briefly.",
+        "model_config": {"provider": "openai", "model": "gpt-4o-mini", "max_tokens": 300}
+    })
+}
+
+fn two_steps(agent: &str) -> Value {
+    json!({
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {"inputs": {"topic": {"type": "string", "required": true}}}},
+            {"id": "draft", "type": "agent", "config": {"agent_id": agent, "prompt": "Describe {{ trigger.topic }} in one careful line for a reader new to it"}},
+            {"id": "review", "type": "agent", "config": {"agent_id": agent, "prompt": "Check this description of {{ trigger.topic }}: {{ steps.draft.output }}", "max_tokens": 100}},
+            {"id": "done", "type": "output", "config": {"value": "{{ steps.review.output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "draft"},
+            {"source": "draft", "target": "review"},
+            {"source": "review", "target": "done"}
+        ]
+    })
+}
+
+/// The documented rule: ceil(chars / 4) of the system prompt and of the
+/// rendered prompt, plus 4 tokens for each of the two messages.
+fn rule(prompt: &str) -> u64 {
+    8 + (SYSTEM.chars().count() as u64).div_ceil(4) + (prompt.chars().count() as u64).div_ceil(4)
+}
+
+fn estimate(target: &Target, token: &str, body: Value) -> Value {
+    ok(target.call("POST", ESTIMATE, Some(token), Some(&body)), 200)
+}
+
+fn node<'a>(estimate: &'a Value, id: &str) -> &'a Value {
+    estimate["agent_nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == id)
+        .unwrap_or_else(|| panic!("no node {id} in {estimate}"))
+}
+
+fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node_id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {run}"))
+}
+
+fn int(value: &Value) -> i64 {
+    value
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an integer: {value}"))
+}
+
+#[test]
+fn an_estimate_matches_a_real_run_within_the_documented_margin() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("estimate-run");
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let agent = target.create(&org, "/api/v1/agents", &scout());
+    let mut document = two_steps(&agent);
+    document["name"] = json!("Two steps");
+    let workflow = target.create(&org, "/api/v1/workflows", &document);
+    let inputs = json!({"topic": "tidal power"});
+
+    let by_id = estimate(
+        target,
+        &viewer,
+        json!({"workflow_id": workflow, "inputs": inputs}),
+    );
+    assert_eq!(by_id["workflow"]["id"], workflow.as_str());
+    assert_eq!(by_id["node_count"], 4);
+    assert_eq!(by_id["markup_percent"], 20);
+    assert_eq!(by_id["history"], Value::Null, "no runs yet");
+    let draft = node(&by_id, "draft");
+    assert_eq!(draft["agent_id"], agent.as_str());
+    assert_eq!(draft["provider"], "openai");
+    assert_eq!(draft["model"], "gpt-4o-mini");
+    let draft_in = rule("Describe tidal power in one careful line for a reader new to it");
+    assert_eq!(draft["estimated_input_tokens"], draft_in);
+    // The agent's max_tokens, capped at the typical 500 for the expectation.
+    assert_eq!(draft["max_output_tokens"], 300);
+    assert_eq!(draft["estimated_output_tokens"], 300);
+    assert_eq!(draft["output_estimate"], "default");
+    assert_eq!(draft["min_micros"], billed(mini(), draft_in, 0, 20));
+    assert_eq!(draft["estimated_micros"], billed(mini(), draft_in, 300, 20));
+    assert_eq!(
+        draft["worst_case_micros"],
+        billed(mini(), draft_in, 300, 20)
+    );
+    let review = node(&by_id, "review");
+    assert_eq!(
+        review["max_output_tokens"], 100,
+        "the node's max_tokens wins"
+    );
+    assert_eq!(review["estimated_output_tokens"], 100);
+    let totals = &by_id["totals"];
+    for (total, field) in [
+        ("min_micros", "min_micros"),
+        ("expected_micros", "estimated_micros"),
+        ("worst_case_micros", "worst_case_micros"),
+    ] {
+        assert_eq!(
+            int(&totals[total]),
+            int(&draft[field]) + int(&review[field]),
+            "{total}"
+        );
+    }
+    assert!(int(&totals["min_micros"]) < int(&totals["expected_micros"]));
+
+    // The same definition posted inline gives the same estimate, without history.
+    let inline = estimate(
+        target,
+        &org.owner_key,
+        json!({"definition": two_steps(&agent), "inputs": inputs}),
+    );
+    assert_eq!(inline["workflow"], Value::Null);
+    assert_eq!(inline["agent_nodes"], by_id["agent_nodes"]);
+    assert_eq!(inline["totals"], by_id["totals"]);
+
+    // A real run, with token counts derived from the request as a provider would.
+    fake_llm().push(Reply::text(
+        "Tidal power turns the rise and fall of the sea into electricity",
+    ));
+    fake_llm().push(Reply::text("Accurate and clear"));
+    let id = target.start_run(&org, &workflow, inputs.clone());
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let margin = |estimated: i64| (estimated * 25 / 100).max(16);
+    let mut margin_tokens = 0;
+    for id in ["draft", "review"] {
+        let estimated = int(&node(&by_id, id)["estimated_input_tokens"]);
+        let real = int(&step(&run, id)["usage"]["input_tokens"]);
+        assert!(
+            (estimated - real).abs() <= margin(estimated),
+            "{id}: estimated {estimated} input tokens, the run used {real}"
+        );
+        margin_tokens += margin(estimated);
+    }
+    let real_cost = int(&run["cost"]["billed_micros"]);
+    assert!(real_cost > 0);
+    assert!(real_cost <= int(&totals["worst_case_micros"]), "{run}");
+
+    // With that run as history, the expectation uses its output tokens and
+    // is within the input margin's cost of the real bill.
+    let again = estimate(
+        target,
+        &viewer,
+        json!({"workflow_id": workflow, "inputs": inputs}),
+    );
+    assert_eq!(again["history"]["runs"], 1);
+    assert_eq!(again["history"]["mean_micros"], real_cost);
+    assert_eq!(again["history"]["p95_micros"], real_cost);
+    for id in ["draft", "review"] {
+        assert_eq!(node(&again, id)["output_estimate"], "history");
+        assert_eq!(
+            node(&again, id)["estimated_output_tokens"],
+            step(&run, id)["usage"]["output_tokens"]
+        );
+    }
+    let expected = int(&again["totals"]["expected_micros"]);
+    let allowance = billed(mini(), margin_tokens as u64, 0, 20) + 2;
+    assert!(
+        (expected - real_cost).abs() <= allowance,
+        "expected {expected}, real {real_cost}, allowance {allowance}"
+    );
+}
+
+#[test]
+fn an_estimate_reports_the_history_mean_and_p95() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("estimate-history");
+    let agent = target.create(&org, "/api/v1/agents", &scout());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({"name": "One step", "tasks": [{"agent": agent, "input": "Summarise {{ trigger.text }}"}]}),
+    );
+    let mut costs = Vec::new();
+    for (input, output) in [(100, 10), (1000, 100), (300, 40)] {
+        fake_llm().push(Reply::text("done").tokens(input, output));
+        let id = target.start_run(&org, &workflow, json!({"text": "a note"}));
+        let run = target.finished(&org, &id);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(
+            int(&run["cost"]["billed_micros"]),
+            billed(mini(), input, output, 20)
+        );
+        costs.push(int(&run["cost"]["billed_micros"]));
+    }
+    let result = estimate(
+        target,
+        &org.owner_key,
+        json!({"workflow_id": workflow, "inputs": {"text": "a note"}}),
+    );
+    let history = &result["history"];
+    assert_eq!(history["runs"], 3);
+    let sum: i64 = costs.iter().sum();
+    assert_eq!(int(&history["mean_micros"]), (2 * sum + 3) / 6);
+    assert_eq!(
+        int(&history["p95_micros"]),
+        *costs.iter().max().unwrap(),
+        "the nearest-rank p95 of three runs is the dearest"
+    );
+    assert_eq!(history["mean"].as_str().unwrap().len(), 8);
+    let agent_nodes = result["agent_nodes"].as_array().unwrap();
+    assert_eq!(agent_nodes.len(), 1);
+    // Mean output of the node: (10 + 100 + 40) / 3 = 50.
+    assert_eq!(agent_nodes[0]["estimated_output_tokens"], 50);
+    assert_eq!(agent_nodes[0]["output_estimate"], "history");
+}
+
+#[test]
+fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
+    let target = shared();
+    let org = target.create_org("estimate-loops");
+    let mut with_tools = scout();
+    with_tools["tools"] = json!(["calculator"]);
+    let agent = target.create(&org, "/api/v1/agents", &with_tools);
+    let local = target.create(
+        &org,
+        "/api/v1/agents",
+        &json!({"name": "Local", "model_config": {"provider": "openai_compatible", "model": "llama3.2"}}),
+    );
+    let definition = json!({
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "each", "type": "loop", "config": {"mode": "for_each", "items": "trigger.leads", "max_iterations": 5,
+                "body": {"nodes": [{"id": "score", "type": "agent", "config": {"agent_id": agent, "prompt": "Score {{ item }}", "max_tokens": 50}}], "edges": []}}},
+            {"id": "local", "type": "agent", "config": {"agent_id": local, "prompt": "Summarise"}}
+        ],
+        "edges": [{"source": "start", "target": "each"}, {"source": "each", "target": "local"}]
+    });
+    let body = json!({"definition": definition, "inputs": {"leads": ["ada", "grace", "linus"]}});
+    let result = estimate(target, &org.owner_key, body.clone());
+    assert_eq!(result["node_count"], 4);
+    let score = node(&result, "score");
+    assert_eq!(score["loops"], json!(["each"]));
+    assert_eq!(score["runs"], json!({"expected": 3, "max": 5}));
+    assert_eq!(score["model_turns"], json!({"expected": 1, "max": 5}));
+    let input = int(&score["estimated_input_tokens"]) as u64;
+    assert!(input > rule("Score ada"), "tool definitions count as input");
+    assert_eq!(score["estimated_output_tokens"], 50);
+    assert_eq!(
+        int(&score["estimated_micros"]),
+        billed(mini(), 3 * input, 3 * 50, 20)
+    );
+    // Worst case: 5 iterations × 5 turns, each turn reading the earlier answers.
+    let worst_input = 5 * (5 * input + 50 * 10);
+    assert_eq!(
+        score["worst_case_tokens"],
+        json!({"input": worst_input, "output": 5 * 250})
+    );
+    assert_eq!(
+        int(&score["worst_case_micros"]),
+        billed(mini(), worst_input, 1250, 20)
+    );
+    let unpriced = node(&result, "local");
+    assert_eq!(unpriced["pricing_missing"], true);
+    assert_eq!(unpriced["estimated_micros"], 0);
+    assert_eq!(
+        unpriced["max_output_tokens"], 1024,
+        "the default max_tokens"
+    );
+    let assumptions = result["assumptions"].to_string();
+    assert!(
+        assumptions.contains("loop each: expected 3 iteration"),
+        "{assumptions}"
+    );
+    assert!(assumptions.contains("max_iterations, 5"), "{assumptions}");
+    assert!(
+        assumptions.contains("node score has tools"),
+        "{assumptions}"
+    );
+    assert!(assumptions.contains("has no price"), "{assumptions}");
+
+    // The organisation's own prices and markup are what the estimate uses.
+    ok(
+        target.call(
+            "PUT",
+            "/api/v1/usage/pricing/openai_compatible/llama3.2",
+            Some(&org.owner_key),
+            Some(&json!({"input_micros_per_million": 1_000_000, "output_micros_per_million": 1_000_000})),
+        ),
+        200,
+    );
+    ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&org.owner_key),
+            Some(&json!({"markup_percent": 0})),
+        ),
+        200,
+    );
+    let priced = estimate(target, &org.owner_key, body);
+    let local_node = node(&priced, "local");
+    assert_eq!(local_node["pricing_missing"], false);
+    assert_eq!(local_node["price"]["source"], "organisation");
+    let local_in = int(&local_node["estimated_input_tokens"]);
+    assert_eq!(int(&local_node["estimated_micros"]), local_in + 500);
+    assert_eq!(priced["markup_percent"], 0);
+    assert_eq!(
+        int(&node(&priced, "score")["estimated_micros"]),
+        billed(mini(), 3 * input, 150, 0)
+    );
+}
+
+#[test]
+fn estimate_requests_are_checked() {
+    let target = shared();
+    let org = target.create_org("estimate-invalid");
+    let other = target.create_org("estimate-stranger");
+    let agent = target.create(&org, "/api/v1/agents", &scout());
+    let theirs = target.create_agent(&other);
+    let mut document = two_steps(&theirs);
+    document["name"] = json!("Theirs");
+    let foreign = target.create(&other, "/api/v1/workflows", &document);
+    let key = Some(org.owner_key.as_str());
+    let post = |body: Value| target.call("POST", ESTIMATE, key, Some(&body));
+    post(json!({})).assert_error(422, "validation_failed");
+    post(json!({"workflow_id": "x", "definition": two_steps(&agent)}))
+        .assert_error(422, "validation_failed");
+    post(json!({"workflow_id": 7})).assert_error(400, "bad_request");
+    post(json!({"definition": "nodes"})).assert_error(400, "bad_request");
+    post(json!({"definition": two_steps(&agent), "inputs": [1]})).assert_error(400, "bad_request");
+    post(json!({"definition": two_steps(&agent), "budget": 5})).assert_error(400, "bad_request");
+    post(json!({"workflow_id": "00000000-0000-0000-0000-000000000000"}))
+        .assert_error(404, "not_found");
+    post(json!({"workflow_id": foreign})).assert_error(404, "not_found");
+    let reply = post(json!({"definition": two_steps(&theirs)}));
+    reply.assert_error(422, "validation_failed");
+    assert!(
+        reply.json()["error"]["details"]
+            .to_string()
+            .contains("definition.nodes[1].config.agent_id"),
+        "{}",
+        reply.json()
+    );
+    target
+        .call(
+            "POST",
+            ESTIMATE,
+            None,
+            Some(&json!({"definition": two_steps(&agent)})),
+        )
+        .assert_error(401, "unauthenticated");
+    let (_, member) = target.create_key(&org.owner_key, "member");
+    estimate(target, &member, json!({"definition": two_steps(&agent)}));
+}
