@@ -104,6 +104,18 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
     let before = scrape(target);
     let org = target.create_org("metrics");
     let agent = target.create_agent(&org);
+    let budget = target.call(
+        "PUT",
+        "/api/v1/usage/budgets/org/current",
+        Some(&org.owner_key),
+        Some(&json!({"period": "month", "limit": 50_000_000, "action": "alert"})),
+    );
+    assert_eq!(
+        budget.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&budget.body)
+    );
     fake_llm().push(Reply::text("one").tokens(100, 10));
     fake_llm().push(Reply::text("two").tokens(200, 20));
     fake_llm().push(Reply::error(400, "refused"));
@@ -230,5 +242,30 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
         after
             .docs
             .contains_key("spindle_oldest_queued_step_age_seconds")
+    );
+
+    let budget_labels = [
+        ("org_id", org.id.as_str()),
+        ("scope", "org"),
+        ("scope_id", org.id.as_str()),
+        ("period", "month"),
+        ("action", "alert"),
+    ];
+    let listed = target
+        .call("GET", "/api/v1/usage/budgets", Some(&org.owner_key), None)
+        .json();
+    let spent = listed["data"][0]["spent_micros"].as_i64().unwrap();
+    assert_eq!(spent, billed, "the budget counted every billed call");
+    assert_eq!(
+        value(&after, "spindle_budget_spend_micros", &budget_labels),
+        spent as f64
+    );
+    assert_eq!(
+        value(&after, "spindle_budget_limit_micros", &budget_labels),
+        50_000_000.0
+    );
+    assert_eq!(
+        value(&after, "spindle_budget_reserved_micros", &budget_labels),
+        0.0
     );
 }

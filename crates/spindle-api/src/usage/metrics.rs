@@ -4,6 +4,7 @@
 //! buckets are kept in `metric_counters`, added to as calls and steps finish
 //! (one upsert statement per event).
 
+use super::budgets::Period;
 use crate::context::RequestContext;
 use spindle_auth::constant_time_eq;
 use spindle_http::{ApiError, ApiRequest, ApiResponse, Params};
@@ -60,6 +61,21 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "spindle_provider_latency_seconds",
         "histogram",
         "Provider call latency, by provider.",
+    ),
+    (
+        "spindle_budget_spend_micros",
+        "gauge",
+        "A budget's settled spend in its current period, micro-dollars.",
+    ),
+    (
+        "spindle_budget_reserved_micros",
+        "gauge",
+        "A budget's live reservations (calls in flight), micro-dollars.",
+    ),
+    (
+        "spindle_budget_limit_micros",
+        "gauge",
+        "A budget's limit per period, micro-dollars.",
     ),
 ];
 
@@ -304,6 +320,38 @@ pub(super) fn scrape(
         String::new(),
         format!("{age}"),
     );
+
+    // Budgets are few (one per organisation and scope): read them all, with
+    // the spend of the period each is in now.
+    let now = crate::now_ms();
+    let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
+    let budgets = db.execute(
+        "SELECT b.org_id, b.scope, b.scope_id, b.period, b.action, b.limit_micros, \
+         COALESCE((SELECT p.spent_micros FROM budget_periods p WHERE p.budget_id = b.id \
+           AND p.period_start = CASE b.period WHEN 'day' THEN ?1 ELSE ?2 END), 0), \
+         COALESCE((SELECT SUM(r.amount_micros) FROM budget_reservations r WHERE r.budget_id = b.id \
+           AND r.period_start = CASE b.period WHEN 'day' THEN ?1 ELSE ?2 END AND r.expires_at > ?3), 0) \
+         FROM budgets b",
+        &[Value::Integer(day), Value::Integer(month), Value::Integer(now)],
+    )?;
+    for row in &budgets.rows {
+        let text = |i: usize| row[i].as_str().unwrap_or_default();
+        let labels = labels(&[
+            ("org_id", text(0)),
+            ("scope", text(1)),
+            ("scope_id", text(2)),
+            ("period", text(3)),
+            ("action", text(4)),
+        ]);
+        for (family, i) in [
+            ("spindle_budget_limit_micros", 5),
+            ("spindle_budget_spend_micros", 6),
+            ("spindle_budget_reserved_micros", 7),
+        ] {
+            let value = row[i].as_i64().unwrap_or(0).to_string();
+            push(family, family.to_string(), labels.clone(), value);
+        }
+    }
 
     let counters = db.execute("SELECT name, labels, value FROM metric_counters", &[])?;
     for row in counters.rows {
