@@ -156,6 +156,12 @@ pub fn migrate_with(
             });
         }
     }
+    // Write-ahead logging, set once (it stays with the file): a commit then
+    // syncs one log file instead of a journal and the database, and readers
+    // no longer wait for writers. It cannot change inside a transaction, so
+    // it goes first; a host whose SQLite refuses it (a remote database)
+    // keeps its own mode, which is fine.
+    let _ = db.execute("PRAGMA journal_mode = WAL", &[]);
     in_transaction(db, |db| apply_pending(db, migrations, latest))
 }
 

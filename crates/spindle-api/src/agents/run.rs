@@ -617,14 +617,16 @@ impl UsageRecord<'_> {
         cost: Option<Cost>,
         markup_percent: u32,
     ) -> Result<(), ApiError> {
-        let db = ctx.db()?;
-        db.execute(
+        let id = ctx.new_id();
+        // The record and its metrics in one commit.
+        in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
+            db.execute(
             "INSERT INTO usage_records (id, org_id, agent_id, agent_execution_id, workflow_id, execution_id, step_id, \
              api_key_id, provider, model, status, error_code, input_tokens, output_tokens, total_tokens, \
              base_cost_micros, billed_cost_micros, markup_percent, pricing_missing, latency_ms, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
-                Value::Text(ctx.new_id()),
+                Value::Text(id.clone()),
                 Value::from(self.caller.org_id.as_str()),
                 Value::from(self.agent_id),
                 Value::from(self.execution_id),
@@ -647,18 +649,19 @@ impl UsageRecord<'_> {
                 Value::Integer(now_ms()),
             ],
         )?;
-        let call = ProviderCall {
-            provider: self.endpoint.provider.as_str(),
-            model: self.model,
-            status,
-            tokens: (
-                i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
-                i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
-            ),
-            cost: cost.map_or((0, 0), |c| (c.base_micros, c.billed_micros)),
-            latency_ms: self.latency,
-        };
-        record_provider_call(db, &call)
+            let call = ProviderCall {
+                provider: self.endpoint.provider.as_str(),
+                model: self.model,
+                status,
+                tokens: (
+                    i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
+                    i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
+                ),
+                cost: cost.map_or((0, 0), |c| (c.base_micros, c.billed_micros)),
+                latency_ms: self.latency,
+            };
+            record_provider_call(db, &call)
+        })
     }
 }
 

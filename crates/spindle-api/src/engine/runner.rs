@@ -277,7 +277,7 @@ pub fn start_run(
         }
         Ok(())
     })?;
-    advance(ctx, &caller.org_id, &id, "", 0)?;
+    advance(ctx, &caller.org_id, &id, "", 0, false)?;
     Ok(id)
 }
 
@@ -356,6 +356,11 @@ pub(super) fn load_run(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<
 /// hosted request's time limit.
 const INLINE_BUDGET_MS: i64 = 5_000;
 
+/// How long a step's invocation goes on to run the next expensive step of
+/// a chain itself (no fan-out) instead of handing it on with a self request:
+/// each hand-off costs a request and a fresh instance.
+const CHAIN_BUDGET_MS: i64 = 10_000;
+
 /// Moves a run forward from scope `scope_key` (`""` for the main graph):
 /// skips what the planner skips, runs cheap ready nodes inline, queues
 /// expensive ones and dispatches them after the response, enters loops and
@@ -367,6 +372,7 @@ pub fn advance(
     execution_id: &str,
     scope_key: &str,
     hops: u64,
+    chain: bool,
 ) -> Result<(), ApiError> {
     let db = ctx.db()?;
     let started = now_ms();
@@ -425,6 +431,27 @@ pub fn advance(
             else {
                 continue;
             };
+            // A chain (one expensive step ready, no fan-out) goes on here when
+            // this invocation is a step's own, after its response, and has time.
+            let expensive_ready = plan
+                .ready
+                .iter()
+                .filter(|n| !steps.contains_key(*n) && scope.node(n).is_some_and(is_expensive))
+                .count();
+            if is_expensive(node)
+                && chain
+                && expensive_ready == 1
+                && now - started < CHAIN_BUDGET_MS
+            {
+                if let Some(lease) = claim(ctx, db, &step_id, now)? {
+                    let context = template_context(db, &run, &scope, &steps, node)?;
+                    let result = run_expensive(ctx, &run, &context, node, &step_id);
+                    finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
+                    progressed = true;
+                    break;
+                }
+                continue;
+            }
             if is_expensive(node) || now - started > INLINE_BUDGET_MS {
                 let (ctx_org, step) = (org_id.to_string(), step_id.clone());
                 ctx.defer(move |ctx| {
@@ -585,7 +612,14 @@ pub fn run_step(
         run_cheap(&context, node)
     };
     finish_step(ctx, db, &run, node, step_id, lease, result)?;
-    advance(ctx, &home.org_id, &home.execution_id, &home.scope, hops)
+    advance(
+        ctx,
+        &home.org_id,
+        &home.execution_id,
+        &home.scope,
+        hops,
+        true,
+    )
 }
 
 /// Failures a per-node `retry` retries: the ones that may pass on their own.
@@ -833,7 +867,7 @@ pub fn signal(
             ..NodeResult::default()
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, Ok(result))?;
-        advance(ctx, org_id, execution_id, &scope_key, 0)?;
+        advance(ctx, org_id, execution_id, &scope_key, 0, false)?;
         return Ok(true);
     }
     Ok(false)
@@ -881,7 +915,7 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
             ))
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
-        advance(ctx, &org_id, &execution_id, &scope_key, 0)?;
+        advance(ctx, &org_id, &execution_id, &scope_key, 0, false)?;
         timed_out += 1;
     }
     Ok(timed_out)
@@ -1026,9 +1060,9 @@ pub fn resume(
             row[1].as_str().unwrap_or_default(),
             row[2].as_i64().unwrap_or_default(),
         );
-        advance(ctx, org_id, execution_id, &key, hops)?;
+        advance(ctx, org_id, execution_id, &key, hops, false)?;
     }
-    advance(ctx, org_id, execution_id, "", hops)
+    advance(ctx, org_id, execution_id, "", hops, false)
 }
 
 /// Resumes, in a bounded batch, running runs that have no live step: an
