@@ -33,6 +33,7 @@ pub fn router() -> Router<RequestContext> {
         .route(Method::Get, "/api/v1/api-keys/:id", get_key)
         .route(Method::Delete, "/api/v1/api-keys/:id", revoke_key)
         .route(Method::Post, "/api/v1/auth/token", issue_token)
+        .route(Method::Get, "/openapi.json", crate::openapi::serve)
 }
 
 /// `GET /healthz`: 200 when SQLite and the key-value store both answer, with

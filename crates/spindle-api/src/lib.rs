@@ -9,6 +9,7 @@ pub mod auth;
 mod context;
 pub mod engine;
 mod listing;
+pub mod openapi;
 pub mod usage;
 pub mod workflows;
 

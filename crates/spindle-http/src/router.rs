@@ -28,6 +28,7 @@ enum Segment {
 
 struct Route<C: ?Sized> {
     method: Method,
+    pattern: &'static str,
     segments: Vec<Segment>,
     handler: Handler<C>,
 }
@@ -60,10 +61,20 @@ impl<C: ?Sized> Router<C> {
             .collect();
         self.routes.push(Route {
             method,
+            pattern,
             segments,
             handler,
         });
         self
+    }
+
+    /// Every route's method and path pattern (`/api/v1/agents/:id`), in the
+    /// order they were added: what the router answers, for checking a
+    /// description of the API against it.
+    pub fn routes(&self) -> impl Iterator<Item = (&Method, &'static str)> + '_ {
+        self.routes
+            .iter()
+            .map(|route| (&route.method, route.pattern))
     }
 
     /// Runs the handler for `request`, turning any error into its JSON response.
@@ -161,6 +172,22 @@ mod tests {
         let response = call(Method::Put, "/things/abc");
         assert_eq!(response.status, 405);
         assert_eq!(response.header("allow"), Some("GET, DELETE"));
+    }
+
+    #[test]
+    fn routes_lists_method_and_pattern_in_order() {
+        let routes: Vec<(String, &str)> = router()
+            .routes()
+            .map(|(method, pattern)| (method.to_string(), pattern))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                ("GET".to_string(), "/things"),
+                ("GET".to_string(), "/things/:id"),
+                ("DELETE".to_string(), "/things/:id"),
+            ]
+        );
     }
 
     #[test]
