@@ -18,7 +18,25 @@
 //!   (substring); `y` null or missing gives false; anything else is an error.
 //! - `x | length` (also `count`) is 0 for null/missing.
 //! - Arithmetic follows minijinja (`null + 1` is an error); repeating a string or list
-//!   with `*` is limited to [`MAX_REPEAT_LEN`] elements.
+//!   with `*` is limited to [`MAX_REPEAT_LEN`] elements (counting nested items and the
+//!   characters of strings).
+//!
+//! Bounded work. Fuel counts the instructions an expression runs, so the aim is that no
+//! one instruction does more than about the size of its operands plus
+//! [`MAX_VALUE_SIZE`] (comparing or printing a big value costs its size, once per
+//! instruction). On top of fuel:
+//! - an expression may nest at most [`MAX_EXPRESSION_DEPTH`] operators and brackets,
+//!   checked on the text before minijinja parses it (`-` and `not` chains recurse
+//!   without a limit in its parser, long chains build an AST our rewriter recurses over,
+//!   and the components run on a 1 MiB wasm stack);
+//! - `*` counts the nested items of a list it repeats, so one instruction cannot build
+//!   a list that refers to a big value a hundred thousand times;
+//! - `join` and `replace`, whose output is the product of two sizes, and every
+//!   expression's result and rendered template are limited to [`MAX_VALUE_SIZE`];
+//! - builtins whose work is not bounded by their operands are not available: `batch`,
+//!   `slice`, `indent` and `format` allocate by a numeric argument (`[1] | batch(10**18)`
+//!   panics), and `map`, `select`, `reject`, `selectattr`, `rejectattr` and `groupby` run
+//!   other filters once per item.
 
 use std::sync::OnceLock;
 
@@ -32,6 +50,12 @@ pub const MAX_EXPRESSION_LEN: usize = 10_000;
 pub const EXPRESSION_FUEL: u64 = 50_000;
 /// Longest string or list that `*` may build.
 pub const MAX_REPEAT_LEN: usize = 100_000;
+/// Deepest nesting of operators and brackets in one expression (see [`check_depth`]).
+pub const MAX_EXPRESSION_DEPTH: usize = 100;
+/// Largest value `join` or `replace` may build, an expression may return and a template
+/// may render to: one per value (number, string, list, object, …) plus the bytes of
+/// its strings.
+pub const MAX_VALUE_SIZE: usize = 8 << 20;
 
 /// Why a template or expression could not be parsed or evaluated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,8 +164,110 @@ struct Compiled {
     step_references: Vec<String>,
 }
 
+/// Refuses, before minijinja parses them, expressions that nest deeper than
+/// [`MAX_EXPRESSION_DEPTH`] and expressions with `}}` outside brackets (minijinja's
+/// expression lexer takes that for the end of a `{{ … }}` it never opened and panics
+/// with "empty lexer stack": `not }}{{`, or `) ( }}` inside a template's `{{ … }}`).
+/// The depth is over-estimated from the text: brackets, plus within each
+/// bracket the operators of the current item (`,` and `:` start a new one), since
+/// operators at one level chain into one branch of the AST (`1 + 1 + …`, `- - …`,
+/// `a.b.c…`, `x | f | g…`). Without this, `-` × 9 000 overflows the stack in
+/// minijinja's parser (its recursion guard covers brackets only) and a chain of a few
+/// thousand `.a` overflows it in the rewriter (both trapped the wasm components). The
+/// limit is seldom what refuses an expression: the fully parenthesised rewritten source
+/// already fails minijinja's recursion guard beyond about 40 levels of chaining.
+fn check_depth(expression: &str) -> Result<(), TemplateError> {
+    let bytes = expression.as_bytes();
+    // The depth units of the current item of each open bracket (an open bracket counts
+    // one in its own level; a closed one adds its units to the item it is part of).
+    let mut levels: Vec<usize> = vec![0];
+    let mut depth = 0usize;
+    // minijinja's count of open brackets: unmatched closers make it negative.
+    let mut balance = 0isize;
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let mut unit = false;
+        if balance == 0 && bytes[i..].starts_with(b"}}") {
+            return Err(TemplateError::Syntax(format!(
+                "unexpected `}}}}` at byte {i} (outside brackets)"
+            )));
+        }
+        match c {
+            b'"' | b'\'' => {
+                // Skip the string literal (an unclosed one is the parser's to report).
+                i += 1;
+                while i < bytes.len() && bytes[i] != c {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'(' | b'[' | b'{' => {
+                balance += 1;
+                levels.push(1);
+                depth += 1;
+            }
+            b')' | b']' | b'}' => {
+                balance -= 1;
+                if levels.len() > 1 {
+                    let inner = levels.pop().unwrap_or(0);
+                    if let Some(top) = levels.last_mut() {
+                        *top += inner;
+                    }
+                }
+            }
+            b',' | b':' => {
+                let bracket = usize::from(levels.len() > 1);
+                if let Some(top) = levels.last_mut() {
+                    depth -= *top - bracket;
+                    *top = bracket;
+                }
+            }
+            b'+' | b'-' | b'*' | b'/' | b'%' | b'~' | b'|' | b'.' | b'<' | b'>' | b'=' | b'!' => {
+                unit = true;
+                // `==`, `!=`, `<=`, `>=`, `**` and `//` are one operator.
+                if matches!(
+                    (c, bytes.get(i + 1)),
+                    (b'=' | b'!' | b'<' | b'>', Some(b'='))
+                        | (b'*', Some(b'*'))
+                        | (b'/', Some(b'/'))
+                ) {
+                    i += 1;
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while bytes
+                    .get(i + 1)
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                {
+                    i += 1;
+                }
+                unit = matches!(
+                    &expression[start..=i],
+                    "not" | "and" | "or" | "if" | "else" | "is" | "in"
+                );
+            }
+            _ => {}
+        }
+        if unit {
+            depth += 1;
+            if let Some(top) = levels.last_mut() {
+                *top += 1;
+            }
+        }
+        if depth > MAX_EXPRESSION_DEPTH {
+            return Err(TemplateError::Syntax(format!(
+                "the expression nests more than {MAX_EXPRESSION_DEPTH} operators and brackets deep"
+            )));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
 fn compile(expression: &str) -> Result<Compiled, TemplateError> {
     check_len(expression)?;
+    check_depth(expression)?;
     let parsed = minijinja::machinery::parse_expr(expression)
         .map_err(|e| TemplateError::Syntax(describe(&e)))?;
     let mut rewriter = Rewriter::default();
@@ -173,14 +299,17 @@ impl Rewriter {
             Expr::Var(v) => self.out.push_str(v.id),
             Expr::Const(c) => self.constant(&c.value),
             Expr::Slice(s) => {
-                self.paren(&s.expr);
-                self.out.push('[');
-                self.optional(s.start.as_ref());
-                self.out.push(':');
-                self.optional(s.stop.as_ref());
-                self.out.push(':');
-                self.optional(s.step.as_ref());
-                self.out.push(']');
+                // minijinja's own slicing panics on `[][::-1]` (see `slice`).
+                self.out.push_str("__slice(");
+                self.expr(&s.expr);
+                for bound in [&s.start, &s.stop, &s.step] {
+                    self.out.push_str(", ");
+                    match bound {
+                        Some(e) => self.expr(e),
+                        None => self.out.push_str("none"),
+                    }
+                }
+                self.out.push(')');
             }
             Expr::UnaryOp(u) => {
                 self.out.push_str(match u.op {
@@ -302,12 +431,6 @@ impl Rewriter {
             self.out.push('(');
             self.expr(e);
             self.out.push(')');
-        }
-    }
-
-    fn optional(&mut self, e: Option<&Expr<'_>>) {
-        if let Some(e) = e {
-            self.expr(e);
         }
     }
 
@@ -534,7 +657,13 @@ fn multiply(a: Value, b: Value) -> Result<Value, Error> {
             .as_i64()
             .ok_or_else(|| invalid("a string or list can only be repeated by an integer".into()))?
             .max(0) as usize;
-        let len = seq.len().unwrap_or(0);
+        // A string counts its characters; a list its items, nested ones included (a
+        // list holding one big value must not be repeated into a list referring to it
+        // a hundred thousand times: printing or comparing that would cost the product).
+        let len = match seq.as_str() {
+            Some(s) => s.chars().count(),
+            None => value_size(seq, MAX_REPEAT_LEN.saturating_add(1)).map_or(usize::MAX, |n| n - 1),
+        };
         if len.saturating_mul(count) > MAX_REPEAT_LEN {
             return Err(invalid(format!(
                 "repeating would build more than {MAX_REPEAT_LEN} elements"
@@ -568,6 +697,198 @@ fn multiply(a: Value, b: Value) -> Result<Value, Error> {
     }
 }
 
+/// `x[start:stop:step]` with Python's rules, on a string's characters or a list's
+/// items (null or missing gives an empty list, as in minijinja). minijinja's own
+/// slicing indexes an empty value when stepping backwards (`[][::-1]` panics) and
+/// negates the step unchecked.
+fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Value, Error> {
+    let bound = |v: Value, what: &str| -> Result<Option<i128>, Error> {
+        if is_null(&v) {
+            return Ok(None);
+        }
+        i64::try_from(v)
+            .map(|n| Some(i128::from(n)))
+            .map_err(|_| invalid(format!("a slice's {what} must be an integer")))
+    };
+    let (start, stop) = (bound(start, "start")?, bound(stop, "stop")?);
+    let step = bound(step, "step")?.unwrap_or(1);
+    if step == 0 {
+        return Err(invalid("cannot slice by step size of 0".into()));
+    }
+    // CPython's PySlice_AdjustIndices.
+    let indices = |len: usize| -> Vec<usize> {
+        let len = len as i128;
+        let (lower, upper) = if step < 0 { (-1, len - 1) } else { (0, len) };
+        let adjust = |bound: Option<i128>, default: i128| match bound {
+            None => default,
+            Some(b) if b < 0 => (b + len).max(lower),
+            Some(b) => b.min(upper),
+        };
+        let (mut i, stop) = if step < 0 {
+            (adjust(start, upper), adjust(stop, lower))
+        } else {
+            (adjust(start, lower), adjust(stop, upper))
+        };
+        let mut out = Vec::new();
+        while (step > 0 && i < stop) || (step < 0 && i > stop) {
+            out.push(i as usize);
+            i += step;
+        }
+        out
+    };
+    if is_null(&value) {
+        return Ok(Value::from(Vec::<Value>::new()));
+    }
+    if let Some(s) = value.as_str() {
+        let chars: Vec<char> = s.chars().collect();
+        return Ok(Value::from(
+            indices(chars.len())
+                .into_iter()
+                .map(|i| chars[i])
+                .collect::<String>(),
+        ));
+    }
+    if matches!(value.kind(), ValueKind::Seq | ValueKind::Iterable) {
+        let items: Vec<Value> = value.try_iter()?.collect();
+        return Ok(Value::from(
+            indices(items.len())
+                .into_iter()
+                .map(|i| items[i].clone())
+                .collect::<Vec<_>>(),
+        ));
+    }
+    Err(invalid(format!("a {} cannot be sliced", type_name(&value))))
+}
+
+/// `x is divisibleby(n)`: minijinja's test divides by zero (and `i128::MIN` by -1)
+/// with `%`, which panics; here those are simply not divisible.
+fn divisible_by(v: Value, by: Value) -> bool {
+    if v.is_integer() && by.is_integer() {
+        if let (Ok(a), Ok(b)) = (i128::try_from(v), i128::try_from(by)) {
+            return a.checked_rem(b) == Some(0);
+        }
+        return false;
+    }
+    match (v.kind(), by.kind()) {
+        (ValueKind::Number, ValueKind::Number) => match (f64::try_from(v), f64::try_from(by)) {
+            (Ok(a), Ok(b)) => a % b == 0.0,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// The size of `v` as [`MAX_VALUE_SIZE`] counts it (one per value, nested ones
+/// included, plus the bytes of strings), or `None` as soon as it passes `limit`, so
+/// that measuring a value that shares a big one many times stays cheap too.
+fn value_size(v: &Value, limit: usize) -> Option<usize> {
+    fn walk(v: &Value, used: &mut usize, limit: usize) -> bool {
+        *used += 1 + v.as_str().map_or(0, str::len);
+        if *used > limit {
+            return false;
+        }
+        match v.kind() {
+            ValueKind::Seq | ValueKind::Iterable => match v.try_iter() {
+                Ok(items) => {
+                    for item in items {
+                        if !walk(&item, used, limit) {
+                            return false;
+                        }
+                    }
+                    true
+                }
+                Err(_) => true,
+            },
+            ValueKind::Map => match v.try_iter() {
+                Ok(keys) => {
+                    for key in keys {
+                        let value = v.get_item(&key).unwrap_or_default();
+                        if !walk(&key, used, limit) || !walk(&value, used, limit) {
+                            return false;
+                        }
+                    }
+                    true
+                }
+                Err(_) => true,
+            },
+            _ => true,
+        }
+    }
+    let mut used = 0;
+    walk(v, &mut used, limit).then_some(used)
+}
+
+fn too_large(what: &str) -> Error {
+    invalid(format!(
+        "{what} would be larger than {MAX_VALUE_SIZE} (bytes of text plus one per value)"
+    ))
+}
+
+/// Appends `v` as text (a string as it is, anything else as minijinja prints it) to
+/// `out`, failing once `out` would pass [`MAX_VALUE_SIZE`].
+fn push_text(out: &mut String, v: &Value, what: &str) -> Result<(), Error> {
+    struct Capped<'a>(&'a mut String);
+    impl std::fmt::Write for Capped<'_> {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if self.0.len() + s.len() > MAX_VALUE_SIZE {
+                return Err(std::fmt::Error);
+            }
+            self.0.push_str(s);
+            Ok(())
+        }
+    }
+    let written = match v.as_str() {
+        Some(s) => std::fmt::Write::write_str(&mut Capped(out), s),
+        None => std::fmt::Write::write_fmt(&mut Capped(out), format_args!("{v}")),
+    };
+    written.map_err(|_| too_large(what))
+}
+
+/// `value | join(joiner)`: minijinja's `join` (items as text, a string's characters),
+/// with its output limited to [`MAX_VALUE_SIZE`] (a long joiner between many items
+/// multiplies two sizes).
+fn join(v: Value, joiner: Option<Value>) -> Result<String, Error> {
+    let mut separator = String::new();
+    if let Some(joiner) = joiner.filter(|j| !is_null(j)) {
+        push_text(&mut separator, &joiner, "the joiner")?;
+    }
+    let items = v
+        .try_iter()
+        .map_err(|_| invalid(format!("cannot join a {}", type_name(&v))))?;
+    let mut out = String::new();
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            push_text(
+                &mut out,
+                &Value::from(separator.as_str()),
+                "the joined text",
+            )?;
+        }
+        push_text(&mut out, &item, "the joined text")?;
+    }
+    Ok(out)
+}
+
+/// `text | replace(from, to)`: every occurrence of `from` replaced by `to`, with the
+/// output limited to [`MAX_VALUE_SIZE`] (an empty `from` matches between characters).
+fn replace(text: Value, from: Value, to: Value) -> Result<String, Error> {
+    let (mut t, mut f, mut r) = (String::new(), String::new(), String::new());
+    push_text(&mut t, &text, "the text")?;
+    push_text(&mut f, &from, "the text to replace")?;
+    push_text(&mut r, &to, "the replacement")?;
+    let matches = if f.is_empty() {
+        t.chars().count() + 1
+    } else {
+        t.matches(f.as_str()).count()
+    };
+    let size = (t.len() - matches.saturating_mul(f.len()).min(t.len()))
+        .saturating_add(matches.saturating_mul(r.len()));
+    if size > MAX_VALUE_SIZE {
+        return Err(too_large("the replaced text"));
+    }
+    Ok(t.replace(f.as_str(), &r))
+}
+
 fn length(v: Value) -> Result<usize, Error> {
     if is_null(&v) {
         return Ok(0);
@@ -596,9 +917,28 @@ fn environment() -> &'static Environment<'static> {
         env.add_function("__order", order);
         env.add_function("__in", contains);
         env.add_function("__mul", multiply);
+        env.add_function("__slice", slice);
         env.add_filter("length", length);
         env.add_filter("count", length);
         env.add_filter("json", json_text);
+        env.add_filter("join", join);
+        env.add_filter("replace", replace);
+        env.add_test("divisibleby", divisible_by);
+        // Work not bounded by the operands (see the module's notes on bounded work).
+        for filter in [
+            "batch",
+            "slice",
+            "indent",
+            "format",
+            "map",
+            "select",
+            "reject",
+            "selectattr",
+            "rejectattr",
+            "groupby",
+        ] {
+            env.remove_filter(filter);
+        }
         env
     })
 }
@@ -616,6 +956,9 @@ fn run(compiled: &Compiled, context: &Value) -> Result<serde_json::Value, Templa
 fn to_json(value: &Value) -> Result<serde_json::Value, TemplateError> {
     if value.is_undefined() {
         return Ok(serde_json::Value::Null);
+    }
+    if value_size(value, MAX_VALUE_SIZE).is_none() {
+        return Err(TemplateError::Evaluation(describe(&too_large("the value"))));
     }
     serde_json::to_value(value).map_err(|e| TemplateError::Evaluation(e.to_string()))
 }
@@ -647,28 +990,62 @@ pub fn render(
     template: &serde_json::Value,
     context: &serde_json::Value,
 ) -> Result<serde_json::Value, TemplateError> {
-    render_value(template, &Value::from_serialize(context))
+    let mut budget = MAX_VALUE_SIZE;
+    render_value(template, &Value::from_serialize(context), &mut budget)
 }
 
+/// Renders `template`, taking the size of each rendered string from `budget` (the
+/// whole rendered template is limited to [`MAX_VALUE_SIZE`], however many strings
+/// repeat a big value).
 fn render_value(
     template: &serde_json::Value,
     context: &Value,
+    budget: &mut usize,
 ) -> Result<serde_json::Value, TemplateError> {
     Ok(match template {
-        serde_json::Value::String(s) => render_string(s, context)?,
+        serde_json::Value::String(s) => {
+            let rendered = render_string(s, context)?;
+            let size = json_size(&rendered, *budget).ok_or_else(|| {
+                TemplateError::Evaluation(describe(&too_large("the rendered template")))
+            })?;
+            *budget -= size;
+            rendered
+        }
         serde_json::Value::Array(items) => serde_json::Value::Array(
             items
                 .iter()
-                .map(|item| render_value(item, context))
+                .map(|item| render_value(item, context, budget))
                 .collect::<Result<_, _>>()?,
         ),
         serde_json::Value::Object(map) => serde_json::Value::Object(
             map.iter()
-                .map(|(k, v)| Ok((k.clone(), render_value(v, context)?)))
+                .map(|(k, v)| Ok((k.clone(), render_value(v, context, budget)?)))
                 .collect::<Result<_, TemplateError>>()?,
         ),
         other => other.clone(),
     })
+}
+
+/// [`value_size`] for JSON.
+fn json_size(v: &serde_json::Value, limit: usize) -> Option<usize> {
+    fn walk(v: &serde_json::Value, used: &mut usize, limit: usize) -> bool {
+        *used += 1;
+        let within = match v {
+            serde_json::Value::String(s) => {
+                *used += s.len();
+                true
+            }
+            serde_json::Value::Array(items) => items.iter().all(|item| walk(item, used, limit)),
+            serde_json::Value::Object(map) => map.iter().all(|(k, v)| {
+                *used += 1 + k.len();
+                walk(v, used, limit)
+            }),
+            _ => true,
+        };
+        within && *used <= limit
+    }
+    let mut used = 0;
+    walk(v, &mut used, limit).then_some(used)
 }
 
 fn render_string(s: &str, context: &Value) -> Result<serde_json::Value, TemplateError> {
@@ -689,13 +1066,19 @@ fn render_string(s: &str, context: &Value) -> Result<serde_json::Value, Template
     }
     let mut out = String::new();
     for segment in segments {
-        match segment {
-            Segment::Text(t) => out.push_str(t),
+        let piece = match segment {
+            Segment::Text(t) => t.to_string(),
             Segment::Expression(e) => match run(&compile(e)?, context)? {
-                serde_json::Value::String(s) => out.push_str(&s),
-                other => out.push_str(&other.to_string()),
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
             },
+        };
+        if out.len() + piece.len() > MAX_VALUE_SIZE {
+            return Err(TemplateError::Evaluation(describe(&too_large(
+                "the rendered text",
+            ))));
         }
+        out.push_str(&piece);
     }
     Ok(serde_json::Value::String(out))
 }

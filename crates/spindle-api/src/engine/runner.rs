@@ -783,6 +783,10 @@ pub(super) fn finish_step(
         let Some(stored) = stored.into_first() else {
             return Ok(());
         };
+        // A step that was running when its run ended (a sibling failed, or the run
+        // was cancelled) still finishes, and its provider call is billed: the run's
+        // totals, summed when it ended, must include it.
+        add_totals_if_ended(db, run)?;
         let duration = stored[0].as_i64().map(|started| now - started);
         record_step(db, &node.node_type, status.as_str(), duration)?;
         let failed = status == StepStatus::Failed;
@@ -1005,7 +1009,9 @@ pub fn cancel(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<(), ApiEr
             ),
             &[Value::Integer(now), Value::from(execution_id)],
         )?;
-        Ok(())
+        // What ran before the cancel is billed: the run's totals (steps still
+        // running add theirs when they finish).
+        sum_totals(db, org_id, execution_id, "")
     })
 }
 
@@ -1090,14 +1096,32 @@ pub fn resume_stalled(ctx: &RequestContext, limit: i64) -> Result<usize, ApiErro
 
 /// Sums the run's tokens and cost from its steps.
 fn add_totals(db: &dyn Db, run: &Run) -> Result<(), ApiError> {
-    OrgScoped::new(db, &run.org_id).execute(
-        "UPDATE executions SET \
-         tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM steps WHERE execution_id = ?2), \
-         tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM steps WHERE execution_id = ?2), \
-         base_cost_micros = (SELECT COALESCE(SUM(base_cost_micros), 0) FROM steps WHERE execution_id = ?2), \
-         billed_cost_micros = (SELECT COALESCE(SUM(billed_cost_micros), 0) FROM steps WHERE execution_id = ?2) \
-         WHERE org_id = ?1 AND id = ?2",
-        &[Value::from(run.id.as_str())],
+    sum_totals(db, &run.org_id, &run.id, "")
+}
+
+/// Sums the run's tokens and cost from its steps if the run has already ended:
+/// for a step stored after its run failed (a sibling failed meanwhile) or was
+/// cancelled, whose cost the sum taken when the run ended did not include.
+fn add_totals_if_ended(db: &dyn Db, run: &Run) -> Result<(), ApiError> {
+    sum_totals(
+        db,
+        &run.org_id,
+        &run.id,
+        " AND status IN ('failed', 'cancelled')",
+    )
+}
+
+fn sum_totals(db: &dyn Db, org_id: &str, execution_id: &str, only: &str) -> Result<(), ApiError> {
+    OrgScoped::new(db, org_id).execute(
+        &format!(
+            "UPDATE executions SET \
+             tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM steps WHERE execution_id = ?2), \
+             tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM steps WHERE execution_id = ?2), \
+             base_cost_micros = (SELECT COALESCE(SUM(base_cost_micros), 0) FROM steps WHERE execution_id = ?2), \
+             billed_cost_micros = (SELECT COALESCE(SUM(billed_cost_micros), 0) FROM steps WHERE execution_id = ?2) \
+             WHERE org_id = ?1 AND id = ?2{only}"
+        ),
+        &[Value::from(execution_id)],
     )?;
     Ok(())
 }
