@@ -585,37 +585,8 @@ fn reject(problems: Vec<ErrorDetail>) -> Result<(), ApiError> {
 mod tests {
     use super::*;
     use crate::context::Backends;
-    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
-    use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb, migrations};
-
-    /// Real SQLite in memory; a key-value store that works or is down.
-    struct Native {
-        kv_down: bool,
-    }
-
-    impl Backends for Native {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::memory()))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            if self.kv_down {
-                return Err(KvError("no such store".into()));
-            }
-            Ok(Box::new(MemoryKv::default()))
-        }
-        fn variable(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            getrandom::fill(buffer).unwrap();
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
-
-    const UP: Native = Native { kv_down: false };
+    use crate::test_backends::TestBackends;
+    use spindle_store::migrations;
 
     fn call(backends: Box<dyn Backends>, method: Method, path: &str) -> (u16, Json) {
         let response = router().handle(
@@ -630,7 +601,7 @@ mod tests {
 
     #[test]
     fn healthz_reports_the_schema_level_after_migrating() {
-        let (status, body) = call(Box::new(UP), Method::Get, "/healthz");
+        let (status, body) = call(Box::new(TestBackends::memory()), Method::Get, "/healthz");
         assert_eq!(status, 200);
         assert_eq!(body["status"], "ok");
         assert_eq!(body["schema"], migrations::latest_version());
@@ -639,7 +610,11 @@ mod tests {
 
     #[test]
     fn healthz_is_503_naming_the_failing_store() {
-        let (status, body) = call(Box::new(Native { kv_down: true }), Method::Get, "/healthz");
+        let (status, body) = call(
+            Box::new(TestBackends::memory().kv_down()),
+            Method::Get,
+            "/healthz",
+        );
         assert_eq!(status, 503);
         assert_eq!(body["status"], "unavailable");
         assert_eq!(body["checks"]["sqlite"], "ok");
@@ -653,7 +628,11 @@ mod tests {
 
     #[test]
     fn org_creation_without_an_admin_key_configured_is_disabled() {
-        let (status, body) = call(Box::new(UP), Method::Post, "/api/v1/orgs");
+        let (status, body) = call(
+            Box::new(TestBackends::memory()),
+            Method::Post,
+            "/api/v1/orgs",
+        );
         assert_eq!(status, 403);
         assert_eq!(body["error"]["code"], "feature_disabled");
     }

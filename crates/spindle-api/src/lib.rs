@@ -10,6 +10,8 @@ mod context;
 pub mod engine;
 mod listing;
 pub mod openapi;
+#[cfg(test)]
+mod test_backends;
 pub mod usage;
 pub mod workflows;
 

@@ -433,9 +433,7 @@ fn sse_event(id: Option<i64>, event: &str, data: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Backends;
-    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
-    use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb};
+    use crate::test_backends::TestBackends;
 
     #[test]
     fn an_event_has_its_id_name_and_data_then_a_blank_line() {
@@ -513,30 +511,9 @@ mod tests {
         assert_eq!(let_through.node_id, Some("a"));
     }
 
-    struct Native;
-
-    impl Backends for Native {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::memory()))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            Ok(Box::new(MemoryKv::default()))
-        }
-        fn variable(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            buffer.fill(4);
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
-
     /// A context with run `e1` of org `o1` in `status` and three entries.
     fn run_with_entries(status: &str) -> RequestContext {
-        let ctx = RequestContext::new(Box::new(Native));
+        let ctx = RequestContext::new(Box::new(TestBackends::memory()));
         let db = ctx.db().unwrap();
         for insert in [
             "INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('o1', 'one', 0, 0)",

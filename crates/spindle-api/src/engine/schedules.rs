@@ -185,38 +185,11 @@ fn start_one(ctx: &RequestContext, schedule: &Due, now: i64) -> Result<bool, Api
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Backends;
     use crate::now_ms;
+    use crate::test_backends::TestBackends;
     use spindle_definition::parse_definition;
-    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
-    use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb};
     use std::path::PathBuf;
     use std::sync::{Arc, Barrier};
-
-    /// Real SQLite in a file every context of a test opens, like instances
-    /// of one app sharing Spin's database.
-    struct Native {
-        path: PathBuf,
-    }
-
-    impl Backends for Native {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::open(&self.path)?))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            Ok(Box::new(MemoryKv::default()))
-        }
-        fn variable(&self, name: &str) -> Option<String> {
-            (name == "internal_key").then(|| "unit-test-internal-key".to_string())
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            getrandom::fill(buffer).unwrap();
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
 
     /// A database file that is removed with the test.
     struct Fixture {
@@ -243,9 +216,10 @@ mod tests {
         }
 
         fn context(&self) -> RequestContext {
-            RequestContext::new(Box::new(Native {
-                path: self.dir.join("spindle.db"),
-            }))
+            RequestContext::new(Box::new(
+                TestBackends::file(self.dir.join("spindle.db"))
+                    .variable("internal_key", "unit-test-internal-key"),
+            ))
         }
 
         /// A trigger → output workflow (runs inline, no provider) and its id.

@@ -927,40 +927,14 @@ fn budget_json(org: &OrgScoped, row: &[Value], now: i64) -> Result<Json, ApiErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Backends;
-    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
+    use crate::test_backends::TestBackends;
     use spindle_providers::Message;
-    use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb};
     use std::path::PathBuf;
     use std::sync::{Arc, Barrier};
 
     /// 2026-06-15T12:00:00Z: every test books at fixed times, away from period edges.
     const T0: i64 = 1_781_524_800_000;
     const HOUR: i64 = 3_600_000;
-
-    /// Real SQLite in a file every context opens, like instances of one app.
-    struct Native {
-        path: PathBuf,
-    }
-
-    impl Backends for Native {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::open(&self.path)?))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            Ok(Box::new(MemoryKv::default()))
-        }
-        fn variable(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            getrandom::fill(buffer).unwrap();
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
 
     /// A database file with organisation `o1`, removed with the test.
     struct Fixture {
@@ -995,9 +969,7 @@ mod tests {
         }
 
         fn context(&self) -> RequestContext {
-            RequestContext::new(Box::new(Native {
-                path: self.dir.join("spindle.db"),
-            }))
+            RequestContext::new(Box::new(TestBackends::file(self.dir.join("spindle.db"))))
         }
 
         /// Adds a budget of `o1` and returns its id.

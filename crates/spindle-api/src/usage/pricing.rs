@@ -576,40 +576,15 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Backends;
-    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
+    use crate::test_backends::TestBackends;
     use spindle_providers::price_for;
-    use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb};
-
-    /// SQLite in memory, with `billing_markup_percent` set to `markup` when given.
-    struct Native {
-        markup: Option<&'static str>,
-    }
-
-    impl Backends for Native {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::memory()))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            Ok(Box::new(MemoryKv::default()))
-        }
-        fn variable(&self, name: &str) -> Option<String> {
-            (name == "billing_markup_percent")
-                .then(|| self.markup.map(String::from))
-                .flatten()
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            getrandom::fill(buffer).unwrap();
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
 
     /// A context with organisations `o1` and `o2`.
     fn setup(markup: Option<&'static str>) -> RequestContext {
-        let ctx = RequestContext::new(Box::new(Native { markup }));
+        let ctx = RequestContext::new(Box::new(match markup {
+            Some(markup) => TestBackends::memory().variable("billing_markup_percent", markup),
+            None => TestBackends::memory(),
+        }));
         ctx.db()
             .unwrap()
             .execute(

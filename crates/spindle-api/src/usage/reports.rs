@@ -869,9 +869,8 @@ fn percentile(sorted: &[i64], p: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Backends;
-    use spindle_http::{Method, OutboundError, OutboundRequest, OutboundResponse};
-    use spindle_store::{Db, DbError, KvError, KvStore, MemoryKv, RusqliteDb};
+    use crate::test_backends::TestBackends;
+    use spindle_http::Method;
 
     const JAN_5_2026: i64 = 1_767_571_200_000; // a Monday, 00:00 UTC
 
@@ -1055,31 +1054,10 @@ mod tests {
         }
     }
 
-    struct Native;
-
-    impl Backends for Native {
-        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
-            Ok(Box::new(RusqliteDb::memory()))
-        }
-        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
-            Ok(Box::new(MemoryKv::default()))
-        }
-        fn variable(&self, _: &str) -> Option<String> {
-            None
-        }
-        fn random_bytes(&self, buffer: &mut [u8]) {
-            buffer.fill(9);
-        }
-        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-            Err(OutboundError::Denied("no network in unit tests".into()))
-        }
-        fn sleep_ms(&self, _: u64) {}
-    }
-
     /// Org `o1` with `n` records, three per millisecond (so keyset ties on
     /// `created_at` are exercised), and one record of org `o2`.
     fn with_records(n: usize) -> RequestContext {
-        let ctx = RequestContext::new(Box::new(Native));
+        let ctx = RequestContext::new(Box::new(TestBackends::memory()));
         let db = ctx.db().unwrap();
         for org in ["o1", "o2"] {
             db.execute(
