@@ -154,3 +154,27 @@ pub fn like_pattern(search: Option<String>) -> Option<String> {
         .replace('_', "\\_");
     Some(format!("%{escaped}%"))
 }
+
+/// Default page of a keyset-paged list (log entries, usage records).
+pub const KEYSET_DEFAULT_LIMIT: i64 = 100;
+/// Largest page of a keyset-paged list.
+pub const KEYSET_MAX_LIMIT: i64 = 1000;
+
+/// The `limit` of a keyset-paged list (1 to [`KEYSET_MAX_LIMIT`], default
+/// [`KEYSET_DEFAULT_LIMIT`]); a bad one is added to `problems`.
+pub fn keyset_limit(request: &ApiRequest, problems: &mut Vec<ErrorDetail>) -> i64 {
+    match request.query_param("limit") {
+        None => KEYSET_DEFAULT_LIMIT,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|n| (1..=KEYSET_MAX_LIMIT).contains(n))
+            .unwrap_or_else(|| {
+                problems.push(ErrorDetail::new(
+                    "query.limit",
+                    format!("must be an integer from 1 to {KEYSET_MAX_LIMIT}"),
+                ));
+                KEYSET_DEFAULT_LIMIT
+            }),
+    }
+}

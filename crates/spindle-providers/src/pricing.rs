@@ -210,7 +210,9 @@ pub fn price_for(provider: Provider, model: &str) -> Option<Price> {
         .map(|e| e.price)
 }
 
-fn matches_model(known: &str, model: &str) -> bool {
+/// Whether `model` is the priced model `known` or a snapshot of it: `-latest`,
+/// a date (`-20250514`, `-2024-08-06`) or a version (`-001`) after its id.
+pub fn matches_model(known: &str, model: &str) -> bool {
     if model == known {
         return true;
     }

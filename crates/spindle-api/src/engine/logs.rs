@@ -6,6 +6,7 @@
 use super::status::RunStatus;
 use crate::auth::authenticate;
 use crate::context::RequestContext;
+use crate::listing::keyset_limit;
 use crate::{fetch_one, json_column, now_ms, timestamp};
 use serde_json::{Value as Json, json};
 use spindle_auth::Role;
@@ -14,8 +15,6 @@ use spindle_store::{Db, OrgScoped, Value};
 use std::fmt::Write as _;
 
 /// The default and the largest page of `GET …/logs`.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
 /// How long one stream stays open: under the ~30 s that hosted Spin
 /// platforms allow a request. The client reconnects with `Last-Event-ID`.
 const STREAM_FOR_MS: i64 = 25_000;
@@ -347,8 +346,8 @@ fn entries_after(
         .collect())
 }
 
-/// `after` (an entry id, default 0) and `limit` (1 to [`MAX_PAGE`], default
-/// [`DEFAULT_PAGE`]); 400 naming each bad one.
+/// `after` (an entry id, default 0) and `limit` (1 to [`crate::listing::KEYSET_MAX_LIMIT`], default
+/// [`crate::listing::KEYSET_DEFAULT_LIMIT`]); 400 naming each bad one.
 fn page(request: &ApiRequest) -> Result<(i64, i64), ApiError> {
     let mut problems = Vec::new();
     let after = match request.query_param("after") {
@@ -361,20 +360,7 @@ fn page(request: &ApiRequest) -> Result<(i64, i64), ApiError> {
             0
         }),
     };
-    let limit = match request.query_param("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .unwrap_or_else(|| {
-                problems.push(ErrorDetail::new(
-                    "query.limit",
-                    format!("must be an integer from 1 to {MAX_PAGE}"),
-                ));
-                DEFAULT_PAGE
-            }),
-    };
+    let limit = keyset_limit(request, &mut problems);
     if problems.is_empty() {
         Ok((after, limit))
     } else {

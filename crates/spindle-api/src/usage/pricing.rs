@@ -12,7 +12,7 @@ use serde_json::{Map, Value as Json, json};
 use spindle_auth::Role;
 use spindle_http::{ApiError, ApiRequest, ApiResponse, ErrorDetail, Params};
 use spindle_providers::Provider;
-use spindle_providers::pricing::{Price, PriceEntry, format_micros, pricing_table};
+use spindle_providers::pricing::{Price, PriceEntry, format_micros, matches_model, pricing_table};
 use spindle_store::{Db, OrgScoped, Value, in_transaction};
 
 /// Markup when neither the organisation nor `billing_markup_percent` sets one.
@@ -67,7 +67,7 @@ pub fn effective_price(
         .rows
         .iter()
         .filter_map(|row| Some((row[0].as_str()?, row)))
-        .filter(|(known, _)| *known == model || is_snapshot_of(known, model))
+        .filter(|(known, _)| matches_model(known, model))
         // The exact id first, then the longest (most specific) base model.
         .max_by_key(|(known, _)| (*known == model, known.len()));
     if let Some((known, row)) = own {
@@ -91,7 +91,7 @@ pub fn built_in(provider: Provider, model: &str) -> Option<&'static PriceEntry> 
     pricing_table()
         .iter()
         .filter(|e| e.provider == provider)
-        .find(|e| e.model == model || is_snapshot_of(e.model, model))
+        .find(|e| matches_model(e.model, model))
 }
 
 /// The organisation's own markup, if it has set one.
@@ -128,26 +128,6 @@ pub fn markup_percent(ctx: &RequestContext, db: &dyn Db, org_id: &str) -> Result
         Some(markup) => Ok(markup),
         None => default_markup_percent(ctx),
     }
-}
-
-/// Whether `model` is `known` followed by a snapshot suffix: `-latest`, a
-/// date (`-20250514`, `-2024-08-06`) or a version (`-001`), as the built-in
-/// table matches models.
-fn is_snapshot_of(known: &str, model: &str) -> bool {
-    let Some(suffix) = model
-        .strip_prefix(known)
-        .and_then(|rest| rest.strip_prefix('-'))
-    else {
-        return false;
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let dashed_date = suffix.len() == 10
-        && suffix.split('-').map(str::len).eq([4, 2, 2])
-        && suffix.split('-').all(digits);
-    suffix == "latest"
-        || (suffix.len() == 8 && digits(suffix))
-        || (suffix.len() == 3 && digits(suffix))
-        || dashed_date
 }
 
 /// Gemini's `models/` prefix is not part of the model id.

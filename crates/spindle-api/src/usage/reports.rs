@@ -11,6 +11,7 @@
 
 use crate::auth::authenticate;
 use crate::context::RequestContext;
+use crate::listing::keyset_limit;
 use crate::{fetch_one, now_ms, timestamp};
 use base64::Engine as _;
 use chrono::{Datelike, NaiveDate};
@@ -27,8 +28,6 @@ pub const MAX_RANGE_DAYS: i64 = 400;
 pub const DEFAULT_RANGE_DAYS: i64 = 30;
 const DAY_MS: i64 = 86_400_000;
 /// The default and the largest page of `GET /api/v1/usage/records`.
-const DEFAULT_PAGE: i64 = 100;
-const MAX_PAGE: i64 = 1000;
 /// Records a CSV export reads per query: memory stays flat however many there are.
 const CSV_BATCH: i64 = 500;
 /// What `group_by` accepts, in the order the error message lists them.
@@ -100,20 +99,7 @@ pub fn records(
             None
         }),
     };
-    let limit = match request.query_param("limit") {
-        None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .unwrap_or_else(|| {
-                problems.push(ErrorDetail::new(
-                    "query.limit",
-                    format!("must be an integer from 1 to {MAX_PAGE}"),
-                ));
-                DEFAULT_PAGE
-            }),
-    };
+    let limit = keyset_limit(request, &mut problems);
     invalid_if_any(problems)?;
     if wants_csv(request.header("accept")) {
         let org_id = caller.org_id;
