@@ -22,6 +22,7 @@ use spindle_http::{
     OutboundResponse, Router,
 };
 use spindle_store::{Db, DbError, KvError, KvStore, Rows, Value};
+use std::cell::Cell;
 
 /// Spin's `default` SQLite database and key-value store.
 pub struct SpinBackends;
@@ -30,7 +31,7 @@ impl Backends for SpinBackends {
     fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
         let connection = sqlite::Connection::open_default()
             .map_err(|e| DbError::from_message(sqlite_message(e)))?;
-        Ok(Box::new(SpinDb(connection)))
+        Ok(Box::new(SpinDb(connection, Cell::new(0))))
     }
 
     fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
@@ -59,7 +60,7 @@ impl Backends for SpinBackends {
     }
 }
 
-struct SpinDb(sqlite::Connection);
+struct SpinDb(sqlite::Connection, Cell<u32>);
 
 impl Db for SpinDb {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
@@ -76,6 +77,10 @@ impl Db for SpinDb {
                 .map(|row| row.values.into_iter().map(from_spin).collect())
                 .collect(),
         })
+    }
+
+    fn transaction_depth(&self) -> &Cell<u32> {
+        &self.1
     }
 }
 

@@ -1,5 +1,6 @@
 //! The SQLite port: one statement per call, as Spin runs it.
 
+use std::cell::Cell;
 use thiserror::Error;
 
 /// A SQLite value, as Spin's `sqlite` interface carries it.
@@ -134,25 +135,45 @@ impl DbError {
 pub trait Db {
     /// Runs one statement with positional (`?`) parameters.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
+
+    /// How many [`in_transaction`] calls are open on this connection, so a
+    /// nested one becomes a savepoint of the outer transaction.
+    fn transaction_depth(&self) -> &Cell<u32>;
 }
 
 /// Runs `work` inside `BEGIN IMMEDIATE` … `COMMIT`, rolling back when it
 /// fails. Spin has no transaction API: these are plain statements on one
 /// connection, and a transaction left open at the end of a request is rolled
-/// back by the host.
+/// back by the host. Inside another `in_transaction` on the same connection
+/// it is a savepoint: its work is undone alone when it fails and committed
+/// with the outer transaction when it succeeds.
 pub fn in_transaction<T, E>(db: &dyn Db, work: impl FnOnce(&dyn Db) -> Result<T, E>) -> Result<T, E>
 where
     E: From<DbError>,
 {
-    db.execute("BEGIN IMMEDIATE", &[])?;
-    let result = work(db).and_then(|value| {
-        db.execute("COMMIT", &[])?;
+    let depth = db.transaction_depth();
+    let nested = depth.get() > 0;
+    let (begin, commit, rollback) = if nested {
+        ("SAVEPOINT nested", "RELEASE nested", "ROLLBACK TO nested")
+    } else {
+        ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+    };
+    db.execute(begin, &[])?;
+    depth.set(depth.get() + 1);
+    let result = work(db);
+    depth.set(depth.get() - 1);
+    let result = result.and_then(|value| {
+        db.execute(commit, &[])?;
         Ok(value)
     });
     if result.is_err() {
         // The error that matters is the one already in hand; a failed
         // rollback leaves nothing committed either.
-        let _ = db.execute("ROLLBACK", &[]);
+        let _ = db.execute(rollback, &[]);
+        if nested {
+            // `ROLLBACK TO` keeps the savepoint open; release it.
+            let _ = db.execute("RELEASE nested", &[]);
+        }
     }
     result
 }

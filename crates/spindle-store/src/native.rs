@@ -4,12 +4,13 @@ use crate::db::{Db, DbError, Rows, Value};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::types::ValueRef;
 use rusqlite::{Batch, Connection};
+use std::cell::Cell;
 use std::path::Path;
 use std::time::Duration;
 
 /// A SQLite connection with Spin's semantics: only the first statement of a
 /// string runs, and the busy timeout is Spin's 5 s.
-pub struct RusqliteDb(Connection);
+pub struct RusqliteDb(Connection, Cell<u32>);
 
 impl RusqliteDb {
     /// Opens (or creates) the database file at `path`, a new connection each call.
@@ -18,13 +19,16 @@ impl RusqliteDb {
         connection
             .busy_timeout(Duration::from_secs(5))
             .map_err(to_db_error)?;
-        Ok(Self(connection))
+        Ok(Self(connection, Cell::new(0)))
     }
 
     /// A private in-memory database.
     pub fn memory() -> Self {
         // Opening an in-memory database only fails when SQLite cannot allocate.
-        Self(Connection::open_in_memory().expect("in-memory SQLite"))
+        Self(
+            Connection::open_in_memory().expect("in-memory SQLite"),
+            Cell::new(0),
+        )
     }
 }
 
@@ -54,6 +58,10 @@ impl Db for RusqliteDb {
             rows.push(values);
         }
         Ok(Rows { columns, rows })
+    }
+
+    fn transaction_depth(&self) -> &Cell<u32> {
+        &self.1
     }
 }
 
@@ -85,7 +93,7 @@ fn to_db_error(error: rusqlite::Error) -> DbError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::OrgScoped;
+    use crate::db::{OrgScoped, in_transaction};
 
     #[test]
     fn only_the_first_statement_runs_like_spin() {
@@ -123,6 +131,51 @@ mod tests {
             .execute("DELETE FROM t", &[])
             .unwrap_err();
         assert!(error.message.contains("not scoped"), "{error}");
+    }
+
+    fn count(db: &RusqliteDb) -> i64 {
+        db.execute("SELECT COUNT(*) FROM t", &[])
+            .unwrap()
+            .scalar_i64()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_nested_transaction_that_fails_undoes_only_its_own_writes() {
+        let db = RusqliteDb::memory();
+        db.execute("CREATE TABLE t (n INTEGER)", &[]).unwrap();
+        in_transaction(&db, |db| -> Result<(), DbError> {
+            db.execute("INSERT INTO t VALUES (1)", &[])?;
+            let inner = in_transaction(db, |db| -> Result<(), DbError> {
+                db.execute("INSERT INTO t VALUES (2)", &[])?;
+                Err(DbError::from_message("refused"))
+            });
+            assert!(inner.is_err());
+            in_transaction(db, |db| db.execute("INSERT INTO t VALUES (3)", &[]))?;
+            Ok(())
+        })
+        .unwrap();
+        let rows = db.execute("SELECT n FROM t ORDER BY n", &[]).unwrap();
+        assert_eq!(
+            rows.rows,
+            vec![vec![Value::Integer(1)], vec![Value::Integer(3)]]
+        );
+        assert_eq!(db.transaction_depth().get(), 0);
+    }
+
+    #[test]
+    fn an_outer_failure_undoes_the_nested_work_it_kept() {
+        let db = RusqliteDb::memory();
+        db.execute("CREATE TABLE t (n INTEGER)", &[]).unwrap();
+        let outer = in_transaction(&db, |db| -> Result<(), DbError> {
+            in_transaction(db, |db| db.execute("INSERT INTO t VALUES (1)", &[]))?;
+            Err(DbError::from_message("refused"))
+        });
+        assert!(outer.is_err());
+        assert_eq!(count(&db), 0);
+        // The connection is usable and outside any transaction again.
+        in_transaction(&db, |db| db.execute("INSERT INTO t VALUES (2)", &[])).unwrap();
+        assert_eq!(count(&db), 1);
     }
 
     #[test]

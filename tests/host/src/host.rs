@@ -526,7 +526,19 @@ impl sqlite::HostConnection for HostState {
             Ok(c) => c.0.clone(),
             Err(_) => return Ok(Err(sqlite::Error::InvalidConnection)),
         };
-        blocking(move || execute(&db.lock().unwrap(), &statement, parameters)).await
+        let trace = std::env::var_os("SPIN_TEST_HOST_SQL_TRACE").is_some();
+        blocking(move || {
+            let started = std::time::Instant::now();
+            let result = execute(&db.lock().unwrap(), &statement, parameters);
+            if trace {
+                // A profiling aid for the benchmark: what each statement costs.
+                let head: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
+                let head: String = head.chars().take(90).collect();
+                eprintln!("sqlite {} {head}", started.elapsed().as_micros());
+            }
+            result
+        })
+        .await
     }
 
     async fn drop(&mut self, conn: Resource<SqlConnection>) -> wasmtime::Result<()> {

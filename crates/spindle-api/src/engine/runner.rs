@@ -277,7 +277,7 @@ pub fn start_run(
         }
         Ok(())
     })?;
-    advance(ctx, &caller.org_id, &id, "", 0, false)?;
+    advance(ctx, &caller.org_id, &id, "", 0, None)?;
     Ok(id)
 }
 
@@ -361,137 +361,237 @@ const INLINE_BUDGET_MS: i64 = 5_000;
 /// each hand-off costs a request and a fresh instance.
 const CHAIN_BUDGET_MS: i64 = 10_000;
 
+/// A step that ran in this invocation and whose result is not stored yet:
+/// [`advance`] stores it in the same commit that readies what follows it.
+pub(super) struct Ran {
+    /// The step's node.
+    pub node: Node,
+    /// The step.
+    pub step_id: String,
+    /// The lease it ran under.
+    pub lease: String,
+    /// What it produced.
+    pub result: Result<NodeResult, StepFailure>,
+}
+
+/// What one transaction of [`advance`] left to do.
+enum Progress {
+    /// Nothing more for this invocation.
+    Stop,
+    /// Plan the same scope again.
+    Again,
+    /// Go on in another scope (a loop's iteration, or the scope around it).
+    Scope(String),
+    /// Run this claimed expensive step here, outside any transaction.
+    Run(Box<Chained>),
+}
+
+/// An expensive step claimed to run in this invocation (a chain).
+struct Chained {
+    run: Run,
+    node: Node,
+    step_id: String,
+    lease: String,
+    context: Json,
+}
+
 /// Moves a run forward from scope `scope_key` (`""` for the main graph):
-/// skips what the planner skips, runs cheap ready nodes inline, queues
-/// expensive ones and dispatches them after the response, enters loops and
-/// moves them from iteration to iteration, and finishes the run when
-/// nothing is left.
-pub fn advance(
+/// stores `ran` (a step this invocation ran), skips what the planner skips,
+/// runs cheap ready nodes inline, queues expensive ones and dispatches them
+/// after the response, enters loops and moves them from iteration to
+/// iteration, and finishes the run when nothing is left. Each unit of
+/// progress is one transaction, so a chain of expensive steps costs one
+/// commit per step: the one that stores a step's result also readies and
+/// claims the next.
+pub(super) fn advance(
     ctx: &RequestContext,
     org_id: &str,
     execution_id: &str,
     scope_key: &str,
     hops: u64,
-    chain: bool,
+    ran: Option<Ran>,
 ) -> Result<(), ApiError> {
     let db = ctx.db()?;
     let started = now_ms();
+    // Only a step's own invocation (after its response) goes on to run a chain.
+    let chain = ran.is_some();
+    let mut ran = ran;
     let mut key = scope_key.to_string();
     loop {
-        let run = load_run(db, org_id, execution_id)?;
-        if run.status.is_terminal() {
-            return Ok(());
-        }
-        let scope = Scope::resolve(&run.definition, &key).ok_or_else(|| {
-            ApiError::Internal(format!("scope {key:?} names no loop of the definition"))
-        })?;
-        let place = Place {
-            org_id,
-            execution_id,
-            scope: &key,
-        };
-        let steps = load_steps(db, &run, &key)?;
-        let plan = plan_graph(&scope.nodes, &scope.edges, &node_states(&steps));
-        let now = now_ms();
-        let mut progressed = false;
-        let mut entered = None;
-        for node in &plan.skip {
-            progressed |= insert_step(ctx, db, place, node, StepStatus::Skipped, None)?.is_some();
-        }
-        for node_id in plan.ready.iter().filter(|n| !steps.contains_key(*n)) {
-            let Some(node) = scope.node(node_id) else {
-                continue;
-            };
-            match node.typed_config("config") {
-                Ok(NodeConfig::Wait(wait)) => {
-                    // Parked until POST …/signals/:name or its timeout (the tick).
-                    if let Some(step_id) =
-                        insert_step(ctx, db, place, node_id, StepStatus::Waiting, None)?
-                    {
-                        let timeout = i64::try_from(wait.timeout_ms).unwrap_or(i64::MAX);
-                        db.execute(
-                            "UPDATE steps SET run_after = ? WHERE id = ?",
-                            &[
-                                Value::Integer(now.saturating_add(timeout)),
-                                Value::from(step_id.as_str()),
-                            ],
-                        )?;
-                    }
-                    continue;
-                }
-                Ok(NodeConfig::Loop(config)) => {
-                    let context = template_context(db, &run, &scope, &steps, node)?;
-                    entered = loops::enter(ctx, db, &run, &scope, node, config, &context)?;
-                    progressed = true;
-                    break;
-                }
-                _ => {}
-            }
-            let Some(step_id) = insert_step(ctx, db, place, node_id, StepStatus::Queued, None)?
-            else {
-                continue;
-            };
-            // A chain (one expensive step ready, no fan-out) goes on here when
-            // this invocation is a step's own, after its response, and has time.
-            let expensive_ready = plan
-                .ready
-                .iter()
-                .filter(|n| !steps.contains_key(*n) && scope.node(n).is_some_and(is_expensive))
-                .count();
-            if is_expensive(node)
-                && chain
-                && expensive_ready == 1
-                && now - started < CHAIN_BUDGET_MS
-            {
-                if let Some(lease) = claim(ctx, db, &step_id, now)? {
-                    let context = template_context(db, &run, &scope, &steps, node)?;
-                    let result = run_expensive(ctx, &run, &context, node, &step_id);
-                    finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
-                    progressed = true;
-                    break;
-                }
-                continue;
-            }
-            if is_expensive(node) || now - started > INLINE_BUDGET_MS {
-                let (ctx_org, step) = (org_id.to_string(), step_id.clone());
-                ctx.defer(move |ctx| {
-                    // A failed dispatch leaves the step queued for the tick.
-                    if let Err(problem) = dispatch_step(ctx, &step, hops, now_ms()) {
-                        eprintln!("spindle: dispatch of step {step} ({ctx_org}) failed: {problem}");
-                    }
-                });
-                continue;
-            }
-            let context = template_context(db, &run, &scope, &steps, node)?;
-            if let Some(resume_at) = delayed_until(&context, node, now) {
-                // A delay parks its step until its time; the tick resumes it.
-                db.execute(
-                    "UPDATE steps SET run_after = ? WHERE id = ?",
-                    &[Value::Integer(resume_at), Value::from(step_id.as_str())],
+        let progress = in_transaction(db, |db| -> Result<Progress, ApiError> {
+            let mut run = load_run(db, org_id, execution_id)?;
+            if let Some(done) = ran.take() {
+                finish_step(
+                    ctx,
+                    db,
+                    &run,
+                    &done.node,
+                    &done.step_id,
+                    &done.lease,
+                    done.result,
                 )?;
-            } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
-                let result = run_cheap(&context, node);
-                finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
-                progressed = true;
-                break;
+                // Storing it may have failed the run.
+                run = load_run(db, org_id, execution_id)?;
+            }
+            plan_scope(
+                ctx,
+                db,
+                run,
+                &key,
+                hops,
+                chain && now_ms() - started < CHAIN_BUDGET_MS,
+                started,
+            )
+        })?;
+        match progress {
+            Progress::Stop => return Ok(()),
+            Progress::Again => {}
+            Progress::Scope(next) => key = next,
+            Progress::Run(chained) => {
+                let Chained {
+                    run,
+                    node,
+                    step_id,
+                    lease,
+                    context,
+                } = *chained;
+                let result = run_expensive(ctx, &run, &context, &node, &step_id);
+                ran = Some(Ran {
+                    node,
+                    step_id,
+                    lease,
+                    result,
+                });
             }
         }
-        if let Some(next) = entered {
-            key = next;
-        } else if progressed {
+    }
+}
+
+/// One unit of progress in scope `key` of `run`, inside [`advance`]'s transaction.
+fn plan_scope(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    run: Run,
+    key: &str,
+    hops: u64,
+    chain: bool,
+    started: i64,
+) -> Result<Progress, ApiError> {
+    let (org_id, execution_id) = (run.org_id.as_str(), run.id.as_str());
+    if run.status.is_terminal() {
+        return Ok(Progress::Stop);
+    }
+    let scope = Scope::resolve(&run.definition, key).ok_or_else(|| {
+        ApiError::Internal(format!("scope {key:?} names no loop of the definition"))
+    })?;
+    let place = Place {
+        org_id,
+        execution_id,
+        scope: key,
+    };
+    let steps = load_steps(db, &run, key)?;
+    let plan = plan_graph(&scope.nodes, &scope.edges, &node_states(&steps));
+    let now = now_ms();
+    let mut progressed = false;
+    for node in &plan.skip {
+        progressed |= insert_step(ctx, db, place, node, StepStatus::Skipped, None)?.is_some();
+    }
+    for node_id in plan.ready.iter().filter(|n| !steps.contains_key(*n)) {
+        let Some(node) = scope.node(node_id) else {
             continue;
-        } else if !plan.finished {
-            return Ok(());
-        } else if scope.frames.is_empty() {
-            return complete_run(ctx, db, &run, &load_steps(db, &run, "")?);
-        } else {
-            // Every node of this iteration is done: the next iteration, or
-            // the scope around the loop once it finished.
-            match loops::finish_iteration(ctx, db, &run, &scope, &steps)? {
-                Some(next) => key = next,
-                None => return Ok(()),
+        };
+        match node.typed_config("config") {
+            Ok(NodeConfig::Wait(wait)) => {
+                // Parked until POST …/signals/:name or its timeout (the tick).
+                if let Some(step_id) =
+                    insert_step(ctx, db, place, node_id, StepStatus::Waiting, None)?
+                {
+                    let timeout = i64::try_from(wait.timeout_ms).unwrap_or(i64::MAX);
+                    db.execute(
+                        "UPDATE steps SET run_after = ? WHERE id = ?",
+                        &[
+                            Value::Integer(now.saturating_add(timeout)),
+                            Value::from(step_id.as_str()),
+                        ],
+                    )?;
+                }
+                continue;
             }
+            Ok(NodeConfig::Loop(config)) => {
+                let context = template_context(db, &run, &scope, &steps, node)?;
+                return Ok(
+                    match loops::enter(ctx, db, &run, &scope, node, config, &context)? {
+                        Some(next) => Progress::Scope(next),
+                        None => Progress::Again,
+                    },
+                );
+            }
+            _ => {}
         }
+        let Some(step_id) = insert_step(ctx, db, place, node_id, StepStatus::Queued, None)? else {
+            continue;
+        };
+        // A chain (one expensive step ready, no fan-out) goes on here when
+        // this invocation is a step's own, after its response, and has time.
+        let expensive_ready = plan
+            .ready
+            .iter()
+            .filter(|n| !steps.contains_key(*n) && scope.node(n).is_some_and(is_expensive))
+            .count();
+        if is_expensive(node) && chain && expensive_ready == 1 {
+            if let Some(lease) = claim(ctx, db, &step_id, now)? {
+                let context = template_context(db, &run, &scope, &steps, node)?;
+                return Ok(Progress::Run(Box::new(Chained {
+                    node: node.clone(),
+                    run,
+                    step_id,
+                    lease,
+                    context,
+                })));
+            }
+            continue;
+        }
+        if is_expensive(node) || now - started > INLINE_BUDGET_MS {
+            let (ctx_org, step) = (org_id.to_string(), step_id.clone());
+            ctx.defer(move |ctx| {
+                // A failed dispatch leaves the step queued for the tick.
+                if let Err(problem) = dispatch_step(ctx, &step, hops, now_ms()) {
+                    eprintln!("spindle: dispatch of step {step} ({ctx_org}) failed: {problem}");
+                }
+            });
+            continue;
+        }
+        let context = template_context(db, &run, &scope, &steps, node)?;
+        if let Some(resume_at) = delayed_until(&context, node, now) {
+            // A delay parks its step until its time; the tick resumes it.
+            db.execute(
+                "UPDATE steps SET run_after = ? WHERE id = ?",
+                &[Value::Integer(resume_at), Value::from(step_id.as_str())],
+            )?;
+        } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
+            let result = run_cheap(&context, node);
+            finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
+            progressed = true;
+            break;
+        }
+    }
+    if progressed {
+        Ok(Progress::Again)
+    } else if !plan.finished {
+        Ok(Progress::Stop)
+    } else if scope.frames.is_empty() {
+        let steps = load_steps(db, &run, "")?;
+        complete_run(ctx, db, &run, &steps)?;
+        Ok(Progress::Stop)
+    } else {
+        // Every node of this iteration is done: the next iteration, or
+        // the scope around the loop once it finished.
+        Ok(
+            match loops::finish_iteration(ctx, db, &run, &scope, &steps)? {
+                Some(next) => Progress::Scope(next),
+                None => Progress::Stop,
+            },
+        )
     }
 }
 
@@ -611,14 +711,19 @@ pub fn run_step(
     } else {
         run_cheap(&context, node)
     };
-    finish_step(ctx, db, &run, node, step_id, lease, result)?;
+    let ran = Ran {
+        node: node.clone(),
+        step_id: step_id.to_string(),
+        lease: lease.to_string(),
+        result,
+    };
     advance(
         ctx,
         &home.org_id,
         &home.execution_id,
         &home.scope,
         hops,
-        true,
+        Some(ran),
     )
 }
 
@@ -871,7 +976,7 @@ pub fn signal(
             ..NodeResult::default()
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, Ok(result))?;
-        advance(ctx, org_id, execution_id, &scope_key, 0, false)?;
+        advance(ctx, org_id, execution_id, &scope_key, 0, None)?;
         return Ok(true);
     }
     Ok(false)
@@ -919,7 +1024,7 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
             ))
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
-        advance(ctx, &org_id, &execution_id, &scope_key, 0, false)?;
+        advance(ctx, &org_id, &execution_id, &scope_key, 0, None)?;
         timed_out += 1;
     }
     Ok(timed_out)
@@ -1066,9 +1171,9 @@ pub fn resume(
             row[1].as_str().unwrap_or_default(),
             row[2].as_i64().unwrap_or_default(),
         );
-        advance(ctx, org_id, execution_id, &key, hops, false)?;
+        advance(ctx, org_id, execution_id, &key, hops, None)?;
     }
-    advance(ctx, org_id, execution_id, "", hops, false)
+    advance(ctx, org_id, execution_id, "", hops, None)
 }
 
 /// Resumes, in a bounded batch, running runs that have no live step: an
