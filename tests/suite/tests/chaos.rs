@@ -21,8 +21,8 @@
 //! reproduces the same mix of faults but not necessarily the same schedule.
 //!
 //! The exact accounting holds because the faults cannot kill an instance between a
-//! provider's answer and the step's store (README, "Status lifecycle": that is the one
-//! at-least-once case): `AbortBeforeResponse` runs none of the component's code, and
+//! provider's answer and the step's store (README, "Status lifecycle": the provider is
+//! then called again, and the organisation billed once): `AbortBeforeResponse` runs none of the component's code, and
 //! `AbortAfterResponse` stops the instance at its first host call after answering, so
 //! a step invocation (which answers as soon as it has claimed the step) dies before it
 //! calls the provider. Agents have no tools, so a step makes one successful call.
@@ -42,11 +42,10 @@ const DEFAULT_SEED: u64 = 0x5EED_C4A0_5001;
 
 /// How long a claimed step may run before the tick hands it to another invocation.
 /// The exact accounting needs every live step to finish inside its lease (a step
-/// still running when its lease lapses is run again, and its provider called again:
-/// see the ignored test at the end), and an agent step may take up to 4 provider calls
-/// with waits of at least 1 s after a 429 and up to 2 s of backoff before the last,
-/// plus waiting for the organisation's provider pause after a 429: about 6 s at worst
-/// here, more than the suite's 2 s lease.
+/// still running when its lease lapses is run again, and its provider called again).
+/// A step keeps its waits for the provider within a quarter of its lease (see
+/// `a_step_retrying_past_its_lease_calls_the_provider_once`), but up to 4 slow
+/// answers add to that: a lease of 10 s leaves room for them on a loaded machine.
 const STEP_LEASE_MS: u64 = 10_000;
 
 /// splitmix64: a small, seedable, well-mixed generator for every random choice.
@@ -591,17 +590,12 @@ fn a_hundred_runs_survive_dying_invocations_and_a_faulty_provider() {
     assert_eq!(statuses.values().sum::<usize>(), RUNS);
 }
 
-/// Known issue (not fixed here: it is in `agents/run.rs`): an agent step retries a
-/// provider's 429s and 5xx in place, sleeping up to 20 s in all, without regard to
-/// its lease, while the tick hands a step whose lease lapsed to another invocation.
-/// With the suite's 2 s lease, two 429s (`Retry-After: 1`) keep the step past its
-/// lease; a second invocation claims it and calls the provider again, so two calls
-/// succeed, two usage records are billed and one step stores its cost. (The admission
-/// wait is held to a quarter of the lease for exactly this reason; the retry waits
-/// are not.) Ignored until the retry loop defers the step instead of outliving its
-/// lease: `cargo test -p spindle-suite --test chaos -- --ignored`.
+/// An agent step retries a provider's 429s in place only within a quarter of its
+/// lease: with the suite's 2 s lease, a `Retry-After: 1` defers the step to that time
+/// instead (without using up an attempt). Waiting in place would outlive the lease,
+/// the tick would hand the step to a second invocation, and the provider would be
+/// called twice.
 #[test]
-#[ignore = "known issue: in-step provider retries can outlive the step's lease"]
 fn a_step_retrying_past_its_lease_calls_the_provider_once() {
     let _turn = fake_turn();
     let Some(target) =
@@ -639,14 +633,11 @@ fn a_step_retrying_past_its_lease_calls_the_provider_once() {
     assert_eq!(records["data"].as_array().unwrap().len(), 1, "{records}");
 }
 
-/// Known issue (not fixed here: a failed step stores no cost, and a retried run
-/// deletes its failed steps, so the fix is more than a line): a provider call that
-/// succeeds but whose answer the step cannot use (prose where the node's
-/// `output_schema` asks for JSON: `invalid_structured_output`) is billed in the usage
-/// records, while the failed step, and so the run, cost nothing. The usage summary
-/// then bills more than the runs. `cargo test -p spindle-suite --test chaos -- --ignored`.
+/// A provider call that succeeds but whose answer the step cannot use (prose where
+/// the node's `output_schema` asks for JSON: `invalid_structured_output`) is billed,
+/// and the failed step, and so the run, carries that cost: the usage summary and the
+/// run agree.
 #[test]
-#[ignore = "known issue: a failed step's successful provider call is not in the run's cost"]
 fn a_step_failing_after_a_billed_call_keeps_its_cost() {
     let _turn = fake_turn();
     let Some(target) =

@@ -4,7 +4,7 @@ mod definition;
 mod run;
 
 pub use definition::{AgentSpec, merge_patch};
-pub use run::{MAX_TOOL_ROUNDS, RunInput, StepLink, StoredAgent, run_agent};
+pub use run::{AgentRun, MAX_TOOL_ROUNDS, RunInput, StepLink, StoredAgent, run_agent};
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;

@@ -95,61 +95,128 @@ struct Tally {
     tool_calls: Vec<Json>,
     /// When admission refused a call: the earliest time it could go.
     not_before: Option<i64>,
+    /// The usage record of each provider call, written by [`AgentRun::store`].
+    calls: Vec<CallRecord>,
+    /// Each call's budget reservation and its billed cost, settled by [`AgentRun::store`].
+    settlements: Vec<(budgets::Reservation, i64)>,
 }
 
-/// Runs `agent` on `input` now and returns the stored execution as JSON.
-/// Provider failures do not fail the request: the execution records them
-/// with status `failed`.
+/// Runs `agent` on `input` now, stores the run and returns the stored
+/// execution as JSON. Provider failures do not fail the request: the
+/// execution records them with status `failed`.
 pub fn run_agent(
     ctx: &RequestContext,
     caller: &Caller,
     agent: &StoredAgent,
     input: RunInput,
 ) -> Result<Json, ApiError> {
-    let started = now_ms();
-    let execution_id = ctx.new_id();
+    let run = AgentRun::perform(ctx, caller, agent, input);
     let db = ctx.db()?;
-    let org = OrgScoped::new(db, &caller.org_id);
-    let context_text = input.context.as_ref().map(Json::to_string);
-    db.execute(
-        "INSERT INTO agent_executions (id, org_id, agent_id, execution_id, step_id, conversation_id, status, task, \
-         context, created_by, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-        &[
-            Value::from(execution_id.as_str()),
-            Value::from(caller.org_id.as_str()),
-            Value::from(agent.id.as_str()),
-            Value::from(input.step.as_ref().map(|s| s.execution_id.clone())),
-            Value::from(input.step.as_ref().map(|s| s.step_id.clone())),
-            Value::from(input.conversation_id.clone()),
-            Value::from(input.task.as_str()),
-            Value::from(context_text),
-            Value::from(caller.subject.as_str()),
-            Value::Integer(started),
-        ],
-    )?;
-    let mut tally = Tally::default();
-    let outcome = converse(ctx, caller, agent, &input, &execution_id, &mut tally);
-    let finished = now_ms();
-    let duration = finished - started;
-    let (status, output, error) = match &outcome {
-        Ok(text) => ("completed", Some(text.clone()), None),
-        Err(failure) => {
-            let mut error = json!({"code": failure.code, "message": failure.message});
-            if let Some(at) = tally.not_before {
-                error["not_before"] = json!(crate::timestamp(at));
-            }
-            ("failed", None, Some(error))
+    in_transaction(db, |db| run.store(ctx, db))?;
+    execution_json(&OrgScoped::new(db, &caller.org_id), &run.execution_id)
+}
+
+/// An agent run that has happened and is not stored yet: what it answered,
+/// its totals, and the usage record and budget settlement of each provider
+/// call. [`AgentRun::store`] writes it all in the caller's transaction, so
+/// a workflow step stores its agent run, its usage and its own result in
+/// one commit.
+pub struct AgentRun {
+    execution_id: String,
+    caller: Caller,
+    agent_id: String,
+    memory: bool,
+    input: RunInput,
+    started: i64,
+    finished: i64,
+    outcome: Result<String, RunFailure>,
+    tally: Tally,
+}
+
+impl AgentRun {
+    /// Runs `agent` on `input`: the provider calls (admitted, and booked
+    /// against the budgets first) and the tools the model asks for. Nothing
+    /// of the run itself is written until [`AgentRun::store`].
+    pub fn perform(
+        ctx: &RequestContext,
+        caller: &Caller,
+        agent: &StoredAgent,
+        input: RunInput,
+    ) -> Self {
+        let started = now_ms();
+        let execution_id = ctx.new_id();
+        let mut tally = Tally::default();
+        let outcome = converse(ctx, caller, agent, &input, &mut tally);
+        Self {
+            execution_id,
+            caller: caller.clone(),
+            agent_id: agent.id.clone(),
+            memory: agent.spec.memory.enabled,
+            input,
+            started,
+            finished: now_ms(),
+            outcome,
+            tally,
         }
-    };
-    in_transaction(db, |db| -> Result<(), ApiError> {
-        let org = OrgScoped::new(db, &caller.org_id);
-        org.execute(
-            "UPDATE agent_executions SET status = ?2, output = ?3, tool_calls = ?4, input_tokens = ?5, \
-             output_tokens = ?6, base_cost_micros = ?7, billed_cost_micros = ?8, provider_calls = ?9, \
-             duration_ms = ?10, error = ?11, finished_at = ?12 WHERE org_id = ?1 AND id = ?13",
+    }
+
+    /// The model's final answer, or why there is none: a stable code, a
+    /// message, and for a call the organisation's limits held back, the
+    /// earliest time (ms) it could go.
+    pub fn answer(&self) -> Result<&str, (&'static str, &str, Option<i64>)> {
+        match &self.outcome {
+            Ok(text) => Ok(text),
+            Err(failure) => Err((failure.code, &failure.message, self.tally.not_before)),
+        }
+    }
+
+    /// Tokens in and out, and the base and billed cost in micro-dollars, of all its calls.
+    pub fn totals(&self) -> (i64, i64, i64, i64) {
+        let tokens = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        (
+            tokens(self.tally.input_tokens),
+            tokens(self.tally.output_tokens),
+            self.tally.base_micros,
+            self.tally.billed_micros,
+        )
+    }
+
+    /// Writes the run: its execution, each call's usage record and metrics,
+    /// the budget settlements, the agent's counters, the conversation's new
+    /// turns, the `agent.executed` event and the activity entry. Call it
+    /// inside a transaction.
+    pub fn store(&self, ctx: &RequestContext, db: &dyn Db) -> Result<(), ApiError> {
+        let (caller, input, tally) = (&self.caller, &self.input, &self.tally);
+        let (status, output, error) = match &self.outcome {
+            Ok(text) => ("completed", Some(text.clone()), None),
+            Err(failure) => {
+                let mut error = json!({"code": failure.code, "message": failure.message});
+                if let Some(at) = tally.not_before {
+                    error["not_before"] = json!(crate::timestamp(at));
+                }
+                ("failed", None, Some(error))
+            }
+        };
+        let duration = self.finished - self.started;
+        let step = input.step.as_ref();
+        db.execute(
+            "INSERT INTO agent_executions (id, org_id, agent_id, execution_id, step_id, conversation_id, status, task, \
+             context, created_by, created_at, output, tool_calls, input_tokens, output_tokens, base_cost_micros, \
+             billed_cost_micros, provider_calls, duration_ms, error, finished_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
+                Value::from(self.execution_id.as_str()),
+                Value::from(caller.org_id.as_str()),
+                Value::from(self.agent_id.as_str()),
+                Value::from(step.map(|s| s.execution_id.clone())),
+                Value::from(step.map(|s| s.step_id.clone())),
+                Value::from(input.conversation_id.clone()),
                 Value::from(status),
-                Value::from(output.clone()),
+                Value::from(input.task.as_str()),
+                Value::from(input.context.as_ref().map(Json::to_string)),
+                Value::from(caller.subject.as_str()),
+                Value::Integer(self.started),
+                Value::from(output),
                 Value::Text(Json::Array(tally.tool_calls.clone()).to_string()),
                 int(tally.input_tokens),
                 int(tally.output_tokens),
@@ -158,42 +225,54 @@ pub fn run_agent(
                 int(tally.provider_calls),
                 Value::Integer(duration),
                 Value::from(error.as_ref().map(Json::to_string)),
-                Value::Integer(finished),
-                Value::from(execution_id.as_str()),
+                Value::Integer(self.finished),
             ],
         )?;
+        for call in &tally.calls {
+            call.insert(db, self)?;
+        }
+        let budget_scope = budgets::ChargeScope {
+            org_id: &caller.org_id,
+            api_key_id: caller.api_key_id.as_deref(),
+            workflow_id: step.map(|s| s.workflow_id.as_str()),
+            agent_id: Some(&self.agent_id),
+        };
+        for (reservation, billed) in &tally.settlements {
+            budgets::settle(ctx, &budget_scope, reservation, *billed)?;
+        }
+        let org = OrgScoped::new(db, &caller.org_id);
         org.execute(
             "UPDATE agents SET execution_count = execution_count + 1, success_count = success_count + ?2, \
              total_tokens = total_tokens + ?3, total_cost_micros = total_cost_micros + ?4, \
              total_latency_ms = total_latency_ms + ?5, last_executed_at = ?6 WHERE org_id = ?1 AND id = ?7",
             &[
-                Value::Integer(i64::from(outcome.is_ok())),
+                Value::Integer(i64::from(self.outcome.is_ok())),
                 int(tally.input_tokens + tally.output_tokens),
                 Value::Integer(tally.billed_micros),
                 Value::Integer(duration),
-                Value::Integer(finished),
-                Value::from(agent.id.as_str()),
+                Value::Integer(self.finished),
+                Value::from(self.agent_id.as_str()),
             ],
         )?;
-        if let (Ok(answer), Some(conversation)) = (&outcome, &input.conversation_id)
-            && agent.spec.memory.enabled
+        if let (Ok(answer), Some(conversation)) = (&self.outcome, &input.conversation_id)
+            && self.memory
         {
             remember(
                 ctx,
                 db,
                 &caller.org_id,
-                &agent.id,
+                &self.agent_id,
                 conversation,
-                &user_content(&input),
+                &user_content(input),
                 answer,
             )?;
         }
         let data = json!({
-            "agent_id": agent.id,
-            "agent_execution_id": execution_id,
+            "agent_id": self.agent_id,
+            "agent_execution_id": self.execution_id,
             "status": status,
-            "execution_id": input.step.as_ref().map(|s| s.execution_id.clone()),
-            "step_id": input.step.as_ref().map(|s| s.step_id.clone()),
+            "execution_id": step.map(|s| s.execution_id.clone()),
+            "step_id": step.map(|s| s.step_id.clone()),
         });
         crate::engine::emit_event(ctx, db, &caller.org_id, "agent.executed", &data)?;
         record_activity(
@@ -202,11 +281,10 @@ pub fn run_agent(
             &caller.org_id,
             &caller.subject,
             "agent.executed",
-            ("agent_execution", &execution_id),
-            &json!({"agent_id": agent.id, "status": status}),
+            ("agent_execution", &self.execution_id),
+            &json!({"agent_id": self.agent_id, "status": status}),
         )
-    })?;
-    execution_json(&org, &execution_id)
+    }
 }
 
 /// The model conversation: calls the provider, runs the tools it asks for,
@@ -216,7 +294,6 @@ fn converse(
     caller: &Caller,
     agent: &StoredAgent,
     input: &RunInput,
-    execution_id: &str,
     tally: &mut Tally,
 ) -> Result<String, RunFailure> {
     let spec = &agent.spec;
@@ -265,7 +342,6 @@ fn converse(
             agent,
             &endpoint,
             &request(messages.clone()),
-            execution_id,
             tally,
             &mut retry_wait,
             input.step.as_ref(),
@@ -357,7 +433,6 @@ fn call_with_retries(
     agent: &StoredAgent,
     endpoint: &Endpoint,
     request: &ChatRequest,
-    execution_id: &str,
     tally: &mut Tally,
     retry_wait: &mut u64,
     step: Option<&StepLink>,
@@ -385,23 +460,44 @@ fn call_with_retries(
         let result = call_once(ctx, &caller.org_id, endpoint, request);
         let latency = now_ms() - started;
         tally.provider_calls += 1;
-        let record = UsageRecord {
-            caller,
-            agent_id: &agent.id,
-            execution_id,
-            step,
-            endpoint,
-            model: &request.model,
+        let mut record = CallRecord {
+            id: ctx.new_id(),
+            provider: endpoint.provider,
+            model: request.model.clone(),
+            status: "succeeded",
+            error_code: None,
+            usage: Usage {
+                input_tokens: 0,
+                output_tokens: 0,
+            },
+            cost: Some(Cost {
+                base_micros: 0,
+                billed_micros: 0,
+            }),
+            markup_percent: 0,
             latency,
+            at: now_ms(),
         };
+        // The organisation's price and markup as they are now (usage::pricing).
+        let markup =
+            pricing::org_markup_percent(ctx.db().map_err(storage_failure)?, &caller.org_id)
+                .map_err(storage_failure)?
+                .unwrap_or(endpoint.markup_percent);
+        record.markup_percent = markup;
         match result {
             Ok(response) => {
-                let cost = record
-                    .succeeded(ctx, response.usage)
-                    .map_err(storage_failure)?;
+                let price = pricing::effective_price(
+                    ctx.db().map_err(storage_failure)?,
+                    &caller.org_id,
+                    endpoint.provider,
+                    &request.model,
+                )
+                .map_err(storage_failure)?;
+                let cost = price.map(|(price, _)| cost_of(price, response.usage, markup));
+                (record.usage, record.cost) = (response.usage, cost);
+                tally.calls.push(record);
                 let billed = cost.as_ref().map_or(0, |c| c.billed_micros);
-                budgets::settle(ctx, &budget_scope, &reservation, billed)
-                    .map_err(storage_failure)?;
+                tally.settlements.push((reservation, billed));
                 tally.input_tokens += response.usage.input_tokens;
                 tally.output_tokens += response.usage.output_tokens;
                 tally.base_micros += cost.as_ref().map_or(0, |c| c.base_micros);
@@ -410,13 +506,30 @@ fn call_with_retries(
                 return Ok(response);
             }
             Err(error) => {
-                record.failed(ctx, &error).map_err(storage_failure)?;
-                budgets::settle(ctx, &budget_scope, &reservation, 0).map_err(storage_failure)?;
+                (record.status, record.error_code) = ("failed", Some(error.code()));
+                tally.calls.push(record);
+                tally.settlements.push((reservation, 0));
                 let delay = backoff_delay_ms(attempt, retry_after(&error), ctx.random_unit());
-                if !error.is_transient()
-                    || attempt >= MAX_RETRIES
-                    || *retry_wait + delay > RETRY_WAIT_BUDGET_MS
-                {
+                if !error.is_transient() || attempt >= MAX_RETRIES {
+                    return Err(error.into());
+                }
+                let wait_budget = match step {
+                    Some(_) => quarter_lease_ms(ctx).min(RETRY_WAIT_BUDGET_MS),
+                    None => RETRY_WAIT_BUDGET_MS,
+                };
+                if *retry_wait + delay > wait_budget {
+                    // A step waiting past its lease would be run again beside
+                    // this invocation, and the provider called twice: when
+                    // the provider named a time (Retry-After), the step is
+                    // deferred to it instead.
+                    if step.is_some() && retry_after(&error).is_some() {
+                        let at = now_ms().saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+                        tally.not_before = Some(at);
+                        return Err(RunFailure {
+                            code: "provider_deferred",
+                            message: format!("{error}; the step runs again at {}", timestamp(at)),
+                        });
+                    }
                     return Err(error.into());
                 }
                 *retry_wait += delay;
@@ -428,7 +541,7 @@ fn call_with_retries(
 }
 
 /// Reserves the call's worst-case cost (input estimate and `max_tokens` at the
-/// price and markup [`UsageRecord::succeeded`] bills) against every budget that
+/// price and markup the call's usage record bills) against every budget that
 /// applies; a block budget it could pass fails the run with `budget_exceeded`.
 fn reserve_budget(
     ctx: &RequestContext,
@@ -461,6 +574,13 @@ fn reserve_budget(
     })
 }
 
+/// A quarter of a step's lease: the most a step waits in place for a
+/// provider, well inside the lease, or the tick would hand the step to
+/// another invocation while this one still waits to call.
+fn quarter_lease_ms(ctx: &RequestContext) -> u64 {
+    u64::try_from(crate::engine::step_lease_ms(ctx) / 4).unwrap_or(0)
+}
+
 /// Most a workflow step waits in place for its provider slot; a later slot
 /// defers the step to that time instead of holding the invocation.
 const STEP_ADMISSION_WAIT_MS: u64 = 5_000;
@@ -485,13 +605,7 @@ fn admit_call(
             .sum::<usize>();
     let tokens = estimated_tokens(characters, request.max_tokens);
     let max_wait = if in_step {
-        // Well inside the step's lease, or the tick would hand the step to
-        // another invocation while this one still waits to call.
-        let lease = ctx
-            .variable("step_lease_ms")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(u64::MAX);
-        STEP_ADMISSION_WAIT_MS.min(lease / 4)
+        STEP_ADMISSION_WAIT_MS.min(quarter_lease_ms(ctx))
     } else {
         RETRY_WAIT_BUDGET_MS.saturating_sub(retry_wait)
     };
@@ -565,103 +679,70 @@ fn call_once(
     parse_response(endpoint.provider, reply.status, &reply.headers, &reply.body)
 }
 
-/// The usage record of one provider call.
-struct UsageRecord<'a> {
-    caller: &'a Caller,
-    agent_id: &'a str,
-    execution_id: &'a str,
-    step: Option<&'a StepLink>,
-    endpoint: &'a Endpoint,
-    model: &'a str,
+/// The usage record of one provider call, written by [`AgentRun::store`]. A
+/// failed attempt has no tokens and costs nothing, so a call that succeeds
+/// after retries is billed once; a model without a price costs 0 and is
+/// marked `pricing_missing`.
+struct CallRecord {
+    id: String,
+    provider: Provider,
+    model: String,
+    status: &'static str,
+    error_code: Option<&'static str>,
+    usage: Usage,
+    cost: Option<Cost>,
+    markup_percent: u32,
     latency: i64,
+    at: i64,
 }
 
-impl UsageRecord<'_> {
-    /// Records a successful call with its tokens and cost; `None` when the
-    /// model has no price (recorded as cost 0 with `pricing_missing`).
-    fn succeeded(&self, ctx: &RequestContext, usage: Usage) -> Result<Option<Cost>, ApiError> {
-        // The organisation's price and markup as they are now (usage::pricing).
-        let markup = self.markup_percent(ctx)?;
-        let org = self.caller.org_id.as_str();
-        let price = pricing::effective_price(ctx.db()?, org, self.endpoint.provider, self.model)?;
-        let cost = price.map(|(price, _)| cost_of(price, usage, markup));
-        self.insert(ctx, "succeeded", None, usage, cost, markup)?;
-        Ok(cost)
-    }
-
-    /// The organisation's own markup, else the app-wide `billing_markup_percent`.
-    fn markup_percent(&self, ctx: &RequestContext) -> Result<u32, ApiError> {
-        Ok(pricing::org_markup_percent(ctx.db()?, &self.caller.org_id)?
-            .unwrap_or(self.endpoint.markup_percent))
-    }
-
-    fn failed(&self, ctx: &RequestContext, error: &ProviderError) -> Result<(), ApiError> {
-        let none = Usage {
-            input_tokens: 0,
-            output_tokens: 0,
-        };
-        let cost = Some(Cost {
-            base_micros: 0,
-            billed_micros: 0,
-        });
-        let markup = self.markup_percent(ctx)?;
-        self.insert(ctx, "failed", Some(error.code()), none, cost, markup)
-    }
-
-    fn insert(
-        &self,
-        ctx: &RequestContext,
-        status: &str,
-        error_code: Option<&str>,
-        usage: Usage,
-        cost: Option<Cost>,
-        markup_percent: u32,
-    ) -> Result<(), ApiError> {
-        let id = ctx.new_id();
-        // The record and its metrics in one commit.
-        in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
-            db.execute(
+impl CallRecord {
+    /// Inserts the record of a call of `run` and counts it in the metrics.
+    fn insert(&self, db: &dyn Db, run: &AgentRun) -> Result<(), ApiError> {
+        let step = run.input.step.as_ref();
+        db.execute(
             "INSERT INTO usage_records (id, org_id, agent_id, agent_execution_id, workflow_id, execution_id, step_id, \
              api_key_id, provider, model, status, error_code, input_tokens, output_tokens, total_tokens, \
              base_cost_micros, billed_cost_micros, markup_percent, pricing_missing, latency_ms, created_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             &[
-                Value::Text(id.clone()),
-                Value::from(self.caller.org_id.as_str()),
-                Value::from(self.agent_id),
-                Value::from(self.execution_id),
-                Value::from(self.step.map(|s| s.workflow_id.clone())),
-                Value::from(self.step.map(|s| s.execution_id.clone())),
-                Value::from(self.step.map(|s| s.step_id.clone())),
-                Value::from(self.caller.api_key_id.clone()),
-                Value::from(self.endpoint.provider.as_str()),
-                Value::from(self.model),
-                Value::from(status),
-                Value::from(error_code),
-                int(usage.input_tokens),
-                int(usage.output_tokens),
-                int(usage.input_tokens + usage.output_tokens),
-                Value::Integer(cost.map_or(0, |c| c.base_micros)),
-                Value::Integer(cost.map_or(0, |c| c.billed_micros)),
-                Value::Integer(i64::from(markup_percent)),
-                Value::Integer(i64::from(cost.is_none())),
+                Value::from(self.id.as_str()),
+                Value::from(run.caller.org_id.as_str()),
+                Value::from(run.agent_id.as_str()),
+                Value::from(run.execution_id.as_str()),
+                Value::from(step.map(|s| s.workflow_id.clone())),
+                Value::from(step.map(|s| s.execution_id.clone())),
+                Value::from(step.map(|s| s.step_id.clone())),
+                Value::from(run.caller.api_key_id.clone()),
+                Value::from(self.provider.as_str()),
+                Value::from(self.model.as_str()),
+                Value::from(self.status),
+                Value::from(self.error_code),
+                int(self.usage.input_tokens),
+                int(self.usage.output_tokens),
+                int(self.usage.input_tokens + self.usage.output_tokens),
+                Value::Integer(self.cost.map_or(0, |c| c.base_micros)),
+                Value::Integer(self.cost.map_or(0, |c| c.billed_micros)),
+                Value::Integer(i64::from(self.markup_percent)),
+                Value::Integer(i64::from(self.cost.is_none())),
                 Value::Integer(self.latency),
-                Value::Integer(now_ms()),
+                Value::Integer(self.at),
             ],
         )?;
-            let call = ProviderCall {
-                provider: self.endpoint.provider.as_str(),
-                model: self.model,
-                status,
-                tokens: (
-                    i64::try_from(usage.input_tokens).unwrap_or(i64::MAX),
-                    i64::try_from(usage.output_tokens).unwrap_or(i64::MAX),
-                ),
-                cost: cost.map_or((0, 0), |c| (c.base_micros, c.billed_micros)),
-                latency_ms: self.latency,
-            };
-            record_provider_call(db, &call)
-        })
+        let call = ProviderCall {
+            provider: self.provider.as_str(),
+            model: &self.model,
+            status: self.status,
+            tokens: (
+                i64::try_from(self.usage.input_tokens).unwrap_or(i64::MAX),
+                i64::try_from(self.usage.output_tokens).unwrap_or(i64::MAX),
+            ),
+            cost: self
+                .cost
+                .map_or((0, 0), |c| (c.base_micros, c.billed_micros)),
+            latency_ms: self.latency,
+        };
+        record_provider_call(db, &call)
     }
 }
 

@@ -17,6 +17,7 @@ pub use status::{RunStatus, StepStatus};
 
 /// Queues an event for the organisation's subscribers (the outbox; the tick delivers).
 pub(crate) use events::emit as emit_event;
+pub(crate) use runner::lease_ms as step_lease_ms;
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;

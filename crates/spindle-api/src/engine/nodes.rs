@@ -3,7 +3,7 @@
 //! http) that call out.
 
 use super::runner::{NodeResult, Run, StepFailure};
-use crate::agents::{self, RunInput, StepLink, StoredAgent, run_agent};
+use crate::agents::{self, AgentRun, RunInput, StepLink, StoredAgent};
 use crate::context::RequestContext;
 use serde_json::{Map, Value as Json, json};
 use spindle_auth::{Caller, Role};
@@ -142,52 +142,33 @@ fn run_agent_node(
         id: config.agent_id.clone(),
         spec,
     };
-    let execution = run_agent(ctx, &caller, &agent, input)
-        .map_err(|e| StepFailure::new("storage_unavailable", e.to_string()))?;
-    if execution["status"] != "completed" {
-        let failure = StepFailure::new(
-            execution["error"]["code"]
-                .as_str()
-                .unwrap_or("agent_failed"),
-            execution["error"]["message"]
-                .as_str()
-                .unwrap_or("the agent run failed"),
-        );
-        // Provider admission said "not yet": the step waits for its slot.
-        let not_before = execution["error"]["not_before"]
-            .as_str()
-            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
-            .map(|at| at.timestamp_millis());
-        return Err(match not_before {
-            Some(at) => failure.deferred_until(at),
-            None => failure,
-        });
-    }
-    let text = execution["output"].as_str().unwrap_or_default();
-    let output = if config.output_schema.is_some() {
-        structured_output(text).ok_or_else(|| {
+    // The agent run is stored with the step's result, in the same commit.
+    let agent_run = Box::new(AgentRun::perform(ctx, &caller, &agent, input));
+    let result = match agent_run.answer() {
+        Err((code, message, not_before)) => {
+            let failure = StepFailure::new(code, message);
+            // Provider admission said "not yet": the step waits for its slot.
+            Err(match not_before {
+                Some(at) => failure.deferred_until(at),
+                None => failure,
+            })
+        }
+        Ok(text) if config.output_schema.is_some() => structured_output(text).ok_or_else(|| {
             StepFailure::new(
                 "invalid_structured_output",
                 "the agent's answer is not the JSON its output_schema asks for",
             )
-        })?
-    } else {
-        Json::String(text.to_string())
+        }),
+        Ok(text) => Ok(Json::String(text.to_string())),
     };
-    let number = |path: &[&str]| {
-        path.iter()
-            .fold(&execution, |v, k| &v[*k])
-            .as_i64()
-            .unwrap_or(0)
-    };
-    Ok(NodeResult {
-        output,
-        tokens_in: number(&["usage", "input_tokens"]),
-        tokens_out: number(&["usage", "output_tokens"]),
-        base_micros: number(&["cost", "base_micros"]),
-        billed_micros: number(&["cost", "billed_micros"]),
-        ..NodeResult::default()
-    })
+    match result {
+        Ok(output) => Ok(NodeResult {
+            output,
+            agent_run: Some(agent_run),
+            ..NodeResult::default()
+        }),
+        Err(failure) => Err(failure.with_agent_run(agent_run)),
+    }
 }
 
 /// Default and largest timeout of an `http` node, and the most of its answer kept.

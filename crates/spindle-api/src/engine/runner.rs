@@ -9,6 +9,7 @@ use super::loops;
 use super::nodes::{run_cheap, run_expensive};
 use super::scope::{Scope, Step, child_key, load_steps, node_states, template_context};
 use super::status::{RunStatus, StepStatus};
+use crate::agents::AgentRun;
 use crate::context::RequestContext;
 use crate::usage::metrics::record_step;
 use crate::{json_column, now_ms};
@@ -53,6 +54,9 @@ pub(super) struct StepFailure {
     input: Json,
     /// Set when the step did not fail but must wait: it runs again at this time (ms).
     not_before: Option<i64>,
+    /// An agent node's run, stored with the step: its calls are billed even
+    /// when the step fails (an answer that is not the JSON asked for).
+    agent_run: Option<Box<AgentRun>>,
 }
 
 impl StepFailure {
@@ -63,6 +67,7 @@ impl StepFailure {
             message: message.into(),
             input: Json::Null,
             not_before: None,
+            agent_run: None,
         }
     }
 
@@ -70,6 +75,14 @@ impl StepFailure {
     pub(super) fn deferred_until(self, at: i64) -> Self {
         Self {
             not_before: Some(at),
+            ..self
+        }
+    }
+
+    /// The same failure, with the agent run that ended in it.
+    pub(super) fn with_agent_run(self, agent_run: Box<AgentRun>) -> Self {
+        Self {
+            agent_run: Some(agent_run),
             ..self
         }
     }
@@ -91,17 +104,12 @@ pub(super) struct NodeResult {
     /// rendered prompt, an http node's request (null when the node has no
     /// input worth storing beyond its output).
     pub input: Json,
-    /// Tokens sent to the provider.
-    pub tokens_in: i64,
-    /// Tokens the provider answered with.
-    pub tokens_out: i64,
-    /// The provider's price, in micro-dollars.
-    pub base_micros: i64,
-    /// What the organisation is billed, in micro-dollars.
-    pub billed_micros: i64,
+    /// An agent node's run (its calls, tokens and cost), stored with the step.
+    pub agent_run: Option<Box<AgentRun>>,
 }
 
-fn lease_ms(ctx: &RequestContext) -> i64 {
+/// How long a step's claim holds: the `step_lease_ms` variable, or five minutes.
+pub(crate) fn lease_ms(ctx: &RequestContext) -> i64 {
     ctx.variable("step_lease_ms")
         .and_then(|v| v.parse().ok())
         .filter(|ms| *ms > 0)
@@ -783,9 +791,21 @@ pub(super) fn finish_step(
     node: &Node,
     step_id: &str,
     lease: &str,
-    result: Result<NodeResult, StepFailure>,
+    mut result: Result<NodeResult, StepFailure>,
 ) -> Result<(), ApiError> {
     let (now, jitter) = (now_ms(), ctx.random_unit());
+    let agent_run = match &mut result {
+        Ok(result) => result.agent_run.take(),
+        Err(failure) => failure.agent_run.take(),
+    };
+    // Stored only while the lease holds, with the step's own change: a
+    // step that lost its lease runs again, and that run is the one billed.
+    let store_agent_run = |db: &dyn Db| match &agent_run {
+        Some(agent_run) => agent_run.store(ctx, db),
+        None => Ok(()),
+    };
+    let (tokens_in, tokens_out, base_micros, billed_micros) =
+        agent_run.as_ref().map_or((0, 0, 0, 0), |run| run.totals());
     let on_error = node.on_error;
     let input = match &result {
         Ok(result) => &result.input,
@@ -812,6 +832,7 @@ pub(super) fn finish_step(
                 ],
             )?;
             if !deferred.rows.is_empty() {
+                store_agent_run(db)?;
                 let data = json!({"run_after": crate::timestamp(*run_after)});
                 let entry = Entry::new(LogEvent::StepDeferred, message.clone()).node(&node.id);
                 logs::record(db, &run.org_id, &run.id, entry.data(data))?;
@@ -837,6 +858,7 @@ pub(super) fn finish_step(
                 ],
             )?;
             if !requeued.rows.is_empty() {
+                store_agent_run(db)?;
                 let message = format!("{} failed ({}); retrying", node.id, failure.message);
                 let data = json!({"error": {"code": failure.code, "message": failure.message}, "run_after": crate::timestamp(run_after)});
                 let entry = Entry::new(LogEvent::StepRetrying, message).node(&node.id);
@@ -875,10 +897,10 @@ pub(super) fn finish_step(
                 Value::Text(result.output.to_string()),
                 Value::from(result.outcome.clone()),
                 Value::from(error.as_ref().map(Json::to_string)),
-                Value::Integer(result.tokens_in),
-                Value::Integer(result.tokens_out),
-                Value::Integer(result.base_micros),
-                Value::Integer(result.billed_micros),
+                Value::Integer(tokens_in),
+                Value::Integer(tokens_out),
+                Value::Integer(base_micros),
+                Value::Integer(billed_micros),
                 Value::Integer(now),
                 input.clone(),
                 Value::from(step_id),
@@ -888,6 +910,7 @@ pub(super) fn finish_step(
         let Some(stored) = stored.into_first() else {
             return Ok(());
         };
+        store_agent_run(db)?;
         // A step that was running when its run ended (a sibling failed, or the run
         // was cancelled) still finishes, and its provider call is billed: the run's
         // totals, summed when it ended, must include it.
