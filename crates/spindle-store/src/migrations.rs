@@ -65,6 +65,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_usage_report_indexes.sql",
         sql: include_str!("../../../migrations/0008_usage_report_indexes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_retried_cost.sql",
+        sql: include_str!("../../../migrations/0009_retried_cost.sql"),
+    },
 ];
 
 /// The schema level the code expects: the last migration's version.

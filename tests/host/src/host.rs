@@ -534,7 +534,10 @@ impl sqlite::HostConnection for HostState {
                 // A profiling aid for the benchmark: what each statement costs.
                 let head: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
                 let head: String = head.chars().take(90).collect();
-                eprintln!("sqlite {} {head}", started.elapsed().as_micros());
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros());
+                eprintln!("sqlite {} {at} {head}", started.elapsed().as_micros());
             }
             result
         })

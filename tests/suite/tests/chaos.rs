@@ -668,4 +668,24 @@ fn a_step_failing_after_a_billed_call_keeps_its_cost() {
         run["cost"]["billed_micros"], summary["totals"]["billed_cost_micros"],
         "the run's cost is the sum of its usage records: {run}"
     );
+
+    // A retry replaces the failed step; the call it made stays in the run's cost.
+    fake_llm().push_for_model(SCORER, Reply::text(r#"{"score": 7}"#).tokens(1000, 100));
+    let id = run["id"].as_str().unwrap();
+    let path = format!("/api/v1/executions/{id}/retry");
+    let retried = target.call("POST", &path, Some(&org.owner_key), None);
+    assert_eq!(
+        retried.status,
+        202,
+        "{:?}",
+        String::from_utf8_lossy(&retried.body)
+    );
+    let run = target.finished(&org, id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let summary = get(&target, &org, "/api/v1/usage/summary");
+    assert_eq!(summary["totals"]["calls"], 2, "{summary}");
+    assert_eq!(
+        run["cost"]["billed_micros"], summary["totals"]["billed_cost_micros"],
+        "both calls are the run's: {run}"
+    );
 }

@@ -275,6 +275,10 @@ impl AgentRun {
             "step_id": step.map(|s| s.step_id.clone()),
         });
         crate::engine::emit_event(ctx, db, &caller.org_id, "agent.executed", &data)?;
+        if step.is_some() {
+            // A workflow's agent steps are in its run's logs, not the activity log.
+            return Ok(());
+        }
         record_activity(
             ctx,
             db,

@@ -332,6 +332,38 @@ pub(super) fn insert_step(
         .and_then(|row| row[0].as_str().map(String::from)))
 }
 
+/// Creates a step already claimed by this invocation (a chain runs it at
+/// once): one statement instead of an insert and a claim. `None` when the
+/// step exists already.
+fn insert_claimed_step(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    place: Place<'_>,
+    node_id: &str,
+    now: i64,
+) -> Result<Option<(String, String)>, ApiError> {
+    let lease = ctx.new_id();
+    let rows = db.execute(
+        "INSERT INTO steps (id, org_id, execution_id, node_id, iteration, status, attempts, lease_token, \
+         lease_expires_at, created_at, started_at) VALUES (?, ?, ?, ?, ?, 'running', 1, ?, ?, ?, ?) \
+         ON CONFLICT (execution_id, node_id, iteration) DO NOTHING RETURNING id",
+        &[
+            Value::Text(ctx.new_id()),
+            Value::from(place.org_id),
+            Value::from(place.execution_id),
+            Value::from(node_id),
+            Value::from(place.scope),
+            Value::from(lease.as_str()),
+            Value::Integer(now + lease_ms(ctx)),
+            Value::Integer(now),
+            Value::Integer(now),
+        ],
+    )?;
+    Ok(rows
+        .into_first()
+        .and_then(|row| row[0].as_str().map(|id| (id.to_string(), lease))))
+}
+
 /// Reads a run and its pinned definition.
 pub(super) fn load_run(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<Run, ApiError> {
     let org = OrgScoped::new(db, org_id);
@@ -396,7 +428,6 @@ enum Progress {
 
 /// An expensive step claimed to run in this invocation (a chain).
 struct Chained {
-    run: Run,
     node: Node,
     step_id: String,
     lease: String,
@@ -425,9 +456,11 @@ pub(super) fn advance(
     let chain = ran.is_some();
     let mut ran = ran;
     let mut key = scope_key.to_string();
+    // A run is pinned to its version, so its definition is read once; its
+    // status is read again in every transaction.
+    let mut run = load_run(db, org_id, execution_id)?;
     loop {
         let progress = in_transaction(db, |db| -> Result<Progress, ApiError> {
-            let mut run = load_run(db, org_id, execution_id)?;
             if let Some(done) = ran.take() {
                 finish_step(
                     ctx,
@@ -438,26 +471,30 @@ pub(super) fn advance(
                     &done.lease,
                     done.result,
                 )?;
-                // Storing it may have failed the run.
-                run = load_run(db, org_id, execution_id)?;
             }
-            plan_scope(
-                ctx,
-                db,
-                run,
-                &key,
-                hops,
-                chain && now_ms() - started < CHAIN_BUDGET_MS,
-                started,
-            )
+            // Several units of progress (a cheap node, a loop's next
+            // iteration) share a commit, but only briefly: the transaction
+            // holds the database's write lock.
+            let began = now_ms();
+            for _ in 0..UNITS_PER_COMMIT {
+                run.status = run_status(db, org_id, execution_id)?;
+                let chain = chain && now_ms() - started < CHAIN_BUDGET_MS;
+                match plan_scope(ctx, db, &run, &key, hops, chain, started)? {
+                    Progress::Again => {}
+                    Progress::Scope(next) => key = next,
+                    done => return Ok(done),
+                }
+                if now_ms() - began > COMMIT_EVERY_MS {
+                    break;
+                }
+            }
+            Ok(Progress::Again)
         })?;
         match progress {
             Progress::Stop => return Ok(()),
-            Progress::Again => {}
-            Progress::Scope(next) => key = next,
+            Progress::Again | Progress::Scope(_) => {}
             Progress::Run(chained) => {
                 let Chained {
-                    run,
                     node,
                     step_id,
                     lease,
@@ -475,11 +512,29 @@ pub(super) fn advance(
     }
 }
 
+/// Most units of progress [`advance`] makes in one transaction.
+const UNITS_PER_COMMIT: usize = 16;
+
+/// How long [`advance`] goes on making progress in one transaction.
+const COMMIT_EVERY_MS: i64 = 20;
+
+/// A run's status as stored now.
+fn run_status(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<RunStatus, ApiError> {
+    let status = OrgScoped::new(db, org_id)
+        .execute(
+            "SELECT status FROM executions WHERE org_id = ?1 AND id = ?2",
+            &[Value::from(execution_id)],
+        )?
+        .into_first()
+        .and_then(|row| row[0].as_str().and_then(RunStatus::parse));
+    status.ok_or_else(|| ApiError::NotFound(format!("execution {execution_id}")))
+}
+
 /// One unit of progress in scope `key` of `run`, inside [`advance`]'s transaction.
 fn plan_scope(
     ctx: &RequestContext,
     db: &dyn Db,
-    run: Run,
+    run: &Run,
     key: &str,
     hops: u64,
     chain: bool,
@@ -497,7 +552,7 @@ fn plan_scope(
         execution_id,
         scope: key,
     };
-    let steps = load_steps(db, &run, key)?;
+    let steps = load_steps(db, run, key)?;
     let plan = plan_graph(&scope.nodes, &scope.edges, &node_states(&steps));
     let now = now_ms();
     let mut progressed = false;
@@ -526,9 +581,9 @@ fn plan_scope(
                 continue;
             }
             Ok(NodeConfig::Loop(config)) => {
-                let context = template_context(db, &run, &scope, &steps, node)?;
+                let context = template_context(db, run, &scope, &steps, node)?;
                 return Ok(
-                    match loops::enter(ctx, db, &run, &scope, node, config, &context)? {
+                    match loops::enter(ctx, db, run, &scope, node, config, &context)? {
                         Some(next) => Progress::Scope(next),
                         None => Progress::Again,
                     },
@@ -536,22 +591,19 @@ fn plan_scope(
             }
             _ => {}
         }
-        let Some(step_id) = insert_step(ctx, db, place, node_id, StepStatus::Queued, None)? else {
-            continue;
-        };
         // A chain (one expensive step ready, no fan-out) goes on here when
-        // this invocation is a step's own, after its response, and has time.
+        // this invocation is a step's own, after its response, and has time:
+        // the step is created already claimed by it.
         let expensive_ready = plan
             .ready
             .iter()
             .filter(|n| !steps.contains_key(*n) && scope.node(n).is_some_and(is_expensive))
             .count();
         if is_expensive(node) && chain && expensive_ready == 1 {
-            if let Some(lease) = claim(ctx, db, &step_id, now)? {
-                let context = template_context(db, &run, &scope, &steps, node)?;
+            if let Some((step_id, lease)) = insert_claimed_step(ctx, db, place, node_id, now)? {
+                let context = template_context(db, run, &scope, &steps, node)?;
                 return Ok(Progress::Run(Box::new(Chained {
                     node: node.clone(),
-                    run,
                     step_id,
                     lease,
                     context,
@@ -559,6 +611,9 @@ fn plan_scope(
             }
             continue;
         }
+        let Some(step_id) = insert_step(ctx, db, place, node_id, StepStatus::Queued, None)? else {
+            continue;
+        };
         if is_expensive(node) || now - started > INLINE_BUDGET_MS {
             let (ctx_org, step) = (org_id.to_string(), step_id.clone());
             ctx.defer(move |ctx| {
@@ -569,7 +624,7 @@ fn plan_scope(
             });
             continue;
         }
-        let context = template_context(db, &run, &scope, &steps, node)?;
+        let context = template_context(db, run, &scope, &steps, node)?;
         if let Some(resume_at) = delayed_until(&context, node, now) {
             // A delay parks its step until its time; the tick resumes it.
             db.execute(
@@ -578,7 +633,7 @@ fn plan_scope(
             )?;
         } else if let Some(lease) = claim(ctx, db, &step_id, now)? {
             let result = run_cheap(&context, node);
-            finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
+            finish_step(ctx, db, run, node, &step_id, &lease, result)?;
             progressed = true;
             break;
         }
@@ -588,14 +643,14 @@ fn plan_scope(
     } else if !plan.finished {
         Ok(Progress::Stop)
     } else if scope.frames.is_empty() {
-        let steps = load_steps(db, &run, "")?;
-        complete_run(ctx, db, &run, &steps)?;
+        let steps = load_steps(db, run, "")?;
+        complete_run(ctx, db, run, &steps)?;
         Ok(Progress::Stop)
     } else {
         // Every node of this iteration is done: the next iteration, or
         // the scope around the loop once it finished.
         Ok(
-            match loops::finish_iteration(ctx, db, &run, &scope, &steps)? {
+            match loops::finish_iteration(ctx, db, run, &scope, &steps)? {
                 Some(next) => Progress::Scope(next),
                 None => Progress::Stop,
             },
@@ -1154,6 +1209,20 @@ pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(
         let message = "run retried: its failed steps and the steps that never ran run again";
         let entry = Entry::new(LogEvent::RunRetried, message);
         logs::record(db, org_id, execution_id, entry)?;
+        // The failed steps go, and what their provider calls cost stays the run's.
+        org.execute(
+            "UPDATE executions SET \
+             retried_tokens_in = retried_tokens_in + (SELECT COALESCE(SUM(tokens_in), 0) FROM steps s \
+               WHERE s.execution_id = ?2 AND s.status = 'failed'), \
+             retried_tokens_out = retried_tokens_out + (SELECT COALESCE(SUM(tokens_out), 0) FROM steps s \
+               WHERE s.execution_id = ?2 AND s.status = 'failed'), \
+             retried_base_cost_micros = retried_base_cost_micros + (SELECT COALESCE(SUM(base_cost_micros), 0) \
+               FROM steps s WHERE s.execution_id = ?2 AND s.status = 'failed'), \
+             retried_billed_cost_micros = retried_billed_cost_micros + (SELECT COALESCE(SUM(billed_cost_micros), 0) \
+               FROM steps s WHERE s.execution_id = ?2 AND s.status = 'failed') \
+             WHERE org_id = ?1 AND id = ?2",
+            &[Value::from(execution_id)],
+        )?;
         // A failed loop starts again from its first iteration, whose
         // completed steps are reused, so its old iteration rows go too.
         org.execute(
@@ -1243,10 +1312,12 @@ fn sum_totals(db: &dyn Db, org_id: &str, execution_id: &str, only: &str) -> Resu
     OrgScoped::new(db, org_id).execute(
         &format!(
             "UPDATE executions SET \
-             tokens_in = (SELECT COALESCE(SUM(tokens_in), 0) FROM steps WHERE execution_id = ?2), \
-             tokens_out = (SELECT COALESCE(SUM(tokens_out), 0) FROM steps WHERE execution_id = ?2), \
-             base_cost_micros = (SELECT COALESCE(SUM(base_cost_micros), 0) FROM steps WHERE execution_id = ?2), \
-             billed_cost_micros = (SELECT COALESCE(SUM(billed_cost_micros), 0) FROM steps WHERE execution_id = ?2) \
+             tokens_in = retried_tokens_in + (SELECT COALESCE(SUM(tokens_in), 0) FROM steps WHERE execution_id = ?2), \
+             tokens_out = retried_tokens_out + (SELECT COALESCE(SUM(tokens_out), 0) FROM steps WHERE execution_id = ?2), \
+             base_cost_micros = retried_base_cost_micros + \
+               (SELECT COALESCE(SUM(base_cost_micros), 0) FROM steps WHERE execution_id = ?2), \
+             billed_cost_micros = retried_billed_cost_micros + \
+               (SELECT COALESCE(SUM(billed_cost_micros), 0) FROM steps WHERE execution_id = ?2) \
              WHERE org_id = ?1 AND id = ?2{only}"
         ),
         &[Value::from(execution_id)],

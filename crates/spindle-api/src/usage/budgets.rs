@@ -353,6 +353,8 @@ pub struct Crossed {
 /// Settles a call: adds its billed cost (0 for a failed call) to every
 /// budget that applies, in the period it was reserved in, drops its
 /// reservations, and queues a `budget.threshold` event per threshold crossed.
+/// A call counts against the budgets that applied when it was reserved: one
+/// reserved against none (an unheld reservation) settles nothing.
 pub fn settle(
     ctx: &RequestContext,
     scope: &ChargeScope,
@@ -361,7 +363,7 @@ pub fn settle(
 ) -> Result<Vec<Crossed>, ApiError> {
     let db = ctx.db()?;
     let billed = billed_micros.max(0);
-    if !reservation.held && (billed == 0 || count_applying(db, scope)? == 0) {
+    if !reservation.held {
         return Ok(Vec::new());
     }
     in_transaction(db, |db| {
