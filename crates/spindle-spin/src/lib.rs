@@ -21,8 +21,7 @@ use spindle_http::{
     ApiError, ApiRequest, ApiResponse, MAX_BODY_BYTES, Method, OutboundError, OutboundRequest,
     OutboundResponse, Router,
 };
-use spindle_store::{Db, DbError, KvError, KvStore, Rows, Value};
-use std::cell::Cell;
+use spindle_store::{Db, DbError, KvError, KvStore, Rows, TransactionState, Value};
 
 /// Spin's `default` SQLite database and key-value store.
 pub struct SpinBackends;
@@ -31,7 +30,7 @@ impl Backends for SpinBackends {
     fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
         let connection = sqlite::Connection::open_default()
             .map_err(|e| DbError::from_message(sqlite_message(e)))?;
-        Ok(Box::new(SpinDb(connection, Cell::new(0))))
+        Ok(Box::new(SpinDb(connection, TransactionState::default())))
     }
 
     fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
@@ -60,7 +59,7 @@ impl Backends for SpinBackends {
     }
 }
 
-struct SpinDb(sqlite::Connection, Cell<u32>);
+struct SpinDb(sqlite::Connection, TransactionState);
 
 impl Db for SpinDb {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
@@ -79,7 +78,7 @@ impl Db for SpinDb {
         })
     }
 
-    fn transaction_depth(&self) -> &Cell<u32> {
+    fn transaction(&self) -> &TransactionState {
         &self.1
     }
 }

@@ -136,46 +136,79 @@ pub trait Db {
     /// Runs one statement with positional (`?`) parameters.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
 
-    /// How many [`in_transaction`] calls are open on this connection, so a
-    /// nested one becomes a savepoint of the outer transaction.
-    fn transaction_depth(&self) -> &Cell<u32>;
+    /// The [`in_transaction`] calls open on this connection, so a nested one
+    /// joins the outer transaction.
+    fn transaction(&self) -> &TransactionState;
+}
+
+/// What [`in_transaction`] keeps per connection: how deep it is nested, and
+/// whether a nested call failed.
+#[derive(Debug, Default)]
+pub struct TransactionState {
+    depth: Cell<u32>,
+    doomed: Cell<bool>,
 }
 
 /// Runs `work` inside `BEGIN IMMEDIATE` … `COMMIT`, rolling back when it
 /// fails. Spin has no transaction API: these are plain statements on one
 /// connection, and a transaction left open at the end of a request is rolled
 /// back by the host. Inside another `in_transaction` on the same connection
-/// it is a savepoint: its work is undone alone when it fails and committed
-/// with the outer transaction when it succeeds.
+/// it joins that transaction (no statement of its own: each costs a host
+/// call): its work commits with the outer one, and when it fails the outer
+/// one rolls back too, even if its caller goes on after the error.
 pub fn in_transaction<T, E>(db: &dyn Db, work: impl FnOnce(&dyn Db) -> Result<T, E>) -> Result<T, E>
 where
     E: From<DbError>,
 {
-    let depth = db.transaction_depth();
-    let nested = depth.get() > 0;
-    let (begin, commit, rollback) = if nested {
-        ("SAVEPOINT nested", "RELEASE nested", "ROLLBACK TO nested")
-    } else {
-        ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
-    };
-    db.execute(begin, &[])?;
-    depth.set(depth.get() + 1);
+    let state = db.transaction();
+    let depth = state.depth.get();
+    if depth > 0 {
+        state.depth.set(depth + 1);
+        let result = work(db);
+        state.depth.set(depth);
+        if result.is_err() {
+            state.doomed.set(true);
+        }
+        return result;
+    }
+    begin_with_retries(db)?;
+    state.depth.set(1);
     let result = work(db);
-    depth.set(depth.get() - 1);
+    state.depth.set(0);
+    let doomed = state.doomed.replace(false);
     let result = result.and_then(|value| {
-        db.execute(commit, &[])?;
+        if doomed {
+            return Err(DbError::from_message(
+                "a nested transaction failed, so the transaction around it was rolled back",
+            )
+            .into());
+        }
+        db.execute("COMMIT", &[])?;
         Ok(value)
     });
     if result.is_err() {
         // The error that matters is the one already in hand; a failed
         // rollback leaves nothing committed either.
-        let _ = db.execute(rollback, &[]);
-        if nested {
-            // `ROLLBACK TO` keeps the savepoint open; release it.
-            let _ = db.execute("RELEASE nested", &[]);
-        }
+        let _ = db.execute("ROLLBACK", &[]);
     }
     result
+}
+
+/// How many times [`in_transaction`] asks again for the write lock after
+/// SQLite's own busy timeout (5 s on Spin) ran out.
+const BEGIN_ATTEMPTS: u32 = 4;
+
+/// Starts a transaction. `BEGIN IMMEDIATE` takes the write lock, waiting in
+/// SQLite's busy handler; a busy answer changed nothing, so under a burst of
+/// writers it is asked again rather than failing the work.
+fn begin_with_retries(db: &dyn Db) -> Result<(), DbError> {
+    let mut attempt = 1;
+    loop {
+        match db.execute("BEGIN IMMEDIATE", &[]) {
+            Err(error) if error.is_transient() && attempt < BEGIN_ATTEMPTS => attempt += 1,
+            other => return other.map(|_| ()),
+        }
+    }
 }
 
 /// The database seen by one organisation. Every statement must filter on

@@ -13,7 +13,7 @@ pub mod migrations;
 mod native;
 pub mod split;
 
-pub use db::{Db, DbError, DbErrorKind, OrgScoped, Rows, Value, in_transaction};
+pub use db::{Db, DbError, DbErrorKind, OrgScoped, Rows, TransactionState, Value, in_transaction};
 pub use kv::{KvError, KvStore, MemoryKv};
 pub use migrations::{MigrationError, MigrationOutcome, migrate};
 #[cfg(feature = "rusqlite")]

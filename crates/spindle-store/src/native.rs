@@ -1,16 +1,15 @@
 //! A [`Db`] on rusqlite that behaves like Spin's SQLite, for native tests.
 
-use crate::db::{Db, DbError, Rows, Value};
+use crate::db::{Db, DbError, Rows, TransactionState, Value};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::types::ValueRef;
 use rusqlite::{Batch, Connection};
-use std::cell::Cell;
 use std::path::Path;
 use std::time::Duration;
 
 /// A SQLite connection with Spin's semantics: only the first statement of a
 /// string runs, and the busy timeout is Spin's 5 s.
-pub struct RusqliteDb(Connection, Cell<u32>);
+pub struct RusqliteDb(Connection, TransactionState);
 
 impl RusqliteDb {
     /// Opens (or creates) the database file at `path`, a new connection each call.
@@ -19,7 +18,7 @@ impl RusqliteDb {
         connection
             .busy_timeout(Duration::from_secs(5))
             .map_err(to_db_error)?;
-        Ok(Self(connection, Cell::new(0)))
+        Ok(Self(connection, TransactionState::default()))
     }
 
     /// A private in-memory database.
@@ -27,7 +26,7 @@ impl RusqliteDb {
         // Opening an in-memory database only fails when SQLite cannot allocate.
         Self(
             Connection::open_in_memory().expect("in-memory SQLite"),
-            Cell::new(0),
+            TransactionState::default(),
         )
     }
 }
@@ -60,7 +59,7 @@ impl Db for RusqliteDb {
         Ok(Rows { columns, rows })
     }
 
-    fn transaction_depth(&self) -> &Cell<u32> {
+    fn transaction(&self) -> &TransactionState {
         &self.1
     }
 }
@@ -141,26 +140,26 @@ mod tests {
     }
 
     #[test]
-    fn a_nested_transaction_that_fails_undoes_only_its_own_writes() {
+    fn a_nested_failure_rolls_back_the_whole_transaction_even_when_swallowed() {
         let db = RusqliteDb::memory();
         db.execute("CREATE TABLE t (n INTEGER)", &[]).unwrap();
-        in_transaction(&db, |db| -> Result<(), DbError> {
+        let outer = in_transaction(&db, |db| -> Result<(), DbError> {
             db.execute("INSERT INTO t VALUES (1)", &[])?;
             let inner = in_transaction(db, |db| -> Result<(), DbError> {
                 db.execute("INSERT INTO t VALUES (2)", &[])?;
                 Err(DbError::from_message("refused"))
             });
             assert!(inner.is_err());
-            in_transaction(db, |db| db.execute("INSERT INTO t VALUES (3)", &[]))?;
             Ok(())
-        })
-        .unwrap();
-        let rows = db.execute("SELECT n FROM t ORDER BY n", &[]).unwrap();
-        assert_eq!(
-            rows.rows,
-            vec![vec![Value::Integer(1)], vec![Value::Integer(3)]]
+        });
+        assert!(
+            outer.is_err(),
+            "the outer transaction must not commit half of it"
         );
-        assert_eq!(db.transaction_depth().get(), 0);
+        assert_eq!(count(&db), 0);
+        // The next transaction starts clean.
+        in_transaction(&db, |db| db.execute("INSERT INTO t VALUES (3)", &[])).unwrap();
+        assert_eq!(count(&db), 1);
     }
 
     #[test]

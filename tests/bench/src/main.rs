@@ -1,7 +1,8 @@
 //! Spindle's benchmark, on the test host (or on `SPINDLE_URL`), with the
 //! fake provider answering at once: the workloads of `../shared/peers/`.
 //!
-//! - W1: engine overhead per step, one run of N sequential agent steps.
+//! - W1: engine overhead per step, one run of N sequential agent steps (a loop
+//!   of one agent step; N = 10, 100, 1000 and 10,000).
 //! - W2: execute call → first step running.
 //! - W3: 1, 10 and 50 concurrent runs of 20 steps: steps/s and completion.
 //! - W4: W1 and API reads again with 10,000 past executions stored.
@@ -180,6 +181,8 @@ fn w2(target: &Target, org: &Org, agent: &str, runs: usize) -> Value {
 fn w3(target: &Target, org: &Org, agent: &str, concurrency: &[usize], steps: usize) -> Vec<Value> {
     let workflow = chain(target, org, agent, steps);
     let mut rows = Vec::new();
+    // As in production, a tick picks up a step whose invocation failed.
+    let _ticker = target.tick_every(Duration::from_secs(1));
     for &n in concurrency {
         let started = Instant::now();
         let runs: Vec<Value> = std::thread::scope(|scope| {
@@ -312,7 +315,7 @@ fn main() {
     let agent = target.create_agent(&org);
     let mut results = Vec::new();
     if wants("w1") {
-        results.extend(w1(target, &org, &agent, &[10, 100, 1000], "W1"));
+        results.extend(w1(target, &org, &agent, &[10, 100, 1000, 10_000], "W1"));
     }
     if wants("w2") {
         results.push(w2(target, &org, &agent, 200));
