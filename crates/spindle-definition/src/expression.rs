@@ -38,6 +38,7 @@
 //!   panics), and `map`, `select`, `reject`, `selectattr`, `rejectattr` and `groupby` run
 //!   other filters once per item.
 
+use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use minijinja::machinery::ast::{BinOpKind, CallArg, CompareOpKind, Expr, UnaryOpKind};
@@ -969,7 +970,53 @@ pub fn evaluate(
     context: &serde_json::Value,
 ) -> Result<serde_json::Value, TemplateError> {
     let compiled = compile(expression)?;
-    run(&compiled, &Value::from_serialize(context))
+    let mut names = HashSet::new();
+    add_names(&compiled, &mut names);
+    run(&compiled, &narrow(context, &names))
+}
+
+/// Adds the top-level context names `compiled` reads (a template that does
+/// not parse adds none: rendering it reports the error).
+fn add_names(compiled: &Compiled, names: &mut HashSet<String>) {
+    if let Ok(expression) = environment().compile_expression(&compiled.source) {
+        names.extend(expression.undeclared_variables(false));
+    }
+}
+
+/// Adds the top-level context names the expressions inside `template` read.
+fn template_names(template: &serde_json::Value, names: &mut HashSet<String>) {
+    match template {
+        serde_json::Value::String(s) => {
+            for segment in split_template(s).into_iter().flatten() {
+                if let Segment::Expression(e) = segment
+                    && let Ok(compiled) = compile(e)
+                {
+                    add_names(&compiled, names);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| template_names(i, names)),
+        serde_json::Value::Object(map) => map.values().for_each(|v| template_names(v, names)),
+        _ => {}
+    }
+}
+
+/// The part of a JSON object `context` under `names`, for minijinja. A run's
+/// context carries its inputs and every step's output; converting all of it
+/// for each template would cost time in proportion to the run's data,
+/// however little the template reads of it. Names a template reads but the
+/// context lacks stay undefined, as they would with the whole context.
+fn narrow(context: &serde_json::Value, names: &HashSet<String>) -> Value {
+    match context.as_object() {
+        Some(map) => names
+            .iter()
+            .filter_map(|name| {
+                map.get(name)
+                    .map(|v| (name.clone(), Value::from_serialize(v)))
+            })
+            .collect(),
+        None => Value::from_serialize(context),
+    }
 }
 
 /// JSON truthiness: false for `null`, `false`, `0`, `""`, `[]` and `{}`; true otherwise.
@@ -990,8 +1037,10 @@ pub fn render(
     template: &serde_json::Value,
     context: &serde_json::Value,
 ) -> Result<serde_json::Value, TemplateError> {
+    let mut names = HashSet::new();
+    template_names(template, &mut names);
     let mut budget = MAX_VALUE_SIZE;
-    render_value(template, &Value::from_serialize(context), &mut budget)
+    render_value(template, &narrow(context, &names), &mut budget)
 }
 
 /// Renders `template`, taking the size of each rendered string from `budget` (the
@@ -1150,6 +1199,35 @@ mod tests {
 
     fn eval(e: &str) -> Result<serde_json::Value, TemplateError> {
         evaluate(e, &context())
+    }
+
+    #[test]
+    fn a_template_sees_every_name_it_reads_and_only_those_are_converted() {
+        let ctx = context();
+        let mut names = HashSet::new();
+        let template = json!({"a": "{{ trigger.lead.name }}", "b": ["{{ variables.region }}"]});
+        template_names(&template, &mut names);
+        assert!(
+            names.contains("trigger") && names.contains("variables"),
+            "{names:?}"
+        );
+        assert!(
+            !names.contains("steps") && !names.contains("execution"),
+            "{names:?}"
+        );
+        assert_eq!(
+            render(&template, &ctx).unwrap(),
+            json!({"a": "Ada", "b": ["eu"]})
+        );
+        // A name the context lacks is undefined, as with the whole context.
+        assert_eq!(
+            render(&json!("{{ nowhere.x }}"), &ctx).unwrap(),
+            json!(null)
+        );
+        assert_eq!(
+            eval("steps.a.output.n == 42 and execution.id == 'exec-1'").unwrap(),
+            json!(true)
+        );
     }
 
     #[test]

@@ -119,6 +119,29 @@ fn step_ends(run: &Value) -> Vec<i64> {
     ends.into_iter().map(|(_, end)| end).collect()
 }
 
+/// The mean time of the run's provider calls (ms), from their usage records'
+/// `latency_ms` (whole ms each; over many calls the mean is finer).
+fn mean_call_ms(target: &Target, org: &Org, execution: &str) -> f64 {
+    let (mut total, mut count) = (0i64, 0usize);
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/usage/records?execution_id={execution}&limit=1000");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let page = target.call("GET", &path, Some(&org.owner_key), None).json();
+        for record in page["data"].as_array().into_iter().flatten() {
+            total += record["latency_ms"].as_i64().unwrap_or(0);
+            count += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    total as f64 / count.max(1) as f64
+}
+
 fn w1(target: &Target, org: &Org, agent: &str, sizes: &[usize], label: &str) -> Vec<Value> {
     let mut rows = Vec::new();
     for &steps in sizes {
@@ -139,8 +162,10 @@ fn w1(target: &Target, org: &Org, agent: &str, sizes: &[usize], label: &str) -> 
         } else {
             wall
         };
+        let call = mean_call_ms(target, org, &id);
         println!(
-            "{label:<3} N={steps:<5} wall {wall:>8.0} ms  mean {mean:>6.2} ms/step  first 100 p50/p99 {:>5.1}/{:>5.1}  last 100 {:>5.1}/{:>5.1}",
+            "{label:<3} N={steps:<5} wall {wall:>8.0} ms  mean {mean:>6.2} ms/step (provider call {call:.2}, overhead {:.2})  first 100 p50/p99 {:>5.1}/{:>5.1}  last 100 {:>5.1}/{:>5.1}",
+            mean - call,
             percentile(head, 50.0),
             percentile(head, 99.0),
             percentile(tail, 50.0),
@@ -148,6 +173,7 @@ fn w1(target: &Target, org: &Org, agent: &str, sizes: &[usize], label: &str) -> 
         );
         rows.push(json!({
             "workload": label, "steps": steps, "wall_ms": wall, "mean_ms_per_step": mean,
+            "mean_provider_call_ms": call, "mean_overhead_ms_per_step": mean - call,
             "first_100": {"p50_ms": percentile(head, 50.0), "p99_ms": percentile(head, 99.0)},
             "last_100": {"p50_ms": percentile(tail, 50.0), "p99_ms": percentile(tail, 99.0)},
         }));
