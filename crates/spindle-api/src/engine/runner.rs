@@ -426,22 +426,24 @@ enum Progress {
     Run(Box<Chained>),
 }
 
-/// An expensive step claimed to run in this invocation (a chain).
+/// An expensive step claimed to run in this invocation (a chain), with the
+/// steps of its scope as planned.
 struct Chained {
     node: Node,
     step_id: String,
     lease: String,
-    context: Json,
+    scope_key: String,
+    steps: HashMap<String, Step>,
 }
 
 /// Moves a run forward from scope `scope_key` (`""` for the main graph):
 /// stores `ran` (a step this invocation ran), skips what the planner skips,
 /// runs cheap ready nodes inline, queues expensive ones and dispatches them
 /// after the response, enters loops and moves them from iteration to
-/// iteration, and finishes the run when nothing is left. Each unit of
-/// progress is one transaction, so a chain of expensive steps costs one
-/// commit per step: the one that stores a step's result also readies and
-/// claims the next.
+/// iteration, and finishes the run when nothing is left. Progress is made
+/// in transactions (a few units each, briefly), so a chain of expensive
+/// steps costs one commit per step: the one that stores a step's result
+/// also readies and claims the next.
 pub(super) fn advance(
     ctx: &RequestContext,
     org_id: &str,
@@ -498,8 +500,18 @@ pub(super) fn advance(
                     node,
                     step_id,
                     lease,
-                    context,
+                    scope_key,
+                    steps,
                 } = *chained;
+                // Read after the commit: the transaction holds the write lock,
+                // so it keeps to the reads planning needs.
+                let scope = Scope::resolve(&run.definition, &scope_key).ok_or_else(|| {
+                    ApiError::Internal(format!(
+                        "scope {scope_key:?} names no loop of the definition"
+                    ))
+                })?;
+                // A failed read leaves the step claimed: its lease runs out and the tick hands it on.
+                let context = template_context(db, &run, &scope, &steps, &node)?;
                 let result = run_expensive(ctx, &run, &context, &node, &step_id);
                 ran = Some(Ran {
                     node,
@@ -601,12 +613,12 @@ fn plan_scope(
             .count();
         if is_expensive(node) && chain && expensive_ready == 1 {
             if let Some((step_id, lease)) = insert_claimed_step(ctx, db, place, node_id, now)? {
-                let context = template_context(db, run, &scope, &steps, node)?;
                 return Ok(Progress::Run(Box::new(Chained {
                     node: node.clone(),
                     step_id,
                     lease,
-                    context,
+                    scope_key: key.to_string(),
+                    steps,
                 })));
             }
             continue;
