@@ -285,7 +285,7 @@ pub fn start_run(
         }
         Ok(())
     })?;
-    advance(ctx, &caller.org_id, &id, "", 0, None)?;
+    advance(ctx, load_run(ctx.db()?, &caller.org_id, &id)?, "", 0, None)?;
     Ok(id)
 }
 
@@ -436,7 +436,7 @@ struct Chained {
     steps: HashMap<String, Step>,
 }
 
-/// Moves a run forward from scope `scope_key` (`""` for the main graph):
+/// Moves `run` (as its caller read it) forward from scope `scope_key` (`""` for the main graph):
 /// stores `ran` (a step this invocation ran), skips what the planner skips,
 /// runs cheap ready nodes inline, queues expensive ones and dispatches them
 /// after the response, enters loops and moves them from iteration to
@@ -446,8 +446,7 @@ struct Chained {
 /// also readies and claims the next.
 pub(super) fn advance(
     ctx: &RequestContext,
-    org_id: &str,
-    execution_id: &str,
+    mut run: Run,
     scope_key: &str,
     hops: u64,
     ran: Option<Ran>,
@@ -458,9 +457,8 @@ pub(super) fn advance(
     let chain = ran.is_some();
     let mut ran = ran;
     let mut key = scope_key.to_string();
-    // A run is pinned to its version, so its definition is read once; its
-    // status is read again in every transaction.
-    let mut run = load_run(db, org_id, execution_id)?;
+    // A run is pinned to its version, so its definition, read by the
+    // caller, serves every transaction; its status is read in each.
     loop {
         let progress = in_transaction(db, |db| -> Result<Progress, ApiError> {
             if let Some(done) = ran.take() {
@@ -479,7 +477,7 @@ pub(super) fn advance(
             // holds the database's write lock.
             let began = now_ms();
             for _ in 0..UNITS_PER_COMMIT {
-                run.status = run_status(db, org_id, execution_id)?;
+                run.status = run_status(db, &run.org_id, &run.id)?;
                 let chain = chain && now_ms() - started < CHAIN_BUDGET_MS;
                 match plan_scope(ctx, db, &run, &key, hops, chain, started)? {
                     Progress::Again => {}
@@ -792,14 +790,7 @@ pub fn run_step(
         lease: lease.to_string(),
         result,
     };
-    advance(
-        ctx,
-        &home.org_id,
-        &home.execution_id,
-        &home.scope,
-        hops,
-        Some(ran),
-    )
+    advance(ctx, run, &home.scope, hops, Some(ran))
 }
 
 /// Failures a per-node `retry` retries: the ones that may pass on their own.
@@ -1066,7 +1057,7 @@ pub fn signal(
             ..NodeResult::default()
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, Ok(result))?;
-        advance(ctx, org_id, execution_id, &scope_key, 0, None)?;
+        advance(ctx, run, &scope_key, 0, None)?;
         return Ok(true);
     }
     Ok(false)
@@ -1114,7 +1105,7 @@ pub fn time_out_waits(ctx: &RequestContext, now: i64, limit: i64) -> Result<usiz
             ))
         };
         finish_step(ctx, db, &run, node, &step_id, &lease, result)?;
-        advance(ctx, &org_id, &execution_id, &scope_key, 0, None)?;
+        advance(ctx, run, &scope_key, 0, None)?;
         timed_out += 1;
     }
     Ok(timed_out)
@@ -1264,7 +1255,8 @@ pub fn resume(
     execution_id: &str,
     hops: u64,
 ) -> Result<(), ApiError> {
-    let open = OrgScoped::new(ctx.db()?, org_id).execute(
+    let db = ctx.db()?;
+    let open = OrgScoped::new(db, org_id).execute(
         "SELECT iteration, node_id, loop_index FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
          AND status = 'running' AND loop_index IS NOT NULL ORDER BY length(iteration) DESC",
         &[Value::from(execution_id)],
@@ -1275,9 +1267,9 @@ pub fn resume(
             row[1].as_str().unwrap_or_default(),
             row[2].as_i64().unwrap_or_default(),
         );
-        advance(ctx, org_id, execution_id, &key, hops, None)?;
+        advance(ctx, load_run(db, org_id, execution_id)?, &key, hops, None)?;
     }
-    advance(ctx, org_id, execution_id, "", hops, None)
+    advance(ctx, load_run(db, org_id, execution_id)?, "", hops, None)
 }
 
 /// Resumes, in a bounded batch, running runs that have no live step: an
