@@ -231,12 +231,7 @@ impl AgentRun {
         for call in &tally.calls {
             call.insert(db, self)?;
         }
-        let budget_scope = budgets::ChargeScope {
-            org_id: &caller.org_id,
-            api_key_id: caller.api_key_id.as_deref(),
-            workflow_id: step.map(|s| s.workflow_id.as_str()),
-            agent_id: Some(&self.agent_id),
-        };
+        let budget_scope = charge_scope(caller, &self.agent_id, step);
         for (reservation, billed) in &tally.settlements {
             budgets::settle(ctx, &budget_scope, reservation, *billed)?;
         }
@@ -453,22 +448,23 @@ fn call_with_retries(
             tally,
         )?;
         // Budgets: book the call's worst case first; settle it to the billed cost after.
-        let budget_scope = budgets::ChargeScope {
-            org_id: &caller.org_id,
-            api_key_id: caller.api_key_id.as_deref(),
-            workflow_id: step.map(|s| s.workflow_id.as_str()),
-            agent_id: Some(&agent.id),
-        };
+        let budget_scope = charge_scope(caller, &agent.id, step);
         let reservation = reserve_budget(ctx, &budget_scope, endpoint, request)?;
         let started = now_ms();
         let result = call_once(ctx, &caller.org_id, endpoint, request);
         let latency = now_ms() - started;
         tally.provider_calls += 1;
+        // The organisation's price and markup as they are now (usage::pricing).
+        let markup =
+            pricing::org_markup_percent(ctx.db().map_err(storage_failure)?, &caller.org_id)
+                .map_err(storage_failure)?
+                .unwrap_or(endpoint.markup_percent);
+        // As a failed attempt is recorded: no tokens, no cost.
         let mut record = CallRecord {
             id: ctx.new_id(),
             provider: endpoint.provider,
             model: request.model.clone(),
-            status: "succeeded",
+            status: "failed",
             error_code: None,
             usage: Usage {
                 input_tokens: 0,
@@ -478,16 +474,10 @@ fn call_with_retries(
                 base_micros: 0,
                 billed_micros: 0,
             }),
-            markup_percent: 0,
+            markup_percent: markup,
             latency,
             at: now_ms(),
         };
-        // The organisation's price and markup as they are now (usage::pricing).
-        let markup =
-            pricing::org_markup_percent(ctx.db().map_err(storage_failure)?, &caller.org_id)
-                .map_err(storage_failure)?
-                .unwrap_or(endpoint.markup_percent);
-        record.markup_percent = markup;
         match result {
             Ok(response) => {
                 let price = pricing::effective_price(
@@ -498,7 +488,7 @@ fn call_with_retries(
                 )
                 .map_err(storage_failure)?;
                 let cost = price.map(|(price, _)| cost_of(price, response.usage, markup));
-                (record.usage, record.cost) = (response.usage, cost);
+                (record.status, record.usage, record.cost) = ("succeeded", response.usage, cost);
                 tally.calls.push(record);
                 let billed = cost.as_ref().map_or(0, |c| c.billed_micros);
                 tally.settlements.push((reservation, billed));
@@ -510,7 +500,7 @@ fn call_with_retries(
                 return Ok(response);
             }
             Err(error) => {
-                (record.status, record.error_code) = ("failed", Some(error.code()));
+                record.error_code = Some(error.code());
                 tally.calls.push(record);
                 tally.settlements.push((reservation, 0));
                 let delay = backoff_delay_ms(attempt, retry_after(&error), ctx.random_unit());
@@ -541,6 +531,21 @@ fn call_with_retries(
                 attempt += 1;
             }
         }
+    }
+}
+
+/// What a call of `agent_id` for `caller` (in workflow step `step`, if any) is
+/// charged against: the budgets of the organisation, the key, the workflow and the agent.
+fn charge_scope<'a>(
+    caller: &'a Caller,
+    agent_id: &'a str,
+    step: Option<&'a StepLink>,
+) -> budgets::ChargeScope<'a> {
+    budgets::ChargeScope {
+        org_id: &caller.org_id,
+        api_key_id: caller.api_key_id.as_deref(),
+        workflow_id: step.map(|s| s.workflow_id.as_str()),
+        agent_id: Some(agent_id),
     }
 }
 
