@@ -159,10 +159,12 @@ fn check_len(s: &str) -> Result<(), TemplateError> {
     }
 }
 
-/// An expression parsed and rewritten to Spindle's semantics, plus the steps it reads.
+/// An expression parsed and rewritten to Spindle's semantics, plus the steps
+/// and the top-level context names it reads.
 struct Compiled {
     source: String,
     step_references: Vec<String>,
+    names: HashSet<String>,
 }
 
 /// Refuses, before minijinja parses them, expressions that nest deeper than
@@ -276,6 +278,7 @@ fn compile(expression: &str) -> Result<Compiled, TemplateError> {
     Ok(Compiled {
         source: rewriter.out,
         step_references: rewriter.step_references,
+        names: rewriter.names,
     })
 }
 
@@ -292,12 +295,18 @@ fn describe(e: &Error) -> String {
 struct Rewriter {
     out: String,
     step_references: Vec<String>,
+    /// Every variable the expression names: an expression declares none, so
+    /// each is a top-level name of the context.
+    names: HashSet<String>,
 }
 
 impl Rewriter {
     fn expr(&mut self, e: &Expr<'_>) {
         match e {
-            Expr::Var(v) => self.out.push_str(v.id),
+            Expr::Var(v) => {
+                self.names.insert(v.id.to_string());
+                self.out.push_str(v.id);
+            }
             Expr::Const(c) => self.constant(&c.value),
             Expr::Slice(s) => {
                 // minijinja's own slicing panics on `[][::-1]` (see `slice`).
@@ -970,20 +979,11 @@ pub fn evaluate(
     context: &serde_json::Value,
 ) -> Result<serde_json::Value, TemplateError> {
     let compiled = compile(expression)?;
-    let mut names = HashSet::new();
-    add_names(&compiled, &mut names);
-    run(&compiled, &narrow(context, &names))
+    run(&compiled, &narrow(context, &compiled.names))
 }
 
-/// Adds the top-level context names `compiled` reads (a template that does
-/// not parse adds none: rendering it reports the error).
-fn add_names(compiled: &Compiled, names: &mut HashSet<String>) {
-    if let Ok(expression) = environment().compile_expression(&compiled.source) {
-        names.extend(expression.undeclared_variables(false));
-    }
-}
-
-/// Adds the top-level context names the expressions inside `template` read.
+/// Adds the top-level context names the expressions inside `template` read
+/// (one that does not parse adds none: rendering it reports the error).
 fn template_names(template: &serde_json::Value, names: &mut HashSet<String>) {
     match template {
         serde_json::Value::String(s) => {
@@ -991,7 +991,7 @@ fn template_names(template: &serde_json::Value, names: &mut HashSet<String>) {
                 if let Segment::Expression(e) = segment
                     && let Ok(compiled) = compile(e)
                 {
-                    add_names(&compiled, names);
+                    names.extend(compiled.names);
                 }
             }
         }
