@@ -526,12 +526,11 @@ impl sqlite::HostConnection for HostState {
             Ok(c) => c.0.clone(),
             Err(_) => return Ok(Err(sqlite::Error::InvalidConnection)),
         };
-        let trace = std::env::var_os("SPIN_TEST_HOST_SQL_TRACE").is_some();
+        let trace = *SQL_TRACE;
         blocking(move || {
             let started = std::time::Instant::now();
             let result = execute(&db.lock().unwrap(), &statement, parameters);
             if trace {
-                // A profiling aid for the benchmark: what each statement costs.
                 let head: String = statement.split_whitespace().collect::<Vec<_>>().join(" ");
                 let head: String = head.chars().take(90).collect();
                 let at = std::time::SystemTime::now()
@@ -551,6 +550,11 @@ impl sqlite::HostConnection for HostState {
         Ok(())
     }
 }
+
+/// `SPIN_TEST_HOST_SQL_TRACE` set: print each statement with its time, a
+/// profiling aid for the benchmark. Read once, not on every statement.
+static SQL_TRACE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("SPIN_TEST_HOST_SQL_TRACE").is_some());
 
 /// Runs ONE statement, as Spin does: only the first statement of the string is
 /// compiled, the rest is ignored (even if it is not SQL), and the call still
