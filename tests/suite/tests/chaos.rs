@@ -31,7 +31,9 @@
 use fake_llm::{Dialect, Reply};
 use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
-use spindle_suite::{Org, Target, configured_with_faults, fake_llm, fake_turn, suite_variables};
+use spindle_suite::{
+    Org, Target, configured, configured_with_faults, fake_llm, fake_turn, suite_variables,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -598,9 +600,7 @@ fn a_hundred_runs_survive_dying_invocations_and_a_faulty_provider() {
 #[test]
 fn a_step_retrying_past_its_lease_calls_the_provider_once() {
     let _turn = fake_turn();
-    let Some(target) =
-        configured_with_faults(suite_variables(), Arc::new(|_: &Invocation| Fault::None))
-    else {
+    let Some(target) = configured(suite_variables()) else {
         return;
     };
     let org = target.create_org("chaos-lease");
@@ -640,9 +640,7 @@ fn a_step_retrying_past_its_lease_calls_the_provider_once() {
 #[test]
 fn a_step_failing_after_a_billed_call_keeps_its_cost() {
     let _turn = fake_turn();
-    let Some(target) =
-        configured_with_faults(suite_variables(), Arc::new(|_: &Invocation| Fault::None))
-    else {
+    let Some(target) = configured(suite_variables()) else {
         return;
     };
     let org = target.create_org("chaos-structured");
