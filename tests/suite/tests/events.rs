@@ -536,3 +536,91 @@ fn a_destination_the_host_refuses_is_recorded_as_a_failed_attempt() {
         .json();
     assert_eq!(runs["data"][0]["status"], "completed");
 }
+
+#[test]
+fn real_runs_emit_every_run_event_type_to_a_subscriber_of_all() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("events-all-types");
+    let path = format!("/events/{}/all", org.id);
+    let subscription = subscribe(
+        target,
+        &org,
+        &json!({"url": format!("{}{path}", fake_llm().url())}),
+    );
+    let secret = subscription["secret"].as_str().unwrap();
+    let agent = target.create_agent(&org);
+    let drafted = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Draft",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "draft", "type": "agent", "config": {"agent_id": agent, "prompt": "Write"}},
+                {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+            ],
+            "edges": [{"source": "start", "target": "draft"}, {"source": "draft", "target": "done"}]
+        }),
+    );
+    // An http node to a host the component may not reach fails at once.
+    let refused = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Refused",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "config": {"method": "GET", "url": "http://example.com/hook"}}
+            ],
+            "edges": [{"source": "start", "target": "call"}]
+        }),
+    );
+    fake_llm().push(Reply::text("Draft").tokens(10, 2));
+    let completed = target.start_run(&org, &drafted, json!({}));
+    assert_eq!(target.finished(&org, &completed)["status"], "completed");
+    let failed = target.start_run(&org, &refused, json!({}));
+    assert_eq!(target.finished(&org, &failed)["status"], "failed");
+
+    let received = tick_until(target, &path, 6);
+    let mut seen: Vec<(String, String)> = received
+        .iter()
+        .map(|delivery| {
+            verify(secret, delivery);
+            let body = &delivery.body;
+            (
+                body["type"].as_str().unwrap().to_string(),
+                body["data"]["execution_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(String, String)> = [
+        ("workflow.started", &completed),
+        ("agent.executed", &completed),
+        ("workflow.completed", &completed),
+        ("workflow.started", &failed),
+        ("step.failed", &failed),
+        ("workflow.failed", &failed),
+    ]
+    .into_iter()
+    .map(|(kind, run)| (kind.to_string(), run.clone()))
+    .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let step_failed = received
+        .iter()
+        .find(|d| d.body["type"] == "step.failed")
+        .unwrap();
+    assert_eq!(step_failed.body["data"]["node_id"], "call");
+    assert_eq!(
+        step_failed.body["data"]["error"]["code"], "host_not_allowed",
+        "{}",
+        step_failed.body
+    );
+    let run_failed = received
+        .iter()
+        .find(|d| d.body["type"] == "workflow.failed")
+        .unwrap();
+    assert_eq!(run_failed.body["data"]["failed_node"], "call");
+}
