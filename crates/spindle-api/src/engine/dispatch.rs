@@ -128,4 +128,69 @@ mod tests {
         assert_ne!(mac, signature("other", "step-1", expires));
         assert_eq!(expires, 1_000 + TOKEN_TTL_MS);
     }
+
+    fn context() -> RequestContext {
+        RequestContext::new(Box::new(
+            crate::test_backends::TestBackends::memory().variable("internal_key", "key"),
+        ))
+    }
+
+    fn request(token: &str, hops: Option<u64>) -> ApiRequest {
+        let mut request = ApiRequest::new(spindle_http::Method::Post, "/internal/steps/step-1");
+        request.headers.push((TOKEN_HEADER.into(), token.into()));
+        if let Some(hops) = hops {
+            request.headers.push((HOP_HEADER.into(), hops.to_string()));
+        }
+        request
+    }
+
+    fn refusal(result: Result<u64, ApiError>) -> String {
+        match result {
+            Err(ApiError::Forbidden(why)) => why,
+            other => panic!("expected a 403, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_well_signed_token_is_refused_once_it_has_expired() {
+        let ctx = context();
+        let token = sign("key", "step-1", 1_000);
+        let last_valid = 1_000 + TOKEN_TTL_MS;
+        assert_eq!(
+            verify(&ctx, &request(&token, None), "step-1", last_valid),
+            Ok(0)
+        );
+        let why = refusal(verify(
+            &ctx,
+            &request(&token, None),
+            "step-1",
+            last_valid + 1,
+        ));
+        assert!(why.contains("expired"), "{why}");
+    }
+
+    #[test]
+    fn a_chain_past_the_hop_limit_is_refused() {
+        let ctx = context();
+        let token = sign("key", "step-1", 1_000);
+        let at_limit = verify(&ctx, &request(&token, Some(MAX_HOPS)), "step-1", 1_000);
+        assert_eq!(at_limit, Ok(MAX_HOPS));
+        let why = refusal(verify(
+            &ctx,
+            &request(&token, Some(MAX_HOPS + 1)),
+            "step-1",
+            1_000,
+        ));
+        assert!(why.contains("too many hops"), "{why}");
+    }
+
+    #[test]
+    fn a_token_for_another_step_or_key_is_refused() {
+        let ctx = context();
+        let other_step = sign("key", "step-2", 1_000);
+        let why = refusal(verify(&ctx, &request(&other_step, None), "step-1", 1_000));
+        assert!(why.contains("bad dispatch token"), "{why}");
+        let other_key = sign("not-the-key", "step-1", 1_000);
+        refusal(verify(&ctx, &request(&other_key, None), "step-1", 1_000));
+    }
 }
