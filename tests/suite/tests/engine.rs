@@ -1214,3 +1214,92 @@ fn the_same_step_dispatched_twice_at_once_runs_once() {
         .json();
     assert_eq!(again["claimed"], false, "a finished step never runs again");
 }
+
+#[test]
+fn a_run_keeps_the_version_it_started_on_when_the_workflow_is_edited_mid_run() {
+    let target = shared();
+    let org = target.create_org("run-pinned");
+    let workflow = target.create(&org, "/api/v1/workflows", &approval_flow(60_000));
+    let id = target.start_run(&org, &workflow, json!({}));
+    assert_eq!(
+        step(&target.execution(&org, &id), "approval")["status"],
+        "waiting"
+    );
+    let mut edited = approval_flow(60_000);
+    edited["nodes"][2]["config"]["template"] =
+        json!("v2 approved by {{ steps.approval.output.by }}");
+    let put = target.call(
+        "PUT",
+        &format!("/api/v1/workflows/{workflow}"),
+        Some(&org.owner_key),
+        Some(&edited),
+    );
+    assert_eq!(put.json()["version"], 2, "{}", put.json());
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/signals/approved"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {"by": "Ada"}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let run = target.finished(&org, &id);
+    assert_eq!(run["version"], 1, "{run}");
+    assert_eq!(
+        run["output"], "approved by Ada",
+        "the run finished on version 1"
+    );
+    let next = target.finished(&org, &{
+        let next = target.start_run(&org, &workflow, json!({}));
+        target.call(
+            "POST",
+            &format!("/api/v1/executions/{next}/signals/approved"),
+            Some(&org.owner_key),
+            Some(&json!({"payload": {"by": "Ada"}})),
+        );
+        next
+    });
+    assert_eq!(next["version"], 2, "{next}");
+    assert_eq!(next["output"], "v2 approved by Ada");
+}
+
+#[test]
+fn a_wait_without_a_timeout_edge_fails_the_run_when_it_times_out() {
+    let target = shared();
+    let org = target.create_org("run-wait-no-edge");
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Approval, no fallback",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "approval", "type": "wait", "config": {"signal": "approved", "timeout_ms": 300}},
+                {"id": "done", "type": "output", "config": {"value": "{{ previous_output }}"}}
+            ],
+            "edges": [
+                {"source": "start", "target": "approval"},
+                {"source": "approval", "target": "done"}
+            ]
+        }),
+    );
+    let id = target.start_run(&org, &workflow, json!({}));
+    std::thread::sleep(Duration::from_millis(400));
+    let tick = target.tick();
+    assert_eq!(tick.status, 200, "{}", String::from_utf8_lossy(&tick.body));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["failed_node"], "approval", "{run}");
+    assert_eq!(step(&run, "approval")["status"], "failed");
+    let done_ran = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["node_id"] == "done" && s["status"] == "completed");
+    assert!(!done_ran, "nothing after the wait ran: {run}");
+    assert_eq!(run["output"], Value::Null, "{run}");
+}
