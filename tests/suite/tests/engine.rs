@@ -1303,3 +1303,49 @@ fn a_wait_without_a_timeout_edge_fails_the_run_when_it_times_out() {
     assert!(!done_ran, "nothing after the wait ran: {run}");
     assert_eq!(run["output"], Value::Null, "{run}");
 }
+
+#[test]
+fn retry_of_a_cancelled_run_reuses_its_completed_steps() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-retry-cancelled");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
+    fake_llm().push(Reply::text("one").after(Duration::from_millis(600)));
+    let id = target.start_run(&org, &workflow, json!({}));
+    std::thread::sleep(Duration::from_millis(150));
+    let cancel = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/cancel"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(cancel.json()["status"], "cancelled", "{}", cancel.json());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while step(&target.execution(&org, &id), "first")["status"] != "completed" {
+        assert!(Instant::now() < deadline, "the running step never finished");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    fake_llm().push(Reply::text("two"));
+    let retry = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/retry"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        retry.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&retry.body)
+    );
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "two");
+    assert_eq!(
+        step(&run, "first")["attempts"],
+        1,
+        "first was not run again"
+    );
+    assert_eq!(fake_llm().received().len(), 2, "one call per agent step");
+}
