@@ -1349,3 +1349,67 @@ fn retry_of_a_cancelled_run_reuses_its_completed_steps() {
     );
     assert_eq!(fake_llm().received().len(), 2, "one call per agent step");
 }
+
+#[test]
+fn the_execution_list_pages_through_every_run_once_newest_first() {
+    let target = shared();
+    let org = target.create_org("run-list-pages");
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Echo",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "done", "type": "output", "config": {"value": "{{ trigger.n }}"}}
+            ],
+            "edges": [{"source": "start", "target": "done"}]
+        }),
+    );
+    let started: Vec<String> = (0..5)
+        .map(|n| {
+            let id = target.start_run(&org, &workflow, json!({"n": n}));
+            target.finished(&org, &id);
+            id
+        })
+        .collect();
+    let page = |offset: usize| {
+        let reply = target.call(
+            "GET",
+            &format!("/api/v1/executions?workflow_id={workflow}&limit=2&offset={offset}"),
+            Some(&org.owner_key),
+            None,
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
+    };
+    let mut listed = Vec::new();
+    for offset in [0, 2, 4] {
+        let body = page(offset);
+        assert_eq!(body["total"], 5, "{body}");
+        let ids: Vec<String> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|run| run["id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), if offset == 4 { 1 } else { 2 }, "{body}");
+        listed.extend(ids);
+    }
+    let newest_first: Vec<String> = started.into_iter().rev().collect();
+    assert_eq!(listed, newest_first);
+    assert!(page(5)["data"].as_array().unwrap().is_empty());
+    target
+        .call(
+            "GET",
+            "/api/v1/executions?limit=0",
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(400, "bad_request");
+}
