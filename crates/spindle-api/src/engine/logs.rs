@@ -233,7 +233,7 @@ pub(super) fn stream(
     run_status(&OrgScoped::new(ctx.db()?, &caller.org_id), &id)?;
     let org_id = caller.org_id;
     let produce = move |ctx: &RequestContext, write: &mut ChunkSink<'_>| {
-        if let Err(error) = follow(ctx, &org_id, &id, after, write) {
+        if let Err(error) = follow(ctx, &org_id, &id, after, STREAM_FOR_MS, write) {
             // The head is already out, so this cannot become an error
             // response: the stream ends and the client resumes where it was.
             eprintln!("spindle: the event stream of execution {id} failed: {error}");
@@ -247,12 +247,13 @@ pub(super) fn stream(
 }
 
 /// Writes the run's entries after `after` as they appear, until the run has
-/// ended (then `complete`), the time is up, or the client has gone.
+/// ended (then `complete`), `open_for_ms` is up, or the client has gone.
 fn follow(
     ctx: &RequestContext,
     org_id: &str,
     execution_id: &str,
     mut after: i64,
+    open_for_ms: i64,
     write: &mut ChunkSink<'_>,
 ) -> Result<(), ApiError> {
     let org = OrgScoped::new(ctx.db()?, org_id);
@@ -284,7 +285,7 @@ fn follow(
             return Ok(());
         }
         let now = now_ms();
-        if now - started >= STREAM_FOR_MS {
+        if now - started >= open_for_ms {
             return Ok(());
         }
         if caught_up {
@@ -525,7 +526,7 @@ mod tests {
 
     fn follow_all(ctx: &RequestContext, after: i64, open_for: usize) -> Vec<String> {
         let mut chunks = Vec::new();
-        follow(ctx, "o1", "e1", after, &mut |chunk| {
+        follow(ctx, "o1", "e1", after, STREAM_FOR_MS, &mut |chunk| {
             chunks.push(String::from_utf8_lossy(chunk).into_owned());
             chunks.len() < open_for
         })
@@ -568,6 +569,20 @@ mod tests {
         assert!(resumed[1].starts_with("id: 3\n"));
         // The client goes after the first entry: nothing more is written.
         assert_eq!(follow_all(&ctx, 0, 2).len(), 2);
+    }
+
+    #[test]
+    fn a_stream_of_a_run_still_going_ends_when_its_time_is_up_without_complete() {
+        let ctx = run_with_entries("running");
+        let mut chunks = Vec::new();
+        follow(&ctx, "o1", "e1", 0, 200, &mut |chunk| {
+            chunks.push(String::from_utf8_lossy(chunk).into_owned());
+            true
+        })
+        .unwrap();
+        assert_eq!(chunks.len(), 4, "retry, then the three entries: {chunks:?}");
+        assert!(chunks[3].starts_with("id: 3\n"), "{chunks:?}");
+        assert!(chunks.iter().all(|c| !c.contains("event: complete")));
     }
 
     #[test]
