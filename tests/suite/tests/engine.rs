@@ -6,7 +6,8 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
-    STEP_LEASE_MS, configured_with_faults, fake_llm, fake_turn, shared, suite_variables,
+    Org, STEP_LEASE_MS, Target, configured_with_faults, fake_llm, fake_turn, shared,
+    suite_variables,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -584,6 +585,22 @@ fn approval_flow(timeout_ms: u64) -> Value {
     })
 }
 
+/// Sends run `id` the `approved` signal with `{"by": by}`; asserts it was taken.
+fn approve(target: &Target, org: &Org, id: &str, by: &str) {
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/signals/approved"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {"by": by}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+}
+
 #[test]
 fn a_wait_node_is_resumed_by_its_signal() {
     let target = shared();
@@ -602,18 +619,7 @@ fn a_wait_node_is_resumed_by_its_signal() {
             Some(&json!({"payload": {}})),
         )
         .assert_error(404, "not_found");
-    let reply = target.call(
-        "POST",
-        &format!("{signals}/approved"),
-        Some(&org.owner_key),
-        Some(&json!({"payload": {"by": "Grace"}})),
-    );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    approve(target, &org, &id, "Grace");
     let run = target.finished(&org, &id);
     assert_eq!(run["output"], "approved by Grace");
     assert_eq!(step(&run, "expired")["status"], "skipped");
@@ -1235,34 +1241,16 @@ fn a_run_keeps_the_version_it_started_on_when_the_workflow_is_edited_mid_run() {
         Some(&edited),
     );
     assert_eq!(put.json()["version"], 2, "{}", put.json());
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/signals/approved"),
-        Some(&org.owner_key),
-        Some(&json!({"payload": {"by": "Ada"}})),
-    );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    approve(target, &org, &id, "Ada");
     let run = target.finished(&org, &id);
     assert_eq!(run["version"], 1, "{run}");
     assert_eq!(
         run["output"], "approved by Ada",
         "the run finished on version 1"
     );
-    let next = target.finished(&org, &{
-        let next = target.start_run(&org, &workflow, json!({}));
-        target.call(
-            "POST",
-            &format!("/api/v1/executions/{next}/signals/approved"),
-            Some(&org.owner_key),
-            Some(&json!({"payload": {"by": "Ada"}})),
-        );
-        next
-    });
+    let next = target.start_run(&org, &workflow, json!({}));
+    approve(target, &org, &next, "Ada");
+    let next = target.finished(&org, &next);
     assert_eq!(next["version"], 2, "{next}");
     assert_eq!(next["output"], "v2 approved by Ada");
 }
