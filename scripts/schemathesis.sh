@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Schemathesis against the test host: starts the fake LLM provider and the
-# test host (serving the built components from spin.toml on fresh state),
+# Schemathesis against the app: starts the fake LLM provider and the app
+# (serving the built components from spin.toml on fresh state, on loopback)
+# on the test host, or with SPINDLE_HOST=spin on a real `spin up` (SPIN_BIN,
+# else `spin` on PATH) in a process group of its own that is killed at the end;
 # creates an organisation with the platform admin key, runs every operation
 # of crates/spindle-api/openapi.json with the owner key, and stops
 # everything. Zero failures or it exits non-zero.
@@ -13,6 +15,7 @@
 # Settings (environment): SCHEMATHESIS_VENV (default target/schemathesis-venv),
 # SCHEMATHESIS_EXAMPLES (test cases per operation and phase, default 100),
 # SCHEMATHESIS_SEED (default 20261125), SCHEMATHESIS_WORKERS (default 2),
+# SPINDLE_HOST (`spin` for a real Spin; default the test host),
 # SCHEMATHESIS_SCHEMA (default: the document the app serves; a file path
 # checks an edited crates/spindle-api/openapi.json before the rebuild).
 set -euo pipefail
@@ -38,7 +41,12 @@ base="http://127.0.0.1:$app_port"
 admin_key="schemathesis-admin-key-not-for-production"
 work=$(mktemp -d)
 pids=()
+group=""
 cleanup() {
+    # `spin up` serves from a child process: kill its whole process group.
+    if [[ -n "$group" ]]; then
+        kill -KILL -- "-$group" 2>/dev/null || true
+    fi
     for pid in "${pids[@]}"; do
         kill "$pid" 2>/dev/null || true
     done
@@ -55,33 +63,54 @@ fake="http://127.0.0.1:$llm_port"
 # The suite's settings (tests/suite/src/lib.rs, suite_variables), with a
 # per-subject rate limit high enough that the run measures the API, not the
 # limiter (a 429 is still a documented answer).
-target/debug/spin-test-host --listen "127.0.0.1:$app_port" --state-dir "$work/state" \
-    --variable "admin_key=$admin_key" \
-    --variable "jwt_secret=suite-jwt-secret-of-at-least-32-bytes" \
-    --variable "jwt_issuer=spindle-suite" --variable "jwt_audience=spindle-api" \
-    --variable "jwt_public_key=$(cat tests/suite/fixtures/jwt-ed25519.pub.pem)" \
-    --variable "openai_api_key=test-openai-key" --variable "anthropic_api_key=test-anthropic-key" \
-    --variable "gemini_api_key=test-gemini-key" --variable "groq_api_key=test-groq-key" \
-    --variable "openai_base_url=$fake/v1" --variable "anthropic_base_url=$fake/v1" \
-    --variable "gemini_base_url=$fake/v1beta" --variable "groq_base_url=$fake/openai/v1" \
-    --variable "openai_compatible_base_url=$fake/compat/v1" \
-    --variable "provider_timeout_ms=5000" \
-    --variable "internal_key=suite-internal-key-not-for-production" \
-    --variable "tick_key=suite-tick-key-not-for-production" \
-    --variable "metrics_token=suite-metrics-token-not-for-production" \
-    --variable "step_lease_ms=2000" --variable "event_retry_base_ms=200" \
-    --variable "rate_limit_per_minute=1000000" \
-    >"$work/host.log" 2>&1 &
-pids+=($!)
+variables=(
+    "admin_key=$admin_key"
+    "jwt_secret=suite-jwt-secret-of-at-least-32-bytes"
+    "jwt_issuer=spindle-suite" "jwt_audience=spindle-api"
+    "jwt_public_key=$(cat tests/suite/fixtures/jwt-ed25519.pub.pem)"
+    "openai_api_key=test-openai-key" "anthropic_api_key=test-anthropic-key"
+    "gemini_api_key=test-gemini-key" "groq_api_key=test-groq-key"
+    "openai_base_url=$fake/v1" "anthropic_base_url=$fake/v1"
+    "gemini_base_url=$fake/v1beta" "groq_base_url=$fake/openai/v1"
+    "openai_compatible_base_url=$fake/compat/v1"
+    "provider_timeout_ms=5000"
+    "internal_key=suite-internal-key-not-for-production"
+    "tick_key=suite-tick-key-not-for-production"
+    "metrics_token=suite-metrics-token-not-for-production"
+    "step_lease_ms=2000" "event_retry_base_ms=200"
+    "rate_limit_per_minute=1000000"
+)
+if [[ "${SPINDLE_HOST:-}" == spin ]]; then
+    host_name="real Spin"
+    spin=${SPIN_BIN:-$(command -v spin)}
+    env_vars=()
+    for variable in "${variables[@]}"; do
+        name=${variable%%=*}
+        env_vars+=("SPIN_VARIABLE_${name^^}=${variable#*=}")
+    done
+    # setsid: a new session and process group, led by `spin up`.
+    env "${env_vars[@]}" setsid "$spin" up --from spin.toml --listen "127.0.0.1:$app_port" \
+        --state-dir "$work/state" >"$work/host.log" 2>&1 &
+    group=$!
+else
+    host_name="test host"
+    flags=()
+    for variable in "${variables[@]}"; do
+        flags+=(--variable "$variable")
+    done
+    target/debug/spin-test-host --listen "127.0.0.1:$app_port" --state-dir "$work/state" \
+        "${flags[@]}" >"$work/host.log" 2>&1 &
+    pids+=($!)
+fi
 
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     if curl -fsS "$base/healthz" >/dev/null 2>&1; then
         break
     fi
     sleep 0.2
 done
 if ! curl -fsS "$base/healthz" >/dev/null; then
-    echo "the test host did not start:" >&2
+    echo "the $host_name did not start:" >&2
     cat "$work/host.log" >&2
     exit 1
 fi
@@ -203,7 +232,7 @@ schemathesis=$(realpath "$venv/bin/schemathesis")
     --no-color) | tee "$work/schemathesis.log" || status=$?
 echo "schemathesis: $(($(date +%s) - started)) s"
 if [[ $status -ne 0 ]]; then
-    echo "--- test host log (last 50 lines)" >&2
+    echo "--- $host_name log (last 50 lines)" >&2
     tail -n 50 "$work/host.log" >&2
     exit "$status"
 fi

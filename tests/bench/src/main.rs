@@ -15,7 +15,7 @@
 //! Prints a table and writes `target/bench/results.json`.
 
 use serde_json::{Value, json};
-use spindle_suite::{Org, Target, configured, fake_llm, shared, suite_variables};
+use spindle_suite::{Org, Target, configured, fake_llm, is_external, shared, suite_variables};
 use std::time::{Duration, Instant};
 
 fn percentile(values: &[f64], p: f64) -> f64 {
@@ -346,7 +346,7 @@ fn main() {
     // the test host (a real Spin under SPINDLE_URL needs the same setting).
     let mut variables = suite_variables();
     variables.insert("rate_limit_per_minute".into(), "100000000".into());
-    let own = configured(variables);
+    let own = (!is_external()).then(|| configured(variables));
     let target = own.as_ref().unwrap_or_else(|| shared());
     fake_llm().set_recording(false);
     let org = target.create_org("bench");

@@ -1,8 +1,21 @@
 //! The harness of Spindle's black-box suite.
 //!
-//! Tests talk HTTP to a [`Target`]: the URL in `SPINDLE_URL` (a real
-//! `spin up`) when it is set, otherwise the test host serving the freshly
-//! built components from `spin.toml`. No test may depend on which it is.
+//! Tests talk HTTP to a [`Target`]. Where it runs is chosen by the environment:
+//!
+//! - nothing set: the project's wasmtime test host (`tests/host`) serving the
+//!   freshly built components from `spin.toml`, each target on fresh state;
+//! - `SPINDLE_HOST=spin`: a real `spin up` that the harness starts itself for
+//!   each target (`SPIN_BIN`, else `spin` on `PATH`), on loopback and fresh
+//!   state, in a process group of its own that is killed with the target
+//!   (or when the test binary exits);
+//! - `SPINDLE_URL=http://…`: an app someone else started (its configuration
+//!   must be [`suite_variables`]); tests that need a configuration of their
+//!   own then fail with a message saying so, since nothing can start one.
+//!
+//! No test may depend on which it is, except tests of the test host's fault
+//! injection ([`configured_with_faults`]), which live in modules named
+//! `host_faults` so that a run on real Spin can skip them by name
+//! (`--skip host_faults::`) and report them as filtered out, never as passes.
 #![deny(missing_docs)]
 
 use fake_llm::FakeLlm;
@@ -11,9 +24,11 @@ use spin_test_host::{FaultPlan, HostOptions, RunningHost};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ureq::Agent;
 
 /// The platform admin key the suite's app runs with (`admin_key`).
@@ -82,6 +97,9 @@ pub fn suite_variables() -> HashMap<String, String> {
         ("tick_key".to_string(), TICK_KEY.to_string()),
         ("metrics_token".to_string(), METRICS_TOKEN.to_string()),
         ("step_lease_ms".to_string(), STEP_LEASE_MS.to_string()),
+        // The suite drives the tick itself, so tests know which tick did what
+        // (one test switches the app's own tick on).
+        ("self_tick".to_string(), "false".to_string()),
     ]);
     variables.insert(
         "event_retry_base_ms".to_string(),
@@ -105,12 +123,30 @@ pub fn is_external() -> bool {
     std::env::var_os("SPINDLE_URL").is_some()
 }
 
+/// Whether the harness starts a real `spin up` for each target (`SPINDLE_HOST=spin`).
+pub fn is_real_spin() -> bool {
+    std::env::var("SPINDLE_HOST").is_ok_and(|host| host == "spin")
+}
+
 /// Where the suite sends its requests.
 pub struct Target {
     base: String,
     agent: Agent,
-    // Keeps the host (and the runtime it runs on) alive as long as the target.
-    _host: Option<(tokio::runtime::Runtime, RunningHost, tempfile::TempDir)>,
+    // The app the harness started for this target (none with `SPINDLE_URL`);
+    // behind a lock so that a test can kill and restart it.
+    instance: Mutex<Option<Instance>>,
+}
+
+/// An app the harness started: the test host in this process, or a real Spin.
+enum Instance {
+    TestHost {
+        // Declared before the runtime: the host is dropped first.
+        host: Option<RunningHost>,
+        options: HostOptions,
+        runtime: tokio::runtime::Runtime,
+        _state: tempfile::TempDir,
+    },
+    Spin(SpinApp),
 }
 
 /// The target shared by every test of a binary: started once, on first use.
@@ -119,25 +155,43 @@ pub fn shared() -> &'static Target {
     SHARED.get_or_init(fresh)
 }
 
-/// A target of its own: with the test host, a new host on empty state; with
-/// `SPINDLE_URL`, that same URL (whose state is whatever it is).
+/// A target of its own: with the test host or real Spin, a new app on empty
+/// state; with `SPINDLE_URL`, that same URL (whose state is whatever it is).
 pub fn fresh() -> Target {
-    fresh_with(suite_variables())
+    match std::env::var("SPINDLE_URL") {
+        Ok(base) => Target::new(base.trim_end_matches('/').to_string(), None),
+        Err(_) => start(suite_variables(), None),
+    }
 }
 
-/// A new test host on empty state, run with exactly `variables`; `None` with
-/// `SPINDLE_URL`, whose configuration the suite cannot choose.
-pub fn configured(variables: HashMap<String, String>) -> Option<Target> {
-    (!is_external()).then(|| fresh_with(variables))
+/// A new app on empty state, run with exactly `variables`: on the test host,
+/// or on a real Spin of its own with `SPINDLE_HOST=spin`.
+///
+/// # Panics
+/// With `SPINDLE_URL`, whose configuration the suite cannot choose.
+pub fn configured(variables: HashMap<String, String>) -> Target {
+    assert!(
+        !is_external(),
+        "this test needs an app with a configuration of its own, which the suite cannot start \
+         under SPINDLE_URL: run it with SPINDLE_HOST=spin (a real Spin the suite starts) or on the test host"
+    );
+    start(variables, None)
 }
 
 /// A new test host on empty state with `variables` and a fault plan (which
-/// invocations to abort); `None` with `SPINDLE_URL`.
+/// invocations to abort). Tests calling it live in a `host_faults` module.
+///
+/// # Panics
+/// Unless the suite runs on the test host: only it can inject faults.
 pub fn configured_with_faults(
     variables: HashMap<String, String>,
     faults: Arc<dyn FaultPlan>,
-) -> Option<Target> {
-    (!is_external()).then(|| start_host(variables, Some(faults)))
+) -> Target {
+    assert!(
+        !is_external() && !is_real_spin(),
+        "this test needs the test host's fault injection: a run on real Spin skips it (--skip host_faults::)"
+    );
+    start(variables, Some(faults))
 }
 
 /// Takes the fake provider for one test: tests that script it run one at a
@@ -149,25 +203,12 @@ pub fn fake_turn() -> MutexGuard<'static, ()> {
     guard
 }
 
-fn fresh_with(variables: HashMap<String, String>) -> Target {
-    start_host(variables, None)
-}
-
-fn start_host(variables: HashMap<String, String>, faults: Option<Arc<dyn FaultPlan>>) -> Target {
-    let agent: Agent = Agent::config_builder()
-        .http_status_as_error(false)
-        .allow_non_standard_methods(true)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into();
-    if let Ok(base) = std::env::var("SPINDLE_URL") {
-        return Target {
-            base: base.trim_end_matches('/').to_string(),
-            agent,
-            _host: None,
-        };
+fn start(variables: HashMap<String, String>, faults: Option<Arc<dyn FaultPlan>>) -> Target {
+    let state = tempfile::tempdir().expect("temp dir for the app's state");
+    if is_real_spin() {
+        let app = SpinApp::start(variables, state, free_port());
+        return Target::new(app.url(), Some(Instance::Spin(app)));
     }
-    let state = tempfile::tempdir().expect("temp dir for the host's state");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -175,13 +216,210 @@ fn start_host(variables: HashMap<String, String>, faults: Option<Arc<dyn FaultPl
     let mut options = HostOptions::new(manifest_path(), state.path().to_path_buf());
     options.variables = variables;
     options.faults = faults;
-    let host = runtime
+    let host = serve_test_host(&runtime, options.clone());
+    // A restart listens on the same address again.
+    options.listen = host.addr();
+    let base = host.url();
+    Target::new(
+        base,
+        Some(Instance::TestHost {
+            host: Some(host),
+            options,
+            runtime,
+            _state: state,
+        }),
+    )
+}
+
+fn serve_test_host(runtime: &tokio::runtime::Runtime, options: HostOptions) -> RunningHost {
+    runtime
         .block_on(spin_test_host::serve(options))
-        .expect("the test host starts on the built components (build them first: cargo build --target wasm32-wasip2 --release)");
-    Target {
-        base: host.url(),
-        agent,
-        _host: Some((runtime, host, state)),
+        .expect("the test host starts on the built components (build them first: cargo build --target wasm32-wasip2 --release)")
+}
+
+/// A free port on loopback, for an app that must be told its port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+/// The `spin` binary a real-Spin run uses: `SPIN_BIN`, else `spin` on `PATH`.
+fn spin_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SPIN_BIN") {
+        return PathBuf::from(bin);
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("spin"))
+        .find(|candidate| candidate.is_file())
+        .expect("SPINDLE_HOST=spin needs a spin binary: set SPIN_BIN or put spin on PATH")
+}
+
+/// A real `spin up` serving `spin.toml`, in a process group of its own.
+///
+/// `spin up` serves the app from a child process (`spin trigger http …`), so
+/// killing `spin up` alone would leave the app serving and its port taken:
+/// the app is started under a small shell that leads a new process group and
+/// kills that whole group when its standard input closes, which happens when
+/// [`SpinApp::kill`] closes it or when the test binary exits (statics such as
+/// [`shared`] are never dropped, so a `Drop` alone would leak instances).
+struct SpinApp {
+    variables: HashMap<String, String>,
+    state: tempfile::TempDir,
+    port: u16,
+    group: Option<Child>,
+}
+
+impl SpinApp {
+    fn start(variables: HashMap<String, String>, state: tempfile::TempDir, port: u16) -> SpinApp {
+        let mut app = SpinApp {
+            variables,
+            state,
+            port,
+            group: None,
+        };
+        app.launch();
+        app
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.state.path().join("spin-up.log")
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("the spin up log file");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            // `read` returns at end of input; `kill 0` signals the whole group.
+            .arg(r#""$0" up --from "$1" --listen "$2" --state-dir "$3" & read -r _; kill -KILL 0"#)
+            .arg(spin_binary())
+            .arg(manifest_path())
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(self.state.path().join("spin"))
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(log.try_clone().expect("the log file"))
+            .stderr(log);
+        // Exactly the suite's configuration: nothing from the caller's environment.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SPIN_VARIABLE_") {
+                command.env_remove(name);
+            }
+        }
+        for (name, value) in &self.variables {
+            command.env(format!("SPIN_VARIABLE_{}", name.to_uppercase()), value);
+        }
+        let mut group = command.spawn().expect("start spin up");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            let exited = group.try_wait().expect("spin up's state");
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "spin up did not start serving on port {} ({}): {}",
+                self.port,
+                exited.map_or("timed out".to_string(), |status| status.to_string()),
+                std::fs::read_to_string(self.log_path()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.group = Some(group);
+    }
+
+    /// Kills the whole process group at once (work after responses is lost,
+    /// as on a host that dies) and waits until nothing listens on the port.
+    fn kill(&mut self) {
+        let Some(mut group) = self.group.take() else {
+            return;
+        };
+        if let Ok(pgid) = i32::try_from(group.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        drop(group.stdin.take());
+        let _ = group.wait();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for SpinApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // Stop the test host's instances first, as a real Spin's are killed:
+        // dropping the runtime alone would wait for work after responses (a
+        // heartbeat link ticks for 20 s) before it lets go.
+        if let Instance::TestHost { host, runtime, .. } = self
+            && let Some(running) = host.take()
+        {
+            runtime.block_on(running.shutdown());
+        }
+    }
+}
+
+impl Target {
+    fn new(base: String, instance: Option<Instance>) -> Target {
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .allow_non_standard_methods(true)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Target {
+            base,
+            agent,
+            instance: Mutex::new(instance),
+        }
+    }
+
+    /// Kills the app at once, as when its host dies (every invocation in
+    /// flight and all work after responses is lost, open transactions roll
+    /// back), then starts it again on the same state, address and
+    /// configuration, and returns once it serves.
+    ///
+    /// # Panics
+    /// With `SPINDLE_URL`: the suite did not start that app.
+    pub fn kill_and_restart(&self) {
+        let mut instance = self.instance.lock().unwrap_or_else(|e| e.into_inner());
+        match instance
+            .as_mut()
+            .expect("kill_and_restart needs an app the suite started (not SPINDLE_URL)")
+        {
+            Instance::TestHost {
+                host,
+                options,
+                runtime,
+                ..
+            } => {
+                if let Some(running) = host.take() {
+                    runtime.block_on(running.shutdown());
+                }
+                *host = Some(serve_test_host(runtime, options.clone()));
+            }
+            Instance::Spin(app) => {
+                app.kill();
+                app.launch();
+            }
+        }
     }
 }
 
@@ -275,6 +513,19 @@ impl Target {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Reply {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like [`Target::request`], but a failure to reach the app or to read
+    /// its answer (the app was killed, or is restarting) is an `Err`.
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, String> {
         let mut builder = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base));
@@ -284,7 +535,28 @@ impl Target {
         let request = builder
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .expect("a valid request");
-        self.finish(self.agent.run(request), method, path)
+        let mut response = self.agent.run(request).map_err(|e| e.to_string())?;
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .map_err(|e| format!("reading the body: {e}"))?;
+        Ok(Reply {
+            status: response.status().as_u16(),
+            headers,
+            body,
+        })
     }
 
     /// `method path` with an optional bearer token and JSON body.
@@ -480,36 +752,6 @@ impl Target {
         let mut raw = Vec::new();
         let _ = stream.read_to_end(&mut raw);
         parse_response(&raw)
-    }
-
-    fn finish(
-        &self,
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-        method: &str,
-        path: &str,
-    ) -> Reply {
-        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = response
-            .body_mut()
-            .with_config()
-            .limit(64 * 1024 * 1024)
-            .read_to_vec()
-            .unwrap_or_else(|e| panic!("{method} {path}: reading the body: {e}"));
-        Reply {
-            status: response.status().as_u16(),
-            headers,
-            body,
-        }
     }
 }
 

@@ -6,7 +6,7 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
-    Org, STEP_LEASE_MS, Target, configured_with_faults, fake_llm, fake_turn, shared,
+    Org, STEP_LEASE_MS, Target, configured, configured_with_faults, fake_llm, fake_turn, shared,
     suite_variables,
 };
 use std::sync::Arc;
@@ -152,96 +152,6 @@ fn a_failing_step_fails_the_run_and_names_the_node() {
             .all(|s| s["node_id"] != "shape"),
         "nothing after it ran"
     );
-}
-
-#[test]
-fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
-    let _turn = fake_turn();
-    // The first step invocation answers, then dies before it calls the provider.
-    let killed = Arc::new(AtomicBool::new(false));
-    let plan = {
-        let killed = killed.clone();
-        move |inv: &Invocation| {
-            if inv.path.starts_with("/internal/steps/") && !killed.swap(true, Ordering::SeqCst) {
-                Fault::AbortAfterResponse
-            } else {
-                Fault::None
-            }
-        }
-    };
-    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
-        return; // needs fault injection: only on the test host
-    };
-    let org = target.create_org("run-recovery");
-    let agent = target.create_agent(&org);
-    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
-    let id = target.start_run(&org, &workflow, json!({"topic": "resilience"}));
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        killed.load(Ordering::SeqCst),
-        "the step invocation was aborted"
-    );
-    assert_eq!(target.execution(&org, &id)["status"], "running");
-    assert!(
-        fake_llm().received().is_empty(),
-        "the dead instance called nobody"
-    );
-    // Before the lease expires the tick leaves the step alone.
-    let early = target.tick();
-    assert_eq!(
-        early.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&early.body)
-    );
-    std::thread::sleep(Duration::from_millis(STEP_LEASE_MS + 200));
-    let tick = target.tick();
-    assert_eq!(tick.json()["redispatched"], 1);
-    let run = target.finished(&org, &id);
-    assert_eq!(run["status"], "completed", "{run}");
-    assert_eq!(step(&run, "draft")["attempts"], 2);
-    assert_eq!(
-        fake_llm().received().len(),
-        1,
-        "the provider was called once"
-    );
-}
-
-#[test]
-fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
-    let _turn = fake_turn();
-    // The first step invocation dies before it answers: the dispatch is lost
-    // and the step stays queued, as when the dispatcher itself dies.
-    let killed = Arc::new(AtomicBool::new(false));
-    let plan = {
-        let killed = killed.clone();
-        move |inv: &Invocation| {
-            if inv.path.starts_with("/internal/steps/") && !killed.swap(true, Ordering::SeqCst) {
-                Fault::AbortBeforeResponse
-            } else {
-                Fault::None
-            }
-        }
-    };
-    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
-        return; // needs fault injection: only on the test host
-    };
-    let org = target.create_org("run-undispatched");
-    let agent = target.create_agent(&org);
-    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
-    let id = target.start_run(&org, &workflow, json!({"topic": "recovery"}));
-    std::thread::sleep(Duration::from_millis(2_300));
-    assert!(killed.load(Ordering::SeqCst));
-    assert_eq!(
-        step(&target.execution(&org, &id), "draft")["status"],
-        "queued"
-    );
-    let tick = target.tick();
-    assert_eq!(tick.json()["redispatched"], 1);
-    let run = target.finished(&org, &id);
-    assert_eq!(run["status"], "completed", "{run}");
-    assert_eq!(step(&run, "draft")["attempts"], 1);
-    assert_eq!(fake_llm().received().len(), 1);
 }
 
 fn two_agents(agent: &str) -> Value {
@@ -1077,68 +987,6 @@ fn agent_then_loop(agent: &str) -> Value {
     })
 }
 
-#[test]
-fn runs_whose_step_invocations_die_at_any_point_are_finished_by_the_tick() {
-    let _turn = fake_turn();
-    // The k-th step invocation dies at its (2 + 3k)-th host call: before or
-    // after claiming, during or after the provider call, between storing the
-    // step and queueing what follows, or in the middle of the loop.
-    const RUNS: u32 = 16;
-    let invocations = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let plan = {
-        let invocations = invocations.clone();
-        move |inv: &Invocation| {
-            if !inv.path.starts_with("/internal/steps/") {
-                return Fault::None;
-            }
-            let k = invocations.fetch_add(1, Ordering::SeqCst);
-            if k < RUNS {
-                Fault::AbortAtHostCall(2 + 3 * k)
-            } else {
-                Fault::None
-            }
-        }
-    };
-    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
-        return; // needs fault injection: only on the test host
-    };
-    let org = target.create_org("run-die-anywhere");
-    let agent = target.create_agent(&org);
-    let workflow = target.create(&org, "/api/v1/workflows", &agent_then_loop(&agent));
-    let ids: Vec<String> = (0..RUNS)
-        .map(|i| target.start_run(&org, &workflow, json!({"topic": format!("t{i}")})))
-        .collect();
-    let _ticker = target.tick_every(Duration::from_millis(250));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut pending = ids.clone();
-    while !pending.is_empty() {
-        assert!(Instant::now() < deadline, "runs stuck: {pending:?}");
-        std::thread::sleep(Duration::from_millis(100));
-        pending.retain(|id| target.execution(&org, id)["status"] == "running");
-    }
-    assert!(
-        invocations.load(Ordering::SeqCst) >= RUNS,
-        "every fault was used"
-    );
-    for id in &ids {
-        let run = target.execution(&org, id);
-        assert_eq!(run["status"], "completed", "{run}");
-        let length = step(&run, "draft")["output"]
-            .as_str()
-            .unwrap()
-            .chars()
-            .count();
-        assert_eq!(
-            run["output"],
-            json!([
-                format!("1:{length}"),
-                format!("2:{length}"),
-                format!("3:{length}")
-            ])
-        );
-    }
-}
-
 /// A dispatch token for `subject`, signed with the suite's `internal_key`.
 fn dispatch_token(subject: &str) -> String {
     use hmac::{Hmac, Mac};
@@ -1157,68 +1005,6 @@ fn dispatch_token(subject: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!("{expires}.{signature}")
-}
-
-#[test]
-fn the_same_step_dispatched_twice_at_once_runs_once() {
-    let _turn = fake_turn();
-    // The engine's own dispatch is lost, so the step waits queued for ours.
-    let lost = Arc::new(AtomicBool::new(false));
-    let plan = {
-        let lost = lost.clone();
-        move |inv: &Invocation| {
-            if inv.path.starts_with("/internal/steps/") && !lost.swap(true, Ordering::SeqCst) {
-                Fault::AbortBeforeResponse
-            } else {
-                Fault::None
-            }
-        }
-    };
-    let Some(target) = configured_with_faults(suite_variables(), Arc::new(plan)) else {
-        return; // needs fault injection: only on the test host
-    };
-    let org = target.create_org("run-double-dispatch");
-    let agent = target.create_agent(&org);
-    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
-    fake_llm().push(Reply::text("once").tokens(5, 1));
-    let id = target.start_run(&org, &workflow, json!({"topic": "twins"}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lost.load(Ordering::SeqCst) {
-        assert!(Instant::now() < deadline, "the engine never dispatched");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let step_id = step(&target.execution(&org, &id), "draft")["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let token = dispatch_token(&step_id);
-    let path = format!("/internal/steps/{step_id}");
-    let replies: Vec<Value> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..2)
-            .map(|_| {
-                scope.spawn(|| {
-                    target
-                        .request("POST", &path, &[("x-spindle-dispatch", &token)], None)
-                        .json()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let claimed = replies.iter().filter(|r| r["claimed"] == true).count();
-    assert_eq!(claimed, 1, "{replies:?}");
-    let run = target.finished(&org, &id);
-    assert_eq!(run["status"], "completed", "{run}");
-    assert_eq!(step(&run, "draft")["attempts"], 1);
-    assert_eq!(
-        fake_llm().received().len(),
-        1,
-        "the provider was called once"
-    );
-    let again = target
-        .request("POST", &path, &[("x-spindle-dispatch", &token)], None)
-        .json();
-    assert_eq!(again["claimed"], false, "a finished step never runs again");
 }
 
 #[test]
@@ -1400,4 +1186,266 @@ fn the_execution_list_pages_through_every_run_once_newest_first() {
             None,
         )
         .assert_error(400, "bad_request");
+}
+
+#[test]
+fn a_run_whose_host_dies_mid_step_is_finished_after_a_restart_and_billed_once() {
+    let _turn = fake_turn();
+    // The whole app dies while its step waits for the provider: on real Spin the
+    // process group of `spin up` is killed, on the test host every instance is
+    // dropped. Started again on the same state, the tick finds the step's lapsed
+    // lease and runs it once more.
+    let target = configured(suite_variables());
+    let org = target.create_org("run-host-died");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
+    fake_llm().push(Reply::hang());
+    fake_llm().push(Reply::text("written after the restart").tokens(8, 4));
+    let id = target.start_run(&org, &workflow, json!({"topic": "outages"}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake_llm().received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the step never called the provider"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    target.kill_and_restart();
+    let before = target.execution(&org, &id);
+    assert_eq!(before["status"], "running", "{before}");
+    assert_eq!(step(&before, "draft")["status"], "running", "{before}");
+    let _ticker = target.tick_every(Duration::from_millis(200));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"]["text"], "written after the restart");
+    assert_eq!(step(&run, "draft")["attempts"], 2, "{run}");
+    assert_eq!(fake_llm().received().len(), 2);
+    let records = target
+        .call("GET", "/api/v1/usage/records", Some(&org.owner_key), None)
+        .json();
+    let succeeded: Vec<&Value> = records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .collect();
+    assert_eq!(succeeded.len(), 1, "billed once: {records}");
+    assert_eq!(
+        run["cost"]["billed_micros"], succeeded[0]["billed_cost_micros"],
+        "{run} {records}"
+    );
+}
+
+/// Tests of recovery that need the test host's fault injection (a run on real
+/// Spin skips this module by name: `--skip host_faults::`).
+mod host_faults {
+    use super::*;
+
+    #[test]
+    fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
+        let _turn = fake_turn();
+        // The first step invocation answers, then dies before it calls the provider.
+        let killed = Arc::new(AtomicBool::new(false));
+        let plan = {
+            let killed = killed.clone();
+            move |inv: &Invocation| {
+                if inv.path.starts_with("/internal/steps/") && !killed.swap(true, Ordering::SeqCst)
+                {
+                    Fault::AbortAfterResponse
+                } else {
+                    Fault::None
+                }
+            }
+        };
+        let target = configured_with_faults(suite_variables(), Arc::new(plan));
+        let org = target.create_org("run-recovery");
+        let agent = target.create_agent(&org);
+        let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
+        let id = target.start_run(&org, &workflow, json!({"topic": "resilience"}));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            killed.load(Ordering::SeqCst),
+            "the step invocation was aborted"
+        );
+        assert_eq!(target.execution(&org, &id)["status"], "running");
+        assert!(
+            fake_llm().received().is_empty(),
+            "the dead instance called nobody"
+        );
+        // Before the lease expires the tick leaves the step alone.
+        let early = target.tick();
+        assert_eq!(
+            early.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&early.body)
+        );
+        std::thread::sleep(Duration::from_millis(STEP_LEASE_MS + 200));
+        let tick = target.tick();
+        assert_eq!(tick.json()["redispatched"], 1);
+        let run = target.finished(&org, &id);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(step(&run, "draft")["attempts"], 2);
+        assert_eq!(
+            fake_llm().received().len(),
+            1,
+            "the provider was called once"
+        );
+    }
+
+    #[test]
+    fn a_step_whose_dispatch_was_lost_is_dispatched_by_the_tick() {
+        let _turn = fake_turn();
+        // The first step invocation dies before it answers: the dispatch is lost
+        // and the step stays queued, as when the dispatcher itself dies.
+        let killed = Arc::new(AtomicBool::new(false));
+        let plan = {
+            let killed = killed.clone();
+            move |inv: &Invocation| {
+                if inv.path.starts_with("/internal/steps/") && !killed.swap(true, Ordering::SeqCst)
+                {
+                    Fault::AbortBeforeResponse
+                } else {
+                    Fault::None
+                }
+            }
+        };
+        let target = configured_with_faults(suite_variables(), Arc::new(plan));
+        let org = target.create_org("run-undispatched");
+        let agent = target.create_agent(&org);
+        let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
+        let id = target.start_run(&org, &workflow, json!({"topic": "recovery"}));
+        std::thread::sleep(Duration::from_millis(2_300));
+        assert!(killed.load(Ordering::SeqCst));
+        assert_eq!(
+            step(&target.execution(&org, &id), "draft")["status"],
+            "queued"
+        );
+        let tick = target.tick();
+        assert_eq!(tick.json()["redispatched"], 1);
+        let run = target.finished(&org, &id);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(step(&run, "draft")["attempts"], 1);
+        assert_eq!(fake_llm().received().len(), 1);
+    }
+
+    #[test]
+    fn runs_whose_step_invocations_die_at_any_point_are_finished_by_the_tick() {
+        let _turn = fake_turn();
+        // The k-th step invocation dies at its (2 + 3k)-th host call: before or
+        // after claiming, during or after the provider call, between storing the
+        // step and queueing what follows, or in the middle of the loop.
+        const RUNS: u32 = 16;
+        let invocations = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let plan = {
+            let invocations = invocations.clone();
+            move |inv: &Invocation| {
+                if !inv.path.starts_with("/internal/steps/") {
+                    return Fault::None;
+                }
+                let k = invocations.fetch_add(1, Ordering::SeqCst);
+                if k < RUNS {
+                    Fault::AbortAtHostCall(2 + 3 * k)
+                } else {
+                    Fault::None
+                }
+            }
+        };
+        let target = configured_with_faults(suite_variables(), Arc::new(plan));
+        let org = target.create_org("run-die-anywhere");
+        let agent = target.create_agent(&org);
+        let workflow = target.create(&org, "/api/v1/workflows", &agent_then_loop(&agent));
+        let ids: Vec<String> = (0..RUNS)
+            .map(|i| target.start_run(&org, &workflow, json!({"topic": format!("t{i}")})))
+            .collect();
+        let _ticker = target.tick_every(Duration::from_millis(250));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut pending = ids.clone();
+        while !pending.is_empty() {
+            assert!(Instant::now() < deadline, "runs stuck: {pending:?}");
+            std::thread::sleep(Duration::from_millis(100));
+            pending.retain(|id| target.execution(&org, id)["status"] == "running");
+        }
+        assert!(
+            invocations.load(Ordering::SeqCst) >= RUNS,
+            "every fault was used"
+        );
+        for id in &ids {
+            let run = target.execution(&org, id);
+            assert_eq!(run["status"], "completed", "{run}");
+            let length = step(&run, "draft")["output"]
+                .as_str()
+                .unwrap()
+                .chars()
+                .count();
+            assert_eq!(
+                run["output"],
+                json!([
+                    format!("1:{length}"),
+                    format!("2:{length}"),
+                    format!("3:{length}")
+                ])
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_step_dispatched_twice_at_once_runs_once() {
+        let _turn = fake_turn();
+        // The engine's own dispatch is lost, so the step waits queued for ours.
+        let lost = Arc::new(AtomicBool::new(false));
+        let plan = {
+            let lost = lost.clone();
+            move |inv: &Invocation| {
+                if inv.path.starts_with("/internal/steps/") && !lost.swap(true, Ordering::SeqCst) {
+                    Fault::AbortBeforeResponse
+                } else {
+                    Fault::None
+                }
+            }
+        };
+        let target = configured_with_faults(suite_variables(), Arc::new(plan));
+        let org = target.create_org("run-double-dispatch");
+        let agent = target.create_agent(&org);
+        let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
+        fake_llm().push(Reply::text("once").tokens(5, 1));
+        let id = target.start_run(&org, &workflow, json!({"topic": "twins"}));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !lost.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the engine never dispatched");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let step_id = step(&target.execution(&org, &id), "draft")["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let token = dispatch_token(&step_id);
+        let path = format!("/internal/steps/{step_id}");
+        let replies: Vec<Value> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        target
+                            .request("POST", &path, &[("x-spindle-dispatch", &token)], None)
+                            .json()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let claimed = replies.iter().filter(|r| r["claimed"] == true).count();
+        assert_eq!(claimed, 1, "{replies:?}");
+        let run = target.finished(&org, &id);
+        assert_eq!(run["status"], "completed", "{run}");
+        assert_eq!(step(&run, "draft")["attempts"], 1);
+        assert_eq!(
+            fake_llm().received().len(),
+            1,
+            "the provider was called once"
+        );
+        let again = target
+            .request("POST", &path, &[("x-spindle-dispatch", &token)], None)
+            .json();
+        assert_eq!(again["claimed"], false, "a finished step never runs again");
+    }
 }

@@ -90,7 +90,8 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
         .assert_error(401, "unauthenticated");
     let mut without = suite_variables();
     without.remove("metrics_token");
-    if let Some(off) = configured(without) {
+    {
+        let off = configured(without);
         let authorization = format!("Bearer {METRICS_TOKEN}");
         off.request(
             "GET",
