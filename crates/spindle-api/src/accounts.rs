@@ -78,12 +78,7 @@ fn create_org(
     request: &ApiRequest,
     _: &Params,
 ) -> Result<ApiResponse, ApiError> {
-    let settings = AuthSettings::load(ctx)?;
-    let Some(admin_key) = settings.admin_key else {
-        return Err(ApiError::Disabled(
-            "creating organisations is disabled: no admin_key is configured".into(),
-        ));
-    };
+    let admin_key = ctx.required_secret("admin_key")?;
     let presented = match parse_authorization(request.header("authorization"))? {
         Credential::ApiKey(token) | Credential::Jwt(token) => token,
     };
@@ -627,14 +622,15 @@ mod tests {
     }
 
     #[test]
-    fn org_creation_without_an_admin_key_configured_is_disabled() {
+    fn org_creation_without_an_admin_key_configured_is_misconfigured() {
         let (status, body) = call(
             Box::new(TestBackends::memory()),
             Method::Post,
             "/api/v1/orgs",
         );
-        assert_eq!(status, 403);
-        assert_eq!(body["error"]["code"], "feature_disabled");
+        assert_eq!(status, 503);
+        assert_eq!(body["error"]["code"], "misconfigured");
+        assert_eq!(body["error"]["details"][0]["path"], "variables.admin_key");
     }
 
     #[test]

@@ -19,8 +19,6 @@ const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
 /// The auth settings, read from Spin variables.
 pub struct AuthSettings {
-    /// `admin_key`: the platform operator's key for creating organisations.
-    pub admin_key: Option<String>,
     /// Verifies JWTs with `jwt_secret` and/or `jwt_public_key`.
     pub verifier: JwtVerifier,
     /// Issues tokens in exchange for API keys, when `jwt_secret` is set.
@@ -30,11 +28,9 @@ pub struct AuthSettings {
 }
 
 impl AuthSettings {
-    /// Reads the settings; a malformed one is a configuration fault (500).
+    /// Reads the settings; a malformed one is 503 `misconfigured`.
     pub fn load(ctx: &RequestContext) -> Result<Self, ApiError> {
-        let misconfigured = |name: &str, problem: String| {
-            ApiError::Internal(format!("variable {name} is misconfigured: {problem}"))
-        };
+        let misconfigured = |name: &str, problem: String| ApiError::misconfigured(name, problem);
         let issuer_claim = ctx.variable("jwt_issuer");
         let audience = ctx.variable("jwt_audience");
         let mut keys = Vec::new();
@@ -43,7 +39,7 @@ impl AuthSettings {
             if secret.len() < MIN_JWT_SECRET_BYTES {
                 return Err(misconfigured(
                     "jwt_secret",
-                    format!("it must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                    format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
                 ));
             }
             keys.push(VerifierKey::hs256(secret.as_bytes()));
@@ -64,12 +60,11 @@ impl AuthSettings {
             Some(value) => value.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                 misconfigured(
                     "rate_limit_per_minute",
-                    format!("{value:?} is not a positive integer"),
+                    format!("is {value:?}, not a positive integer"),
                 )
             })?,
         };
         Ok(Self {
-            admin_key: ctx.variable("admin_key"),
             verifier: JwtVerifier::new(keys, issuer_claim, audience),
             issuer,
             rate_limit_per_minute,

@@ -21,6 +21,20 @@ pub trait Backends {
     fn sleep_ms(&self, ms: u64);
 }
 
+/// The shortest key Spindle accepts in a Spin variable (32 characters: a
+/// random key of that length cannot be guessed, a short word can).
+pub const MIN_SECRET_CHARS: usize = 32;
+
+fn check_secret_length(name: &str, value: String) -> Result<String, ApiError> {
+    if value.chars().count() < MIN_SECRET_CHARS {
+        return Err(ApiError::misconfigured(
+            name,
+            format!("must be at least {MIN_SECRET_CHARS} characters"),
+        ));
+    }
+    Ok(value)
+}
+
 /// One request's access to storage. Nothing is opened until a handler asks,
 /// and the database is brought to the current schema the first time it is.
 pub struct RequestContext {
@@ -78,6 +92,24 @@ impl RequestContext {
     /// A setting: the Spin variable `name`, `None` when unset or empty.
     pub fn variable(&self, name: &str) -> Option<String> {
         self.backends.variable(name).filter(|v| !v.is_empty())
+    }
+
+    /// A key the app cannot work without (`admin_key`, `internal_key`): the
+    /// Spin variable `name`, or 503 `misconfigured` naming it when it is unset
+    /// or shorter than [`MIN_SECRET_CHARS`], which a guessable key would be.
+    pub fn required_secret(&self, name: &str) -> Result<String, ApiError> {
+        let value = self
+            .variable(name)
+            .ok_or_else(|| ApiError::misconfigured(name, "is not set"))?;
+        check_secret_length(name, value)
+    }
+
+    /// An optional key (`tick_key`, `metrics_token`): `None` when unset, and
+    /// 503 `misconfigured` when it is set but shorter than [`MIN_SECRET_CHARS`].
+    pub fn optional_secret(&self, name: &str) -> Result<Option<String>, ApiError> {
+        self.variable(name)
+            .map(|value| check_secret_length(name, value))
+            .transpose()
     }
 
     /// `N` bytes from the host's secure random source.

@@ -14,8 +14,11 @@ pub const DOCUMENT: &str = include_str!("../openapi.json");
 
 /// Routes the areas answer that the public document leaves out: the app's
 /// own step dispatch and the scheduler's tick (README.md, "Executions").
-pub const UNDOCUMENTED_ROUTES: &[(&str, &str)] =
-    &[("POST", "/internal/steps/:id"), ("POST", "/internal/tick")];
+pub const UNDOCUMENTED_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/internal/steps/:id"),
+    ("POST", "/internal/tick"),
+    ("POST", "/internal/heartbeat"),
+];
 
 /// `GET /openapi.json` (no credentials): the document.
 pub(crate) fn serve(

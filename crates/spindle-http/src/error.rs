@@ -88,12 +88,29 @@ pub enum ApiError {
     /// A dependency (storage, a provider) is unavailable for now (503).
     #[error("{0}")]
     Unavailable(String),
+    /// A Spin variable the request needs is missing or unusable (503
+    /// `misconfigured`): the operator must fix the app's settings.
+    #[error("Spindle is misconfigured: the variable {variable} {problem}")]
+    Misconfigured {
+        /// The variable's name (`admin_key`), as in `spin.toml`.
+        variable: String,
+        /// What is wrong with it (`is not set`).
+        problem: String,
+    },
     /// A fault in Spindle itself (500).
     #[error("{0}")]
     Internal(String),
 }
 
 impl ApiError {
+    /// A 503 `misconfigured` naming the Spin variable at fault.
+    pub fn misconfigured(variable: &str, problem: impl Into<String>) -> Self {
+        Self::Misconfigured {
+            variable: variable.to_string(),
+            problem: problem.into(),
+        }
+    }
+
     /// A 400 for a body or parameter that cannot be read.
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::BadRequest {
@@ -117,6 +134,7 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::BudgetExceeded(_) => "budget_exceeded",
             Self::Unavailable(_) => "unavailable",
+            Self::Misconfigured { .. } => "misconfigured",
             Self::Internal(_) => "internal",
         }
     }
@@ -133,7 +151,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => 413,
             Self::Validation { .. } => 422,
             Self::RateLimited { .. } | Self::BudgetExceeded(_) => 429,
-            Self::Unavailable(_) => 503,
+            Self::Unavailable(_) | Self::Misconfigured { .. } => 503,
             Self::Internal(_) => 500,
         }
     }
@@ -151,6 +169,10 @@ impl ApiError {
                 if !details.is_empty() =>
             {
                 error["details"] = json!(details);
+            }
+            Self::Misconfigured { variable, problem } => {
+                error["details"] =
+                    json!([ErrorDetail::new(format!("variables.{variable}"), problem)]);
             }
             _ => {}
         }

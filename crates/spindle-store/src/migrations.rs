@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_retried_cost.sql",
         sql: include_str!("../../../migrations/0009_retried_cost.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_heartbeat.sql",
+        sql: include_str!("../../../migrations/0010_heartbeat.sql"),
+    },
 ];
 
 /// The schema level the code expects: the last migration's version.

@@ -136,26 +136,67 @@ fn bad_org_bodies_are_refused_with_their_problem() {
     assert_eq!(reply.json()["error"]["details"][0]["path"], "name");
 }
 
+/// Asserts a 503 `misconfigured` whose message and details name `variable`.
+fn assert_misconfigured(reply: &Reply, variable: &str) {
+    reply.assert_error(503, "misconfigured");
+    let error = &reply.json()["error"];
+    assert!(
+        error["message"].as_str().unwrap().contains(variable),
+        "{error}"
+    );
+    assert_eq!(
+        error["details"][0]["path"],
+        format!("variables.{variable}"),
+        "{error}"
+    );
+}
+
 #[test]
-fn org_creation_is_disabled_without_an_admin_key() {
+fn a_missing_or_short_admin_key_is_misconfigured_not_forbidden() {
+    for admin_key in [None, Some("short-admin-key")] {
+        let mut variables = suite_variables();
+        match admin_key {
+            None => variables.remove("admin_key"),
+            Some(key) => variables.insert("admin_key".into(), key.into()),
+        };
+        let target = configured(variables);
+        for presented in [ADMIN_KEY, admin_key.unwrap_or("anything")] {
+            let reply = target.call(
+                "POST",
+                "/api/v1/orgs",
+                Some(presented),
+                Some(&json!({"name": "x"})),
+            );
+            assert_misconfigured(&reply, "admin_key");
+        }
+    }
+}
+
+#[test]
+fn runs_without_an_internal_key_are_misconfigured_and_nothing_is_stored() {
     let mut variables = suite_variables();
-    variables.remove("admin_key");
-    let Some(target) = configured(variables) else {
-        return; // needs its own configuration: only on the test host
-    };
+    variables.remove("internal_key");
+    let target = configured(variables);
+    let org = target.create_org("no-internal-key");
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({"name": "Echo", "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "done", "type": "output", "config": {"value": "hi"}}
+        ], "edges": [{"source": "start", "target": "done"}]}),
+    );
     let reply = target.call(
         "POST",
-        "/api/v1/orgs",
-        Some(ADMIN_KEY),
-        Some(&json!({"name": "x"})),
+        &format!("/api/v1/workflows/{workflow}/execute"),
+        Some(&org.owner_key),
+        Some(&json!({"inputs": {}})),
     );
-    reply.assert_error(403, "feature_disabled");
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("admin_key")
-    );
+    assert_misconfigured(&reply, "internal_key");
+    let runs = target
+        .call("GET", "/api/v1/executions", Some(&org.owner_key), None)
+        .json();
+    assert_eq!(runs["total"], 0, "{runs}");
 }
 
 // --- credentials that prove nothing ----------------------------------------
@@ -540,15 +581,7 @@ fn the_request_after_a_keys_limit_is_429_with_retry_after() {
 fn misconfigured_settings_are_a_clear_fault_not_a_panic() {
     let mut variables: HashMap<String, String> = suite_variables();
     variables.insert("jwt_secret".into(), "too-short".into());
-    let Some(target) = configured(variables) else {
-        return; // needs its own configuration: only on the test host
-    };
+    let target = configured(variables);
     let reply = target.call("GET", "/api/v1/orgs/current", Some("sk_whatever"), None);
-    reply.assert_error(500, "internal");
-    assert!(
-        reply.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("jwt_secret")
-    );
+    assert_misconfigured(&reply, "jwt_secret");
 }

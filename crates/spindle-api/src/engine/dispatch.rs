@@ -16,11 +16,10 @@ pub const MAX_HOPS: u64 = 100_000;
 /// How long a dispatch token is valid.
 const TOKEN_TTL_MS: i64 = 5 * 60_000;
 
-/// The `internal_key` variable; internal endpoints are closed without it.
+/// The `internal_key` variable that signs dispatch; runs cannot start or
+/// move without it (503 `misconfigured`).
 pub fn internal_key(ctx: &RequestContext) -> Result<String, ApiError> {
-    ctx.variable("internal_key").ok_or_else(|| {
-        ApiError::Disabled("workflow execution is disabled: no internal_key is configured".into())
-    })
+    ctx.required_secret("internal_key")
 }
 
 fn signature(key: &str, subject: &str, expires: i64) -> String {
@@ -89,16 +88,38 @@ pub fn dispatch_step(
     hops: u64,
     now: i64,
 ) -> Result<(), String> {
+    dispatch(
+        ctx,
+        &format!("/internal/steps/{step_id}"),
+        step_id,
+        hops,
+        &[],
+        now,
+    )
+}
+
+/// Sends `POST path` to the app itself, signed for `subject`, with the hop
+/// count `hops + 1` and `headers`; `Ok` once it answered below 300.
+pub fn dispatch(
+    ctx: &RequestContext,
+    path: &str,
+    subject: &str,
+    hops: u64,
+    headers: &[(&str, &str)],
+    now: i64,
+) -> Result<(), String> {
     let key = internal_key(ctx).map_err(|e| e.to_string())?;
+    let mut all = vec![
+        (TOKEN_HEADER.to_string(), sign(&key, subject, now)),
+        (HOP_HEADER.to_string(), (hops + 1).to_string()),
+    ];
+    all.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
     let request = OutboundRequest {
         method: "POST".into(),
         // `self.alt` (or a URL without a host) reaches this app's router; it
         // needs "http://self" in allowed_outbound_hosts. `http://self/…` is refused by Spin.
-        url: format!("http://self.alt/internal/steps/{step_id}"),
-        headers: vec![
-            (TOKEN_HEADER.into(), sign(&key, step_id, now)),
-            (HOP_HEADER.into(), (hops + 1).to_string()),
-        ],
+        url: format!("http://self.alt{path}"),
+        headers: all,
         body: Vec::new(),
         timeout_ms: 10_000,
         max_response_bytes: 64 * 1024,
@@ -118,20 +139,23 @@ pub fn dispatch_step(
 mod tests {
     use super::*;
 
+    /// An internal key of the length Spindle accepts.
+    const KEY: &str = "unit-test-internal-key-of-32-characters";
+
     #[test]
     fn a_token_is_bound_to_its_subject_and_key() {
-        let token = sign("key", "step-1", 1_000);
+        let token = sign(KEY, "step-1", 1_000);
         let (expires, mac) = token.split_once('.').unwrap();
         let expires: i64 = expires.parse().unwrap();
-        assert_eq!(mac, signature("key", "step-1", expires));
-        assert_ne!(mac, signature("key", "step-2", expires));
+        assert_eq!(mac, signature(KEY, "step-1", expires));
+        assert_ne!(mac, signature(KEY, "step-2", expires));
         assert_ne!(mac, signature("other", "step-1", expires));
         assert_eq!(expires, 1_000 + TOKEN_TTL_MS);
     }
 
     fn context() -> RequestContext {
         RequestContext::new(Box::new(
-            crate::test_backends::TestBackends::memory().variable("internal_key", "key"),
+            crate::test_backends::TestBackends::memory().variable("internal_key", KEY),
         ))
     }
 
@@ -154,7 +178,7 @@ mod tests {
     #[test]
     fn a_well_signed_token_is_refused_once_it_has_expired() {
         let ctx = context();
-        let token = sign("key", "step-1", 1_000);
+        let token = sign(KEY, "step-1", 1_000);
         let last_valid = 1_000 + TOKEN_TTL_MS;
         assert_eq!(
             verify(&ctx, &request(&token, None), "step-1", last_valid),
@@ -172,7 +196,7 @@ mod tests {
     #[test]
     fn a_chain_past_the_hop_limit_is_refused() {
         let ctx = context();
-        let token = sign("key", "step-1", 1_000);
+        let token = sign(KEY, "step-1", 1_000);
         let at_limit = verify(&ctx, &request(&token, Some(MAX_HOPS)), "step-1", 1_000);
         assert_eq!(at_limit, Ok(MAX_HOPS));
         let why = refusal(verify(
@@ -187,7 +211,7 @@ mod tests {
     #[test]
     fn a_token_for_another_step_or_key_is_refused() {
         let ctx = context();
-        let other_step = sign("key", "step-2", 1_000);
+        let other_step = sign(KEY, "step-2", 1_000);
         let why = refusal(verify(&ctx, &request(&other_step, None), "step-1", 1_000));
         assert!(why.contains("bad dispatch token"), "{why}");
         let other_key = sign("not-the-key", "step-1", 1_000);

@@ -67,6 +67,7 @@ pub(super) fn receive(
         check_inputs(&target.definition, fields)?;
     }
     internal_key(ctx)?;
+    super::heartbeat::kick(ctx);
 
     let caller = Caller {
         org_id: target.org_id.clone(),

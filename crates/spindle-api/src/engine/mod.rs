@@ -4,6 +4,7 @@
 
 mod dispatch;
 mod events;
+mod heartbeat;
 mod hooks;
 mod logs;
 mod loops;
@@ -88,6 +89,13 @@ pub fn router() -> Router<RequestContext> {
         .route(Method::Post, "/hooks/:workflow_id", hooks::receive)
         .route(Method::Post, "/internal/steps/:id", run_step)
         .route(Method::Post, "/internal/tick", tick)
+        .route(Method::Post, heartbeat::PATH, heartbeat::beat)
+}
+
+/// After the response, starts the app's own tick unless it runs already
+/// (see the heartbeat module): for areas that create time-based work.
+pub fn kick_heartbeat(ctx: &RequestContext) {
+    heartbeat::kick(ctx);
 }
 
 /// `POST /api/v1/workflows/:id/execute` (member) `{inputs?}`: checks the
@@ -99,6 +107,7 @@ fn execute_workflow(
     params: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     internal_key(ctx)?;
     let workflow_id = params.get("id").unwrap_or_default();
@@ -247,6 +256,7 @@ fn cancel_execution(
     params: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     let id = params.get("id").unwrap_or_default();
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
@@ -273,6 +283,7 @@ fn retry_execution(
     params: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     internal_key(ctx)?;
     let id = params.get("id").unwrap_or_default();
@@ -380,6 +391,7 @@ fn list_executions(
     _: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Viewer)?;
     let page = Page::parse(request, &["created_at"])?;
     let (from, to) = time_range(request)?;
@@ -420,6 +432,7 @@ fn get_execution(
     params: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Viewer)?;
     let id = params.get("id").unwrap_or_default();
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
@@ -493,7 +506,10 @@ fn run_step(
 /// steps nobody dispatched, and delays whose time has come, in a bounded batch.
 fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiResponse, ApiError> {
     let now = now_ms();
-    let by_key = match (ctx.variable("tick_key"), request.header("authorization")) {
+    let by_key = match (
+        ctx.optional_secret("tick_key")?,
+        request.header("authorization"),
+    ) {
         (Some(key), Some(header)) => header
             .strip_prefix("Bearer ")
             .is_some_and(|given| constant_time_eq(given.as_bytes(), key.as_bytes())),
@@ -504,6 +520,11 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
     } else {
         verify(ctx, request, "tick", now)?
     };
+    Ok(ApiResponse::json(200, &run_tick(ctx, hops, now)?))
+}
+
+/// One tick's work at `now`, in bounded batches; what it did, by kind.
+fn run_tick(ctx: &RequestContext, hops: u64, now: i64) -> Result<Json, ApiError> {
     // The one cross-organisation query: the tick is the platform's, not a tenant's.
     let due = ctx.db()?.execute(
         "SELECT s.id FROM steps s JOIN executions e ON e.id = s.execution_id AND e.status = 'running' \
@@ -534,12 +555,11 @@ fn tick(ctx: &RequestContext, request: &ApiRequest, _: &Params) -> Result<ApiRes
     let events_delivered = events::deliver_due(ctx)?;
     // Reservations of provider calls that died stop counting at expiry; drop them.
     crate::usage::budgets::release_expired(ctx.db()?, now)?;
-    Ok(ApiResponse::json(
-        200,
-        &json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out,
+    Ok(
+        json!({"redispatched": ids.len() - failed, "failed": failed, "waits_timed_out": timed_out,
                 "runs_resumed": resumed,
                 "events_delivered": events_delivered, "schedules_started": schedules_started}),
-    ))
+    )
 }
 
 /// `POST /api/v1/executions/:id/rerun` (member) `{from_node, version?}`: a
@@ -551,6 +571,7 @@ fn rerun_execution(
     params: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     internal_key(ctx)?;
     let id = params.get("id").unwrap_or_default();
@@ -647,6 +668,7 @@ fn send_signal(
     params: &Params,
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
+    heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     let id = params.get("id").unwrap_or_default();
     let name = params.get("name").unwrap_or_default();

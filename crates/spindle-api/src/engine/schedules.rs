@@ -218,7 +218,7 @@ mod tests {
         fn context(&self) -> RequestContext {
             RequestContext::new(Box::new(
                 TestBackends::file(self.dir.join("spindle.db"))
-                    .variable("internal_key", "unit-test-internal-key"),
+                    .variable("internal_key", "unit-test-internal-key-of-32-characters"),
             ))
         }
 

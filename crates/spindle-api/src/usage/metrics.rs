@@ -254,12 +254,9 @@ pub(super) fn scrape(
     request: &ApiRequest,
     _: &Params,
 ) -> Result<ApiResponse, ApiError> {
-    let token = ctx
-        .variable("metrics_token")
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::Disabled("metrics are off: no metrics_token is configured".into())
-        })?;
+    let token = ctx.optional_secret("metrics_token")?.ok_or_else(|| {
+        ApiError::Disabled("metrics are off: no metrics_token is configured".into())
+    })?;
     let given = request
         .header("authorization")
         .and_then(|h| h.strip_prefix("Bearer "))

@@ -115,9 +115,10 @@ pub fn default_markup_percent(ctx: &RequestContext) -> Result<u32, ApiError> {
             .parse::<u64>()
             .map(|m| u32::try_from(m.min(u64::from(MAX_MARKUP_PERCENT))).unwrap_or(0))
             .map_err(|_| {
-                ApiError::Internal(format!(
-                    "variable billing_markup_percent is misconfigured: {value:?} is not a whole number"
-                ))
+                ApiError::misconfigured(
+                    "billing_markup_percent",
+                    format!("is {value:?}, not a whole number"),
+                )
             }),
     }
 }
@@ -718,7 +719,8 @@ mod tests {
         let ctx = setup(Some("5000"));
         assert_eq!(default_markup_percent(&ctx).unwrap(), 1000);
         let ctx = setup(Some("lots"));
-        assert_eq!(default_markup_percent(&ctx).unwrap_err().status(), 500);
+        let error = default_markup_percent(&ctx).unwrap_err();
+        assert_eq!((error.status(), error.code()), (503, "misconfigured"));
     }
 
     #[test]

@@ -319,6 +319,8 @@ pub(super) fn replace(
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Member)?;
+    // Due schedules start on the tick: make sure the app's own one runs.
+    crate::engine::kick_heartbeat(ctx);
     let workflow_id = params.get("id").unwrap_or_default();
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     let definition = current_definition(&org, workflow_id)?;
