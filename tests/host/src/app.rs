@@ -59,6 +59,54 @@ pub(crate) struct App {
     running: Mutex<HashMap<u64, JoinHandle<()>>>,
 }
 
+/// The one engine of every app in this process, and its epoch clock.
+///
+/// Spin keeps compiled components in wasmtime's cache, so a second `spin up`
+/// of the same app starts at once; sharing the engine lets [`compile`] do the
+/// same here (a test binary starts many apps from the same five components).
+fn shared_engine() -> anyhow::Result<Engine> {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    if let Some(engine) = ENGINE.get() {
+        return Ok(engine.clone());
+    }
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    // Epoch ticks make a busy guest yield, so one CPU-bound handler cannot
+    // starve the others and an aborted instance stops promptly.
+    config.epoch_interruption(true);
+    let engine = Engine::new(&config)?;
+    Ok(ENGINE
+        .get_or_init(|| {
+            let clock = engine.clone();
+            std::thread::spawn(move || {
+                loop {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    clock.increment_epoch();
+                }
+            });
+            engine
+        })
+        .clone())
+}
+
+/// `path` compiled with the shared engine, once per version of the file (its
+/// length and modification time), as Spin's compilation cache keys on content.
+fn compile(engine: &Engine, path: &std::path::Path) -> anyhow::Result<Component> {
+    type Version = (PathBuf, u64, std::time::SystemTime);
+    static COMPILED: OnceLock<Mutex<HashMap<Version, Component>>> = OnceLock::new();
+    let metadata = std::fs::metadata(path)?;
+    let version = (path.to_path_buf(), metadata.len(), metadata.modified()?);
+    let cache = COMPILED.get_or_init(Default::default);
+    if let Some(component) = cache.lock().unwrap().get(&version) {
+        return Ok(component.clone());
+    }
+    let component = Component::from_file(engine, path)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("cannot compile {}", path.display()))?;
+    cache.lock().unwrap().insert(version, component.clone());
+    Ok(component)
+}
+
 impl App {
     /// Reads the manifest, resolves variables and compiles every component; refuses
     /// to start where Spin would.
@@ -66,15 +114,9 @@ impl App {
         let manifest = Manifest::load(&opts.manifest)?;
         let vars = crate::variables::resolve_app(&manifest, &opts.variables)?;
 
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        // Epoch ticks make a busy guest yield, so one CPU-bound handler cannot
-        // starve the others and an aborted instance stops promptly.
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = shared_engine()?;
         let linker = host::linker(&engine)?;
 
-        let mut compiled: HashMap<PathBuf, Component> = HashMap::new();
         let mut components = HashMap::new();
         for (id, decl) in &manifest.component {
             // Spin refuses to start when a component declares a store or database
@@ -100,22 +142,13 @@ impl App {
                 AllowedHosts::parse(&hosts).with_context(|| format!("component {id:?}"))?;
             let variables = crate::variables::resolve_component(id, decl, &vars)?;
 
-            let component = match compiled.get(&decl.source) {
-                Some(c) => c.clone(),
-                None => {
-                    if !decl.source.exists() {
-                        bail!(
-                            "component {id:?}: source {} does not exist (build it first)",
-                            decl.source.display()
-                        );
-                    }
-                    let c = Component::from_file(&engine, &decl.source)
-                        .map_err(anyhow::Error::from)
-                        .with_context(|| format!("cannot compile {}", decl.source.display()))?;
-                    compiled.insert(decl.source.clone(), c.clone());
-                    c
-                }
-            };
+            if !decl.source.exists() {
+                bail!(
+                    "component {id:?}: source {} does not exist (build it first)",
+                    decl.source.display()
+                );
+            }
+            let component = compile(&engine, &decl.source)?;
             host::check_imports(id, &component, &engine)?;
             let pre = ProxyPre::new(linker.instantiate_pre(&component)?)
                 .map_err(anyhow::Error::from)
@@ -155,10 +188,6 @@ impl App {
             inflight: watch::Sender::new(0),
             running: Mutex::new(HashMap::new()),
         })
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     pub fn set_addr(&self, addr: SocketAddr) {

@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
@@ -111,7 +110,6 @@ pub struct RunningHost {
     addr: SocketAddr,
     app: Arc<app::App>,
     accept: JoinHandle<()>,
-    ticking: Arc<AtomicBool>,
 }
 
 /// Loads the app (compiling every component) and starts serving it.
@@ -129,23 +127,8 @@ pub async fn serve(opts: HostOptions) -> anyhow::Result<RunningHost> {
     let addr = listener.local_addr()?;
     app.set_addr(addr);
 
-    // The epoch clock that makes busy guests yield (see `App::load`).
-    let ticking = Arc::new(AtomicBool::new(true));
-    let (engine, flag) = (app.engine().clone(), ticking.clone());
-    std::thread::spawn(move || {
-        while flag.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(10));
-            engine.increment_epoch();
-        }
-    });
-
     let accept = tokio::spawn(accept_loop(app.clone(), listener));
-    Ok(RunningHost {
-        addr,
-        app,
-        accept,
-        ticking,
-    })
+    Ok(RunningHost { addr, app, accept })
 }
 
 async fn accept_loop(app: Arc<app::App>, listener: TcpListener) {
@@ -210,6 +193,5 @@ impl RunningHost {
 impl Drop for RunningHost {
     fn drop(&mut self) {
         self.accept.abort();
-        self.ticking.store(false, Ordering::Relaxed);
     }
 }
