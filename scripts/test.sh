@@ -63,6 +63,27 @@ spin=$(spin_binary)
 step "real Spin: $spin ($("$spin" --version))"
 export SPINDLE_HOST=spin SPIN_BIN=$spin
 
+# The fidelity probe (tests/probe) on real Spin: the test host is held to
+# golden-spin-4.0.2.txt by `cargo test -p spin-test-host --test fidelity`;
+# this holds the real Spin under test to the same file.
+step "fidelity probe on real Spin (tests/probe/golden-spin-4.0.2.txt)"
+probe_state=$(mktemp -d)
+probe_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+setsid "$spin" up --from tests/probe/spin.toml --listen "127.0.0.1:$probe_port" \
+    --state-dir "$probe_state/spin" >"$probe_state/spin.log" 2>&1 &
+probe_group=$!
+for _ in $(seq 1 200); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$probe_port/trivial" 2>/dev/null && break
+    sleep 0.2
+done
+probe_ok=true
+bash tests/probe/fidelity.sh "http://127.0.0.1:$probe_port" >"$probe_state/spin.txt" 2>&1
+diff -u tests/probe/golden-spin-4.0.2.txt "$probe_state/spin.txt" || probe_ok=false
+kill -KILL -- "-$probe_group" 2>/dev/null || true
+wait "$probe_group" 2>/dev/null || true
+rm -rf "$probe_state"
+$probe_ok || { echo "real Spin differs from the probe's golden file" >&2; exit 1; }
+
 # Tests of the test host's own fault injection cannot run on real Spin: they
 # live in modules named host_faults and are reported as filtered out.
 step "the HTTP suite and the chaos test on real Spin (skipping host_faults::, the test host's fault injection)"
