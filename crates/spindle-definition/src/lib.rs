@@ -16,9 +16,9 @@ pub use expression::{
 pub use model::{
     AgentConfig, ConditionConfig, ConfigString, DEFAULT_MAX_ITERATIONS, Definition, DelayConfig,
     ERROR_HANDLE, Edge, Graph, HttpConfig, HttpMethod, InputSpec, InputType, LoopConfig, LoopMode,
-    MAX_LOOP_ITERATIONS, NODE_TYPES, Node, NodeConfig, OnError, OutputConfig, Position, Problem,
-    RetryPolicy, SwitchConfig, TIMEOUT_HANDLE, TransformConfig, TriggerConfig, WaitConfig,
-    parse_definition, parse_node_config,
+    MAX_LOOP_ITERATIONS, MAX_WAIT_MS, NODE_TYPES, Node, NodeConfig, OnError, OutputConfig,
+    Position, Problem, RetryPolicy, SwitchConfig, TIMEOUT_HANDLE, TransformConfig, TriggerConfig,
+    WaitConfig, config_fields, iso_duration_ms, parse_definition, parse_node_config,
 };
 pub use plan::{NodeState, Plan, edge_taken, plan, plan_graph};
 pub use validate::{MAX_DEFINITION_BYTES, MAX_NODES, referenced_agents, validate};

@@ -14,6 +14,10 @@ pub const MAX_LOOP_ITERATIONS: u64 = 10_000;
 pub const ERROR_HANDLE: &str = "error";
 /// The handle a `wait` node takes when its timeout passes before its signal.
 pub const TIMEOUT_HANDLE: &str = "timeout";
+/// Longest a `wait` node waits for its signal (7 days), and how long one
+/// without a timeout waits: a run parked longer is more likely forgotten
+/// than still wanted.
+pub const MAX_WAIT_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 
 /// One thing wrong with a definition, with the JSON path where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +197,23 @@ pub const NODE_TYPES: [&str; 10] = [
     "output",
 ];
 
+/// The `config` fields each node type accepts, or `None` for an unknown type.
+pub fn config_fields(node_type: &str) -> Option<&'static [&'static str]> {
+    Some(match node_type {
+        "trigger" => &["inputs"],
+        "agent" => &["agent_id", "prompt", "output_schema", "max_tokens"],
+        "condition" => &["expression"],
+        "switch" => &["expression", "cases"],
+        "loop" => &["mode", "items", "until", "max_iterations", "body"],
+        "transform" => &["template"],
+        "http" => &["method", "url", "headers", "body", "timeout_ms"],
+        "delay" => &["duration_ms", "duration", "until"],
+        "wait" => &["signal", "timeout_ms", "timeout"],
+        "output" => &["value"],
+        _ => return None,
+    })
+}
+
 /// Config of a `trigger` node: the run inputs it declares.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TriggerConfig {
@@ -328,8 +349,19 @@ pub enum DelayConfig {
 pub struct WaitConfig {
     /// Name of the signal that resumes the run.
     pub signal: String,
-    /// How long to wait before failing, in milliseconds.
+    /// How long to wait before timing out, in milliseconds, as written
+    /// (`timeout_ms` or `timeout`), or [`MAX_WAIT_MS`] when it gives none.
     pub timeout_ms: u64,
+}
+
+impl WaitConfig {
+    /// When a wait parked at `now` (Unix milliseconds) times out: after its
+    /// timeout, but never later than [`MAX_WAIT_MS`], also for a definition
+    /// stored before that limit was checked.
+    pub fn deadline(&self, now: i64) -> i64 {
+        let wait = self.timeout_ms.min(MAX_WAIT_MS);
+        now.saturating_add(i64::try_from(wait).unwrap_or(i64::MAX))
+    }
 }
 
 /// Config of an `output` node.
@@ -537,6 +569,36 @@ impl<'a> Fields<'a> {
         self.optional_u64(key)
     }
 
+    /// An ISO 8601 duration (`PT30S`, `P1DT12H`), in whole milliseconds.
+    fn optional_iso_duration(&mut self, key: &str) -> Option<u64> {
+        let text = self.optional_str(key)?;
+        match iso_duration_ms(&text) {
+            Ok(ms) => Some(ms),
+            Err(problem) => {
+                self.problem(key, problem);
+                None
+            }
+        }
+    }
+
+    /// One length of time given as milliseconds (`ms_key`) or as an ISO 8601
+    /// duration (`iso_key`): at most one of them, `None` for neither.
+    fn either_duration(&mut self, ms_key: &str, iso_key: &str) -> Option<u64> {
+        let given = |key: &str| self.object.get(key).is_some_and(|v| !v.is_null());
+        if given(ms_key) && given(iso_key) {
+            let message = format!(
+                "give `{ms_key}` (milliseconds) or `{iso_key}` (an ISO 8601 duration such as PT30S), not both"
+            );
+            self.problem("", message);
+            return None;
+        }
+        if given(iso_key) {
+            self.optional_iso_duration(iso_key)
+        } else {
+            self.optional_u64(ms_key)
+        }
+    }
+
     fn optional_object(&mut self, key: &str) -> Option<&'a Map<String, Value>> {
         match self.object.get(key) {
             None | Some(Value::Null) => None,
@@ -555,6 +617,30 @@ impl<'a> Fields<'a> {
             _ => Err(self.problems),
         }
     }
+}
+
+/// Reads an ISO 8601 duration such as `PT30S`, `PT1H30M` or `P1D` as whole
+/// milliseconds (a fraction of a millisecond is dropped). Days and weeks
+/// count 24 hours each; years and months have no fixed length, so a duration
+/// with them is refused, as is a negative one.
+pub fn iso_duration_ms(text: &str) -> Result<u64, String> {
+    const EXAMPLES: &str = "an ISO 8601 duration such as PT30S, PT5M or P1D";
+    static PARSER: jiff::fmt::temporal::SpanParser = jiff::fmt::temporal::SpanParser::new();
+    let span = PARSER
+        .parse_span(text.trim())
+        .map_err(|_| format!("must be {EXAMPLES}"))?;
+    if span.get_years() != 0 || span.get_months() != 0 {
+        return Err(format!(
+            "years and months have no fixed length; use weeks, days or smaller units ({EXAMPLES})"
+        ));
+    }
+    if span.is_negative() {
+        return Err("must not be negative".into());
+    }
+    let duration = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| format!("is too long; must be {EXAMPLES}"))?;
+    u64::try_from(duration.as_millis()).map_err(|_| format!("is too long; must be {EXAMPLES}"))
 }
 
 /// Parses a node's config for `node_type`; `node_path` is like `nodes[2]`.
@@ -600,17 +686,23 @@ pub fn parse_node_config(
         }),
         "http" => parse_http(&mut f).map(NodeConfig::Http),
         "delay" => {
-            let duration = f.optional_u64("duration_ms");
+            let duration = f.either_duration("duration_ms", "duration");
             let until = f.optional_str("until");
             match (duration, until) {
                 (Some(ms), None) => Some(NodeConfig::Delay(DelayConfig::Duration(ms))),
                 (None, Some(until)) => Some(NodeConfig::Delay(DelayConfig::Until(until))),
                 (Some(_), Some(_)) => {
-                    f.problem("", "give either duration_ms or until, not both");
+                    f.problem(
+                        "",
+                        "give a duration (`duration_ms` or `duration`) or `until`, not both",
+                    );
                     None
                 }
                 (None, None) if f.problems.is_empty() => {
-                    f.problem("duration_ms", "is required (or until)");
+                    f.problem(
+                        "duration_ms",
+                        "is required (or `duration`, an ISO 8601 duration such as PT30S, or `until`, a time)",
+                    );
                     None
                 }
                 (None, None) => None,
@@ -618,11 +710,18 @@ pub fn parse_node_config(
         }
         "wait" => {
             let signal = f.required_str("signal");
-            let timeout_ms = f.required_u64("timeout_ms");
+            let timeout_ms = f.either_duration("timeout_ms", "timeout");
+            let timeout_given = ["timeout_ms", "timeout"]
+                .iter()
+                .any(|key| config.get(*key).is_some_and(|v| !v.is_null()));
             match (signal, timeout_ms) {
                 (Some(signal), Some(timeout_ms)) => {
                     Some(NodeConfig::Wait(WaitConfig { signal, timeout_ms }))
                 }
+                (Some(signal), None) if !timeout_given => Some(NodeConfig::Wait(WaitConfig {
+                    signal,
+                    timeout_ms: MAX_WAIT_MS,
+                })),
                 _ => None,
             }
         }
@@ -726,14 +825,36 @@ fn parse_switch(f: &mut Fields<'_>) -> Option<SwitchConfig> {
 }
 
 fn parse_loop(f: &mut Fields<'_>) -> Option<LoopConfig> {
-    let mode = match f.required("mode").map(|m| m.as_str()) {
-        Some(Some("for_each")) => Some(LoopMode::ForEach),
-        Some(Some("repeat_until")) => Some(LoopMode::RepeatUntil),
-        Some(_) => {
-            f.problem("mode", "must be `for_each` or `repeat_until`");
-            None
-        }
-        None => None,
+    let given = |key: &str| f.object.get(key).is_some_and(|v| !v.is_null());
+    let (has_items, has_until) = (given("items"), given("until"));
+    let mode = match f.object.get("mode").filter(|m| !m.is_null()) {
+        Some(mode) => match mode.as_str() {
+            Some("for_each") => Some(LoopMode::ForEach),
+            Some("repeat_until") => Some(LoopMode::RepeatUntil),
+            _ => {
+                f.problem("mode", "must be `for_each` or `repeat_until`");
+                None
+            }
+        },
+        // Without a mode, what the loop gives says what it is.
+        None => match (has_items, has_until) {
+            (true, false) => Some(LoopMode::ForEach),
+            (false, true) => Some(LoopMode::RepeatUntil),
+            (true, true) => {
+                f.problem(
+                    "",
+                    "give `items` (a for-each loop) or `until` (a repeat-until loop), or say which with `mode` (`for_each` or `repeat_until`)",
+                );
+                None
+            }
+            (false, false) => {
+                f.problem(
+                    "items",
+                    "is required: `items` (a list to run the body for) or `until` (an expression that ends a repeat-until loop)",
+                );
+                None
+            }
+        },
     };
     let (items, until) = match mode {
         Some(LoopMode::ForEach) => (f.required_str("items"), f.optional_str("until")),
@@ -1247,7 +1368,7 @@ mod tests {
             "nodes[0].config"
         );
         assert_eq!(
-            config("wait", json!({"signal": "approve"})).unwrap_err()[0].path,
+            config("wait", json!({"signal": "approve", "timeout_ms": "soon"})).unwrap_err()[0].path,
             "nodes[0].config.timeout_ms"
         );
         assert!(config("output", json!({"value": null})).is_err());
@@ -1271,6 +1392,146 @@ mod tests {
                 "nodes[0].config.body.nodes[0].type"
             ]
         );
+    }
+
+    fn paths_of(problems: Vec<Problem>) -> Vec<String> {
+        problems.into_iter().map(|p| p.path).collect()
+    }
+
+    #[test]
+    fn a_loop_without_a_mode_is_what_its_items_or_until_say() {
+        let body = json!({"nodes": [{"id": "b", "type": "output", "config": {"value": 1}}]});
+        let Ok(NodeConfig::Loop(each)) =
+            config("loop", json!({"items": "trigger.items", "body": body}))
+        else {
+            panic!("a loop with items parses")
+        };
+        assert_eq!(
+            (each.mode, each.items.as_deref(), each.until),
+            (LoopMode::ForEach, Some("trigger.items"), None)
+        );
+        let Ok(NodeConfig::Loop(again)) =
+            config("loop", json!({"until": "output > 3", "body": body}))
+        else {
+            panic!("a loop with until parses")
+        };
+        assert_eq!(again.mode, LoopMode::RepeatUntil);
+        let both = config(
+            "loop",
+            json!({"items": "[1]", "until": "true", "body": body}),
+        );
+        let both = both.unwrap_err();
+        assert_eq!(paths_of(both.clone()), ["nodes[0].config"]);
+        assert!(both[0].problem.contains("`mode`"), "{}", both[0].problem);
+        let neither = config("loop", json!({"body": body})).unwrap_err();
+        assert_eq!(paths_of(neither.clone()), ["nodes[0].config.items"]);
+        assert!(
+            neither[0].problem.contains("`until`"),
+            "{}",
+            neither[0].problem
+        );
+        // Saying the mode still works, with both when the mode says which.
+        let Ok(NodeConfig::Loop(said)) = config(
+            "loop",
+            json!({"mode": "for_each", "items": "[1]", "until": "true", "body": body}),
+        ) else {
+            panic!("a for_each loop may also say until")
+        };
+        assert_eq!(said.mode, LoopMode::ForEach);
+        assert_eq!(
+            paths_of(
+                config(
+                    "loop",
+                    json!({"mode": "sometimes", "items": "[1]", "body": body})
+                )
+                .unwrap_err()
+            ),
+            ["nodes[0].config.mode"]
+        );
+    }
+
+    #[test]
+    fn iso_durations_read_as_milliseconds() {
+        assert_eq!(iso_duration_ms("PT30S"), Ok(30_000));
+        assert_eq!(iso_duration_ms("PT1H30M"), Ok(5_400_000));
+        assert_eq!(iso_duration_ms("P1DT1.5S"), Ok(86_401_500));
+        assert_eq!(iso_duration_ms("P1W"), Ok(604_800_000));
+        assert_eq!(iso_duration_ms("pt2m"), Ok(120_000));
+        assert_eq!(iso_duration_ms("PT0S"), Ok(0));
+        for bad in ["30s", "PT", "P1M", "P1Y", "-PT5S", "", "PT5X"] {
+            assert!(iso_duration_ms(bad).is_err(), "{bad:?} is refused");
+        }
+        assert!(iso_duration_ms("P1M").unwrap_err().contains("months"));
+    }
+
+    #[test]
+    fn a_delay_takes_milliseconds_or_an_iso_duration_but_not_both() {
+        assert_eq!(
+            config("delay", json!({"duration": "PT30S"})).unwrap(),
+            NodeConfig::Delay(DelayConfig::Duration(30_000))
+        );
+        assert_eq!(
+            config("delay", json!({"duration_ms": 30_000})).unwrap(),
+            NodeConfig::Delay(DelayConfig::Duration(30_000))
+        );
+        let both = config("delay", json!({"duration": "PT30S", "duration_ms": 30_000}));
+        assert_eq!(paths_of(both.unwrap_err()), ["nodes[0].config"]);
+        let bad = config("delay", json!({"duration": "half a minute"})).unwrap_err();
+        assert_eq!(paths_of(bad.clone()), ["nodes[0].config.duration"]);
+        assert!(bad[0].problem.contains("PT30S"), "{}", bad[0].problem);
+        assert_eq!(
+            paths_of(config("delay", json!({"duration": "PT1S", "until": "x"})).unwrap_err()),
+            ["nodes[0].config"]
+        );
+        let missing = config("delay", json!({})).unwrap_err();
+        assert!(
+            missing[0].problem.contains("`duration`"),
+            "{}",
+            missing[0].problem
+        );
+    }
+
+    #[test]
+    fn a_wait_without_a_timeout_waits_the_longest_a_wait_may() {
+        let wait = |c: Value| match config("wait", c) {
+            Ok(NodeConfig::Wait(w)) => w,
+            other => panic!("{other:?}"),
+        };
+        let open = wait(json!({"signal": "approve"}));
+        assert_eq!(open.timeout_ms, MAX_WAIT_MS);
+        assert_eq!(MAX_WAIT_MS, 604_800_000, "7 days");
+        let now = 1_700_000_000_000;
+        assert_eq!(open.deadline(now), now + 604_800_000);
+        assert_eq!(
+            wait(json!({"signal": "s", "timeout": "PT1H"})).deadline(now),
+            now + 3_600_000
+        );
+        assert_eq!(
+            wait(json!({"signal": "s", "timeout_ms": 500})).deadline(now),
+            now + 500
+        );
+        // A longer timeout (refused by validation, but perhaps stored before)
+        // still ends at the maximum.
+        let long = wait(json!({"signal": "s", "timeout": "P30D"}));
+        assert_eq!(long.timeout_ms, 30 * 86_400_000);
+        assert_eq!(long.deadline(now), now + 604_800_000);
+        let both = config(
+            "wait",
+            json!({"signal": "s", "timeout": "PT1H", "timeout_ms": 5}),
+        );
+        assert_eq!(paths_of(both.unwrap_err()), ["nodes[0].config"]);
+        assert_eq!(
+            paths_of(config("wait", json!({"signal": "s", "timeout": "1h"})).unwrap_err()),
+            ["nodes[0].config.timeout"]
+        );
+    }
+
+    #[test]
+    fn every_node_type_lists_its_config_fields() {
+        for node_type in NODE_TYPES {
+            assert!(config_fields(node_type).is_some(), "{node_type}");
+        }
+        assert_eq!(config_fields("teleport"), None);
     }
 
     #[test]

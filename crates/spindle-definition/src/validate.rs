@@ -5,7 +5,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use crate::expression::{
     check_expression_syntax, check_template_syntax, expression_step_references, step_references,
 };
-use crate::model::{Definition, ERROR_HANDLE, Edge, Node, NodeConfig, OnError, Problem};
+use crate::model::{
+    Definition, ERROR_HANDLE, Edge, MAX_WAIT_MS, Node, NodeConfig, OnError, Problem, config_fields,
+};
 
 /// Largest accepted definition, serialized as JSON.
 pub const MAX_DEFINITION_BYTES: usize = 1 << 20;
@@ -168,8 +170,38 @@ impl Validator<'_> {
                     "must be between 1 and 10",
                 );
             }
+            // Checked here rather than when a config is parsed, so the engine
+            // still runs a definition stored before fields were checked.
+            if let Some(accepted) = config_fields(&node.node_type) {
+                for key in node.config.keys() {
+                    if !accepted.contains(&key.as_str()) {
+                        let message = format!(
+                            "unknown field; accepted for `{}` nodes: {}",
+                            node.node_type,
+                            accepted.join(", ")
+                        );
+                        self.problem(join(&path, &format!("config.{key}")), message);
+                    }
+                }
+            }
             match node.typed_config(&path) {
-                Ok(config) => configs.push(Some(config)),
+                Ok(config) => {
+                    if let NodeConfig::Wait(wait) = &config
+                        && wait.timeout_ms > MAX_WAIT_MS
+                    {
+                        let key = if node.config.contains_key("timeout") {
+                            "timeout"
+                        } else {
+                            "timeout_ms"
+                        };
+                        let message = format!(
+                            "is {} ms; a wait lasts at most {MAX_WAIT_MS} ms (7 days, P7D)",
+                            wait.timeout_ms
+                        );
+                        self.problem(join(&path, &format!("config.{key}")), message);
+                    }
+                    configs.push(Some(config));
+                }
                 Err(problems) => {
                     self.problems.extend(problems);
                     configs.push(None);
@@ -691,6 +723,49 @@ mod tests {
             None,
         ));
         assert_eq!(duplicate, ["nodes[4].config.body.nodes[0].id"]);
+    }
+
+    #[test]
+    fn an_unknown_config_field_is_named_with_the_fields_accepted() {
+        let mut d = valid();
+        d["nodes"][1]["config"]["temprature"] = json!(0.2);
+        d["nodes"][4] = json!({"id": "cold", "type": "loop", "config": {"items": "[1]", "body": {
+            "nodes": [{"id": "b", "type": "delay", "config": {"duration": "PT1S", "seconds": 1}}]}}});
+        let found = problems(d);
+        let found: Vec<_> = found
+            .iter()
+            .map(|p| (p.path.as_str(), p.problem.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "nodes[1].config.temprature",
+                    "unknown field; accepted for `agent` nodes: agent_id, prompt, output_schema, max_tokens"
+                ),
+                (
+                    "nodes[4].config.body.nodes[0].config.seconds",
+                    "unknown field; accepted for `delay` nodes: duration_ms, duration, until"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wait_may_not_outlast_the_maximum() {
+        let mut d = valid();
+        d["nodes"][4] =
+            json!({"id": "cold", "type": "wait", "config": {"signal": "ok", "timeout": "P8D"}});
+        let found = problems(d.clone());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, "nodes[4].config.timeout");
+        assert!(found[0].problem.contains("7 days"), "{}", found[0].problem);
+        d["nodes"][4]["config"] = json!({"signal": "ok", "timeout_ms": MAX_WAIT_MS + 1});
+        assert_eq!(paths(d.clone()), ["nodes[4].config.timeout_ms"]);
+        d["nodes"][4]["config"] = json!({"signal": "ok", "timeout": "P7D"});
+        assert_eq!(paths(d.clone()), Vec::<String>::new());
+        d["nodes"][4]["config"] = json!({"signal": "ok"});
+        assert_eq!(paths(d), Vec::<String>::new());
     }
 
     #[test]

@@ -517,13 +517,18 @@ fn templates_are_listed_and_usable() {
         );
         assert_eq!(reply.json()["name"], template["name"]);
     }
+    // Unmapped roles get agents of their own (tests/suite/tests/templates.rs).
     let unmapped = target.call(
         "POST",
         "/api/v1/templates/lead-scoring/use",
         Some(&org.owner_key),
         Some(&json!({})),
     );
-    unmapped.assert_error(422, "validation_failed");
+    assert_eq!(unmapped.status, 201);
+    assert_eq!(
+        unmapped.json()["created_agents"].as_array().map(Vec::len),
+        Some(2)
+    );
     target
         .call("GET", "/api/v1/templates/nope", Some(&org.owner_key), None)
         .assert_error(404, "not_found");

@@ -13,10 +13,10 @@ use crate::{fetch_one, json_column, now_ms, timestamp};
 use run::{EXECUTION_COLUMNS, execution_row_json};
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use spindle_auth::Role;
+use spindle_auth::{Caller, Role};
 use spindle_http::{ApiError, ApiRequest, ApiResponse, ErrorDetail, Method, Params, Router};
 use spindle_providers::pricing::format_micros;
-use spindle_store::{OrgScoped, Value, in_transaction};
+use spindle_store::{Db, OrgScoped, Value, in_transaction};
 
 /// Longest task accepted by `POST /agents/:id/execute`, in characters.
 const MAX_TASK_CHARS: usize = 100_000;
@@ -48,36 +48,50 @@ fn create_agent(
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Member)?;
     let spec = AgentSpec::from_json(request.json()?)?;
-    let (id, now) = (ctx.new_id(), now_ms());
-    in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
-        db.execute(
-            "INSERT INTO agents (id, org_id, name, description, provider, model, config, status, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            &[
-                Value::from(id.as_str()),
-                Value::from(caller.org_id.as_str()),
-                Value::from(spec.name.as_str()),
-                Value::from(spec.description.as_str()),
-                Value::from(spec.model_config.provider.as_str()),
-                Value::from(spec.model_config.model.as_str()),
-                Value::Text(spec_json(&spec).to_string()),
-                Value::from(spec.status.as_str()),
-                Value::Integer(now),
-                Value::Integer(now),
-            ],
-        )?;
-        record_activity(
-            ctx,
-            db,
-            &caller.org_id,
-            &caller.subject,
-            "agent.created",
-            ("agent", &id),
-            &json!({"name": spec.name}),
-        )
+    let id = in_transaction(ctx.db()?, |db| {
+        insert_agent(ctx, db, &caller, &spec, &json!({"name": spec.name}))
     })?;
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     Ok(ApiResponse::json(201, &load(&org, &id)?.1))
+}
+
+/// Stores a new agent of the caller's organisation from a checked `spec`,
+/// with its `agent.created` activity (`details`), in the caller's
+/// transaction; returns its id.
+pub(crate) fn insert_agent(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    caller: &Caller,
+    spec: &AgentSpec,
+    details: &Json,
+) -> Result<String, ApiError> {
+    let (id, now) = (ctx.new_id(), now_ms());
+    db.execute(
+        "INSERT INTO agents (id, org_id, name, description, provider, model, config, status, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        &[
+            Value::from(id.as_str()),
+            Value::from(caller.org_id.as_str()),
+            Value::from(spec.name.as_str()),
+            Value::from(spec.description.as_str()),
+            Value::from(spec.model_config.provider.as_str()),
+            Value::from(spec.model_config.model.as_str()),
+            Value::Text(spec_json(spec).to_string()),
+            Value::from(spec.status.as_str()),
+            Value::Integer(now),
+            Value::Integer(now),
+        ],
+    )?;
+    record_activity(
+        ctx,
+        db,
+        &caller.org_id,
+        &caller.subject,
+        "agent.created",
+        ("agent", &id),
+        details,
+    )?;
+    Ok(id)
 }
 
 /// `GET /api/v1/agents` (viewer): filters `status`, `provider`, `search`

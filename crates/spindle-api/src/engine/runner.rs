@@ -579,11 +579,10 @@ fn plan_scope(
                 if let Some(step_id) =
                     insert_step(ctx, db, place, node_id, StepStatus::Waiting, None)?
                 {
-                    let timeout = i64::try_from(wait.timeout_ms).unwrap_or(i64::MAX);
                     db.execute(
                         "UPDATE steps SET run_after = ? WHERE id = ?",
                         &[
-                            Value::Integer(now.saturating_add(timeout)),
+                            Value::Integer(wait.deadline(now)),
                             Value::from(step_id.as_str()),
                         ],
                     )?;

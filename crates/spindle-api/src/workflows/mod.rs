@@ -286,11 +286,24 @@ fn created(
     id: &str,
     secret: &str,
 ) -> Result<ApiResponse, ApiError> {
+    Ok(ApiResponse::json(
+        201,
+        &created_json(ctx, caller, id, secret)?,
+    ))
+}
+
+/// A new workflow as its `201` shows it: with its webhook secret.
+fn created_json(
+    ctx: &RequestContext,
+    caller: &Caller,
+    id: &str,
+    secret: &str,
+) -> Result<Json, ApiError> {
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     let mut workflow = workflow_json(&org, id)?;
     // Shown this once; rotate it with POST /api/v1/workflows/:id/webhook-secret.
     workflow["webhook_secret"] = json!(secret);
-    Ok(ApiResponse::json(201, &workflow))
+    Ok(workflow)
 }
 
 /// `POST /api/v1/workflows` (member): a new workflow at version 1, with its

@@ -1,17 +1,26 @@
 //! Starter templates: ready-made workflows whose agent nodes name roles
-//! (`"agent_id": "$writer"`) that the user maps to agents of their own.
+//! (`"agent_id": "$writer"`) that the user maps to agents of their own, or
+//! that get agents created for them when the template is used.
 
-use super::{Document, created, insert_workflow};
+use super::{Document, created_json, insert_workflow};
+use crate::agents::{AgentSpec, insert_agent};
 use crate::auth::authenticate;
 use crate::context::RequestContext;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-use spindle_auth::Role;
+use spindle_auth::{Caller, Role};
 #[cfg(test)]
 use spindle_definition::{parse_definition, validate};
 use spindle_http::{ApiError, ApiRequest, ApiResponse, ErrorDetail, Params};
+use spindle_store::{Db, OrgScoped, Value, in_transaction};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
+
+/// The provider of the agents a template creates for roles left unmapped.
+const DEFAULT_PROVIDER: &str = "openai";
+/// Their model: one with a price in the pricing table, cheap enough to try
+/// a template on (a unit test keeps it priced).
+const DEFAULT_MODEL: &str = "gpt-4o-mini";
 
 /// A starter template as shipped in `templates.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -26,6 +35,9 @@ pub struct Template {
     pub category: String,
     /// Agent roles the template needs: role → what that agent does.
     pub agents: BTreeMap<String, String>,
+    /// The standing instructions (system prompt) of the agent created for
+    /// each role the user does not map.
+    pub instructions: BTreeMap<String, String>,
     /// The definition, with `$role` in place of agent ids.
     pub definition: Json,
 }
@@ -124,8 +136,12 @@ struct UseTemplate {
     agents: BTreeMap<String, String>,
 }
 
-/// `POST /api/v1/templates/:id/use` (member) `{name?, agents: {role: agent id}}`:
-/// a new workflow in the caller's organisation from the template.
+/// `POST /api/v1/templates/:id/use` (member) `{name?, agents?: {role: agent id}}`:
+/// a new workflow in the caller's organisation from the template. Each role
+/// not mapped gets a new agent (named after the role, on [`DEFAULT_MODEL`],
+/// with the role's instructions), listed in `created_agents`; the agents and
+/// the workflow are stored in one transaction, so a refused request stores
+/// neither.
 pub(super) fn use_template(
     ctx: &RequestContext,
     request: &ApiRequest,
@@ -142,43 +158,93 @@ pub(super) fn use_template(
     } else {
         request.json()?
     };
-    let mut problems: Vec<ErrorDetail> = template
-        .agents
-        .keys()
-        .filter(|role| !body.agents.contains_key(*role))
-        .map(|role| {
-            ErrorDetail::new(
+    let org = OrgScoped::new(ctx.db()?, &caller.org_id);
+    let mut problems = Vec::new();
+    for (role, agent) in &body.agents {
+        if !template.agents.contains_key(role) {
+            let roles: Vec<&str> = template.agents.keys().map(String::as_str).collect();
+            problems.push(ErrorDetail::new(
                 format!("agents.{role}"),
-                format!("map the {role} role to one of your agents"),
-            )
-        })
-        .collect();
-    problems.extend(
-        body.agents
-            .keys()
-            .filter(|role| !template.agents.contains_key(*role))
-            .map(|role| {
-                ErrorDetail::new(format!("agents.{role}"), "the template has no such role")
-            }),
-    );
+                format!(
+                    "the template has no such role; its roles: {}",
+                    roles.join(", ")
+                ),
+            ));
+        } else if !agent_exists(&org, agent)? {
+            problems.push(ErrorDetail::new(
+                format!("agents.{role}"),
+                format!("no agent {agent} in your organisation"),
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(ApiError::Validation {
-            message: "the template's agent roles are not all mapped".into(),
+            message: "the template's agent mapping is invalid".into(),
             details: problems,
         });
     }
-    let mut document = Map::new();
-    document.insert(
-        "name".into(),
-        json!(body.name.unwrap_or_else(|| template.name.clone())),
-    );
-    document.insert("description".into(), json!(template.description));
-    if let Json::Object(definition) = template.definition_with(&body.agents) {
-        document.extend(definition);
-    }
-    let document: Document = super::read_document(ctx, &caller, &Json::Object(document))?;
-    let (id, secret) = insert_workflow(ctx, &caller, &document, &json!({"template": template.id}))?;
-    created(ctx, &caller, &id, &secret)
+    let (mut workflow, created_agents) = in_transaction(ctx.db()?, |db| {
+        let mut agents = body.agents.clone();
+        let mut created_agents = Vec::new();
+        for role in template.agents.keys() {
+            if agents.contains_key(role) {
+                continue;
+            }
+            let (id, name) = create_role_agent(ctx, db, &caller, template, role)?;
+            created_agents.push(json!({"role": role, "id": id, "name": name}));
+            agents.insert(role.clone(), id);
+        }
+        let mut document = Map::new();
+        document.insert(
+            "name".into(),
+            json!(body.name.clone().unwrap_or_else(|| template.name.clone())),
+        );
+        document.insert("description".into(), json!(template.description));
+        if let Json::Object(definition) = template.definition_with(&agents) {
+            document.extend(definition);
+        }
+        let document: Document = super::read_document(ctx, &caller, &Json::Object(document))?;
+        let (id, secret) =
+            insert_workflow(ctx, &caller, &document, &json!({"template": template.id}))?;
+        Ok::<_, ApiError>((created_json(ctx, &caller, &id, &secret)?, created_agents))
+    })?;
+    workflow["created_agents"] = Json::Array(created_agents);
+    Ok(ApiResponse::json(201, &workflow))
+}
+
+/// Whether `id` is a live agent of the organisation.
+fn agent_exists(org: &OrgScoped, id: &str) -> Result<bool, ApiError> {
+    let found = org.execute(
+        "SELECT 1 FROM agents WHERE org_id = ?1 AND id = ?2 AND deleted_at IS NULL",
+        &[Value::from(id)],
+    )?;
+    Ok(!found.rows.is_empty())
+}
+
+/// The agent a template creates for `role`: its spec, checked as
+/// `POST /api/v1/agents` checks one.
+fn role_agent_spec(template: &Template, role: &str) -> Result<AgentSpec, ApiError> {
+    let does = template.agents.get(role).map_or("", String::as_str);
+    AgentSpec::from_json(json!({
+        "name": role,
+        "description": format!("{does} (created for the {} template)", template.name),
+        "model_config": {"provider": DEFAULT_PROVIDER, "model": DEFAULT_MODEL},
+        "instructions": template.instructions.get(role).map_or("", String::as_str),
+    }))
+}
+
+/// Creates the agent for `role` in the caller's transaction; returns its id and name.
+fn create_role_agent(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    caller: &Caller,
+    template: &Template,
+    role: &str,
+) -> Result<(String, String), ApiError> {
+    let spec = role_agent_spec(template, role)?;
+    let details = json!({"name": spec.name, "template": template.id, "role": role});
+    let id = insert_agent(ctx, db, caller, &spec, &details)?;
+    Ok((id, spec.name))
 }
 
 /// Every template is valid once its roles are mapped (a test keeps the file honest).
@@ -208,6 +274,28 @@ mod tests {
     fn the_shipped_templates_parse_and_are_valid() {
         assert_eq!(templates().len(), 4, "templates.json parses");
         check_templates().unwrap();
+    }
+
+    #[test]
+    fn every_role_gets_a_priced_agent_with_instructions() {
+        use spindle_providers::{Provider, pricing::price_for};
+        assert!(
+            price_for(Provider::OpenAi, DEFAULT_MODEL).is_some(),
+            "{DEFAULT_MODEL} has a price"
+        );
+        assert_eq!(Provider::parse(DEFAULT_PROVIDER), Some(Provider::OpenAi));
+        for template in templates() {
+            let roles: Vec<&String> = template.agents.keys().collect();
+            let instructed: Vec<&String> = template.instructions.keys().collect();
+            assert_eq!(roles, instructed, "{}: instructions per role", template.id);
+            for role in template.agents.keys() {
+                let spec = role_agent_spec(template, role).unwrap();
+                assert_eq!(spec.name, *role);
+                assert_eq!(spec.model_config.model, DEFAULT_MODEL);
+                assert!(spec.instructions.len() > 100, "{}: {role}", template.id);
+                assert!(spec.description.contains(&template.name));
+            }
+        }
     }
 
     #[test]
