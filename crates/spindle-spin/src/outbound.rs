@@ -70,10 +70,12 @@ fn build(request: &OutboundRequest) -> Result<OutgoingRequest, OutboundError> {
         Some(slash) => (&rest[..slash], &rest[slash..]),
         None => (rest, "/"),
     };
+    // With `content-length` set, the host sends the body with that length
+    // instead of chunked (and checks that exactly that much is written).
     let headers: Vec<(String, Vec<u8>)> = request
-        .headers
-        .iter()
-        .map(|(name, value)| (name.clone(), value.clone().into_bytes()))
+        .wire_headers()
+        .into_iter()
+        .map(|(name, value)| (name, value.into_bytes()))
         .collect();
     let fields =
         Fields::from_list(&headers).map_err(|e| invalid(&format!("bad header ({e:?})")))?;
