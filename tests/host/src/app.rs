@@ -15,7 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context as TaskContext, Poll};
 use tokio::sync::{oneshot, watch};
@@ -57,6 +57,8 @@ pub(crate) struct App {
     inflight: watch::Sender<usize>,
     /// Running instances by invocation number, so shutdown can drop them.
     running: Mutex<HashMap<u64, JoinHandle<()>>>,
+    /// Set once [`App::abort_all`] began: the host is going away.
+    stopped: AtomicBool,
 }
 
 /// The one engine of every app in this process, and its epoch clock.
@@ -187,6 +189,7 @@ impl App {
             seq: AtomicU64::new(0),
             inflight: watch::Sender::new(0),
             running: Mutex::new(HashMap::new()),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -211,6 +214,7 @@ impl App {
 
     /// Drops every running instance at once, as a stopping Spin does.
     pub async fn abort_all(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         let tasks: Vec<_> = self
             .running
             .lock()
@@ -237,6 +241,10 @@ impl App {
         client: SocketAddr,
         is_self: bool,
     ) -> Result<Response<WasiBody>, Error> {
+        // A request on a connection kept open from before a kill reaches no Spin.
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(Error::ConnectionTerminated);
+        }
         let Some(route) = self.router.route(req.uri().path()) else {
             // Spin's 404 for a path no route matches: empty body.
             return Ok(status(StatusCode::NOT_FOUND));
@@ -314,6 +322,8 @@ impl App {
                 );
                 Ok(status(StatusCode::INTERNAL_SERVER_ERROR))
             }
+            // A killed Spin answers nothing: its connections just close.
+            Err(_) if self.stopped.load(Ordering::SeqCst) => Err(Error::ConnectionTerminated),
             Err(_) => Ok(status(StatusCode::INTERNAL_SERVER_ERROR)),
         }
     }
