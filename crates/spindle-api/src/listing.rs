@@ -86,6 +86,19 @@ impl Page {
         params: &[Value],
         row_json: impl Fn(&[Value]) -> Json,
     ) -> Result<ApiResponse, ApiError> {
+        self.respond_with(org, columns, from_where, params, |row| Ok(row_json(row)))
+    }
+
+    /// [`Page::respond`] for rows whose JSON needs a read of its own (a run
+    /// and its failed steps); a failed read fails the listing.
+    pub fn respond_with(
+        &self,
+        org: &OrgScoped,
+        columns: &str,
+        from_where: &str,
+        params: &[Value],
+        row_json: impl Fn(&[Value]) -> Result<Json, ApiError>,
+    ) -> Result<ApiResponse, ApiError> {
         let total = org
             .execute(&format!("SELECT COUNT(*) FROM {from_where}"), params)?
             .scalar_i64()
@@ -103,7 +116,11 @@ impl Page {
             ),
             &page_params,
         )?;
-        let data: Vec<Json> = rows.rows.iter().map(|row| row_json(row)).collect();
+        let data = rows
+            .rows
+            .iter()
+            .map(|row| row_json(row))
+            .collect::<Result<Vec<Json>, ApiError>>()?;
         Ok(ApiResponse::json(
             200,
             &json!({"data": data, "total": total, "limit": self.limit, "offset": self.offset}),

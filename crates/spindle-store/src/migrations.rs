@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_heartbeat.sql",
         sql: include_str!("../../../migrations/0010_heartbeat.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_step_failures.sql",
+        sql: include_str!("../../../migrations/0011_step_failures.sql"),
+    },
 ];
 
 /// The schema level the code expects: the last migration's version.

@@ -698,11 +698,10 @@ fn chaos(faults: Faults) {
     assert_eq!(statuses.values().sum::<usize>(), RUNS);
 }
 
-/// An agent step retries a provider's 429s in place only within a quarter of its
-/// lease: with the suite's 2 s lease, a `Retry-After: 1` defers the step to that time
-/// instead (without using up an attempt). Waiting in place would outlive the lease,
-/// the tick would hand the step to a second invocation, and the provider would be
-/// called twice.
+/// An agent step waits out a provider's `Retry-After` between attempts with the
+/// step queued, not leased: three waits of 1 s outlast the suite's 2 s lease, yet
+/// the tick never hands the step to a second invocation, and the provider answers
+/// one call with success.
 #[test]
 fn a_step_retrying_past_its_lease_calls_the_provider_once() {
     let _turn = fake_turn();
@@ -714,7 +713,8 @@ fn a_step_retrying_past_its_lease_calls_the_provider_once() {
         "/api/v1/workflows",
         &json!({"name": "one", "nodes": [
             {"id": "start", "type": "trigger"},
-            {"id": "draft", "type": "agent", "config": {"agent_id": writer, "prompt": "Draft"}},
+            {"id": "draft", "type": "agent", "retry": {"max_attempts": 4, "backoff_ms": 100},
+                "config": {"agent_id": writer, "prompt": "Draft"}},
             {"id": "done", "type": "output", "config": {"value": "{{ steps.draft.output }}"}}
         ], "edges": [{"source": "start", "target": "draft"}, {"source": "draft", "target": "done"}]}),
     );
@@ -733,6 +733,7 @@ fn a_step_retrying_past_its_lease_calls_the_provider_once() {
     std::thread::sleep(Duration::from_secs(4));
     let records = get(&target, &org, "/api/v1/usage/records?status=succeeded");
     assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "first", "{run}");
     assert_eq!(fake_llm().successes(Dialect::OpenAi), 1, "{records}");
     assert_eq!(records["data"].as_array().unwrap().len(), 1, "{records}");
 }

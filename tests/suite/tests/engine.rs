@@ -435,8 +435,67 @@ fn a_failure_routed_to_an_error_edge_keeps_the_run_going() {
     let run = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "fallback: provider_rejected");
-    assert_eq!(step(&run, "ask")["outcome"], "error");
+    let ask = step(&run, "ask");
+    assert_eq!(ask["outcome"], "error");
+    assert_eq!(
+        ask["status"], "failed",
+        "a routed failure is still a failure: {ask}"
+    );
+    assert_eq!(ask["error"]["code"], "provider_rejected");
+    assert_eq!(ask["error_handled"], true);
     assert_eq!(step(&run, "fine")["status"], "skipped");
+    assert_eq!(run["failed_steps"][0]["node_id"], "ask", "{run}");
+}
+
+#[test]
+fn a_node_failing_under_on_error_continue_is_shown_failed_in_the_run_and_its_list() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-continue");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
+            "name": "Continued",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "ask", "type": "agent", "on_error": "continue", "config": {"agent_id": agent, "prompt": "hi"}},
+                {"id": "done", "type": "output", "config": {"value": "after {{ steps.ask.status }}"}}
+            ],
+            "edges": [
+                {"source": "start", "target": "ask"},
+                {"source": "ask", "target": "done"}
+            ]
+        }),
+    );
+    fake_llm().push(Reply::error(400, "refused"));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "the run goes on: {run}");
+    assert_eq!(
+        run["output"], "after failed",
+        "what follows sees the failure"
+    );
+    let ask = step(&run, "ask");
+    assert_eq!(ask["status"], "failed", "{ask}");
+    assert_eq!(ask["error"]["code"], "provider_rejected");
+    assert_eq!(ask["error_handled"], true);
+    assert_eq!(step(&run, "done")["status"], "completed");
+
+    let list = target
+        .call(
+            "GET",
+            &format!("/api/v1/executions?workflow_id={workflow}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    let listed = &list["data"][0];
+    assert_eq!(listed["id"], id.as_str());
+    assert_eq!(listed["status"], "completed");
+    let failed = listed["failed_steps"].as_array().expect("failed_steps");
+    assert_eq!(failed.len(), 1, "{listed}");
+    assert_eq!(failed[0]["node_id"], "ask");
+    assert_eq!(failed[0]["error"]["code"], "provider_rejected");
+    assert_eq!(failed[0]["handled"], true);
 }
 
 #[test]
@@ -931,31 +990,47 @@ fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
         let id = target.start_run(&org, &workflow, json!({"topic": topic}));
         target.finished(&org, &id)
     };
-    // With the suite's 2 s lease, the 429's `Retry-After: 1` is more than a step
-    // waits in place (a quarter of its lease): the step is deferred to then, and
-    // the tick runs it again.
-    let _ticker = target.tick_every(Duration::from_millis(100));
+    // The step's own invocation waits out the 429's `Retry-After: 1` and
+    // runs it again; no tick is needed.
 
     fake_llm().push(Reply::rate_limited(1));
     fake_llm().push(Reply::text("after the wait").tokens(12, 4));
     let run = run_once("rate limited");
     assert_eq!(run["status"], "completed", "{run}");
-    assert_eq!(step(&run, "draft")["output"], "after the wait");
+    let draft = step(&run, "draft");
+    assert_eq!(draft["output"], "after the wait");
     assert_eq!(run["usage"]["input_tokens"], 12, "the successful call only");
     assert_eq!(fake_llm().received().len(), 2);
+    let log = draft["attempt_log"].as_array().expect("attempt_log");
+    assert_eq!(log.len(), 2, "the 429 and the success: {draft}");
+    assert_eq!(log[0]["status"], "failed");
+    assert_eq!(log[0]["error"]["code"], "provider_rate_limited");
+    assert!(
+        log[0]["retry_in_ms"].as_i64().unwrap() >= 1000,
+        "the retry waits the provider's Retry-After: {draft}"
+    );
+    assert_eq!(log[1]["status"], "succeeded");
+    assert_eq!(draft["attempts"], 2);
 
-    // A step retries in place only within a quarter of its lease: the first
-    // backoff (250–500 ms) fits in the suite's 500 ms, the second (500–1000 ms)
-    // does not, so the step fails after one retry.
-    for _ in 0..2 {
+    // No `retry` on the node: an agent node's default policy, 3 attempts.
+    for _ in 0..3 {
         fake_llm().push(Reply::server_error());
     }
     let run = run_once("outage");
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["failed_node"], "draft");
-    assert_eq!(step(&run, "draft")["error"]["code"], "provider_unavailable");
+    let draft = step(&run, "draft");
+    assert_eq!(draft["error"]["code"], "provider_unavailable");
     assert_eq!(run["cost"]["billed_micros"], 0);
-    assert_eq!(fake_llm().received().len(), 4, "one call and one retry");
+    assert_eq!(
+        fake_llm().received().len(),
+        5,
+        "three calls, one per attempt"
+    );
+    let log = draft["attempt_log"].as_array().expect("attempt_log");
+    let statuses: Vec<_> = log.iter().map(|a| a["status"].clone()).collect();
+    assert_eq!(statuses, ["failed", "failed", "failed"], "{draft}");
+    assert!(log[2]["retry_in_ms"].is_null(), "the last attempt is final");
 
     fake_llm().push(Reply::malformed());
     let run = run_once("garbled");
@@ -963,6 +1038,56 @@ fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
     assert_eq!(
         step(&run, "draft")["error"]["code"],
         "provider_malformed_response"
+    );
+    assert_eq!(
+        fake_llm().received().len(),
+        6,
+        "a malformed answer is not retried"
+    );
+}
+
+#[test]
+fn a_node_retry_policy_bounds_every_provider_call_the_node_makes() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-retry-budget");
+    let agent = target.create_agent(&org);
+    let mut definition = linear(&agent);
+    definition["nodes"][1]["retry"] = json!({"max_attempts": 2, "backoff_ms": 100});
+    let workflow = target.create(&org, "/api/v1/workflows", &definition);
+    let _ticker = target.tick_every(Duration::from_millis(100));
+    for _ in 0..8 {
+        fake_llm().push(Reply::server_error());
+    }
+    let id = target.start_run(&org, &workflow, json!({"topic": "outage"}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(
+        fake_llm().received().len(),
+        2,
+        "max_attempts 2 is two provider calls, not two node attempts of several calls each"
+    );
+    let draft = step(&run, "draft");
+    assert_eq!(draft["attempts"], 2, "{draft}");
+    let log = draft["attempt_log"].as_array().expect("attempt_log");
+    assert_eq!(log.len(), 2, "{draft}");
+    assert_eq!(log[0]["attempt"], 1);
+    assert_eq!(log[0]["error"]["code"], "provider_unavailable");
+    assert!(log[0]["retry_in_ms"].as_i64().unwrap() >= 100);
+    assert_eq!(log[1]["attempt"], 2);
+    assert!(log[1]["retry_in_ms"].is_null());
+    let usage = target
+        .call(
+            "GET",
+            &format!("/api/v1/usage/records?execution_id={id}"),
+            Some(&org.owner_key),
+            None,
+        )
+        .json();
+    assert_eq!(
+        usage["data"].as_array().map(Vec::len),
+        Some(2),
+        "one usage record per provider call: {usage}"
     );
 }
 

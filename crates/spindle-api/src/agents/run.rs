@@ -13,6 +13,7 @@ use serde_json::{Value as Json, json};
 use spindle_auth::Caller;
 use spindle_http::{ApiError, OutboundError, OutboundRequest};
 use spindle_providers::pricing::{Cost, cost_of, format_micros};
+use spindle_providers::retry::RETRY_AFTER_CAP_SECS;
 use spindle_providers::tools::{
     HTTP_GET_MAX_BYTES, builtin_tool, run_builtin_tool, truncate_http_body,
 };
@@ -95,6 +96,9 @@ struct Tally {
     tool_calls: Vec<Json>,
     /// When admission refused a call: the earliest time it could go.
     not_before: Option<i64>,
+    /// When the last call was refused with `Retry-After`: how long the
+    /// provider asked to wait (ms, capped), for the workflow step's retry.
+    retry_after_ms: Option<u64>,
     /// The usage record of each provider call, written by [`AgentRun::store`].
     calls: Vec<CallRecord>,
     /// Each call's budget reservation and its billed cost, settled by [`AgentRun::store`].
@@ -168,6 +172,12 @@ impl AgentRun {
             Ok(text) => Ok(text),
             Err(failure) => Err((failure.code, &failure.message, self.tally.not_before)),
         }
+    }
+
+    /// How long the provider asked to wait before a new call (its
+    /// `Retry-After`, in ms, capped), when the run failed on a rate limit.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.outcome.as_ref().err().and(self.tally.retry_after_ms)
     }
 
     /// Tokens in and out, and the base and billed cost in micro-dollars, of all its calls.
@@ -421,8 +431,11 @@ impl Endpoint {
     }
 }
 
-/// One provider call, retried on transient failures with backoff (honouring
-/// `Retry-After`) within the run's wait budget. Every attempt writes a usage
+/// One provider call. Outside a workflow it is retried here on transient
+/// failures with backoff (honouring `Retry-After`) within the run's wait
+/// budget. In a workflow step it is made once: the step's node retries it
+/// under its `retry` policy (the engine's runner), so there is one retry
+/// loop and one attempt budget per node. Every attempt writes a usage
 /// record; only a successful one has tokens and cost, so a call that
 /// succeeds after retries is billed once.
 #[allow(clippy::too_many_arguments)]
@@ -503,27 +516,14 @@ fn call_with_retries(
                 record.error_code = Some(error.code());
                 tally.calls.push(record);
                 tally.settlements.push((reservation, 0));
-                let delay = backoff_delay_ms(attempt, retry_after(&error), ctx.random_unit());
-                if !error.is_transient() || attempt >= MAX_RETRIES {
+                tally.retry_after_ms = retry_after(&error)
+                    .map(|secs| secs.min(RETRY_AFTER_CAP_SECS).saturating_mul(1000));
+                // A workflow step's node retries (see above).
+                if step.is_some() || !error.is_transient() || attempt >= MAX_RETRIES {
                     return Err(error.into());
                 }
-                let wait_budget = match step {
-                    Some(_) => quarter_lease_ms(ctx).min(RETRY_WAIT_BUDGET_MS),
-                    None => RETRY_WAIT_BUDGET_MS,
-                };
-                if *retry_wait + delay > wait_budget {
-                    // A step waiting past its lease would be run again beside
-                    // this invocation, and the provider called twice: when
-                    // the provider named a time (Retry-After), the step is
-                    // deferred to it instead.
-                    if step.is_some() && retry_after(&error).is_some() {
-                        let at = now_ms().saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
-                        tally.not_before = Some(at);
-                        return Err(RunFailure {
-                            code: "provider_deferred",
-                            message: format!("{error}; the step runs again at {}", timestamp(at)),
-                        });
-                    }
+                let delay = backoff_delay_ms(attempt, retry_after(&error), ctx.random_unit());
+                if *retry_wait + delay > RETRY_WAIT_BUDGET_MS {
                     return Err(error.into());
                 }
                 *retry_wait += delay;

@@ -5,7 +5,6 @@
 
 use super::runner::{NodeResult, Run, StepFailure, finish_step};
 use super::scope::{Scope, Step, child_key, template_context};
-use super::status::StepStatus;
 use crate::context::RequestContext;
 use crate::{json_column, now_ms};
 use serde_json::{Value as Json, json};
@@ -133,11 +132,7 @@ fn insert_items(db: &dyn Db, loop_step_id: &str, items: &[Json]) -> Result<(), A
 /// What an iteration produced: the last `output` node of the body that ran,
 /// else the last body node without successors that completed (definition order).
 fn iteration_output(scope: &Scope, steps: &HashMap<String, Step>) -> Json {
-    let completed = |node: &Node| {
-        steps
-            .get(&node.id)
-            .filter(|s| s.status == StepStatus::Completed)
-    };
+    let completed = |node: &Node| steps.get(&node.id).filter(|s| s.is_done());
     let is_last = |node: &&Node| !scope.edges.iter().any(|e| e.source == node.id);
     scope
         .nodes

@@ -416,13 +416,41 @@ fn list_executions(
         Value::from(from),
         Value::from(to),
     ];
-    page.respond(
+    page.respond_with(
         &org,
         EXECUTION_COLUMNS,
         &format!("executions WHERE {filters}"),
         &params,
-        execution_row_json,
+        |row| {
+            let mut execution = execution_row_json(row);
+            let id = row[0].as_str().unwrap_or_default();
+            execution["failed_steps"] = failed_steps(&org, id)?;
+            Ok(execution)
+        },
     )
+}
+
+/// The failed steps of run `execution_id`, oldest first: the one that
+/// failed the run, and those whose node's `on_error` (`continue`, `route`)
+/// let the run go on past them.
+fn failed_steps(org: &OrgScoped, execution_id: &str) -> Result<Json, ApiError> {
+    let rows = org.execute(
+        "SELECT node_id, iteration, error, error_handled FROM steps \
+         WHERE org_id = ?1 AND execution_id = ?2 AND status = 'failed' ORDER BY finished_at, id",
+        &[Value::from(execution_id)],
+    )?;
+    Ok(rows
+        .rows
+        .iter()
+        .map(|s| {
+            json!({
+                "node_id": s[0].as_str(),
+                "iteration": s[1].as_str().filter(|key| !key.is_empty()),
+                "error": json_column(&s[2]),
+                "handled": s[3].as_i64().unwrap_or(0) != 0,
+            })
+        })
+        .collect())
 }
 
 /// `GET /api/v1/executions/:id` (viewer): the run with every step.
@@ -443,9 +471,11 @@ fn get_execution(
         || format!("execution {id}"),
     )?;
     let mut execution = execution_row_json(&row);
+    execution["failed_steps"] = failed_steps(&org, id)?;
     let steps = org.execute(
         "SELECT node_id, status, attempts, output, outcome, error, tokens_in, tokens_out, base_cost_micros, \
-         billed_cost_micros, started_at, finished_at, iteration, loop_index, id, input FROM steps \
+         billed_cost_micros, started_at, finished_at, iteration, loop_index, id, input, error_handled, attempt_log \
+         FROM steps \
          WHERE org_id = ?1 AND execution_id = ?2 ORDER BY created_at, id",
         &[Value::from(id)],
     )?;
@@ -458,10 +488,12 @@ fn get_execution(
                 "node_id": s[0].as_str(),
                 "status": s[1].as_str(),
                 "attempts": s[2].as_i64(),
+                "attempt_log": json_column(&s[17]).unwrap_or_else(|| json!([])),
                 "input": json_column(&s[15]),
                 "output": json_column(&s[3]),
                 "outcome": s[4].as_str(),
                 "error": json_column(&s[5]),
+                "error_handled": s[16].as_i64().unwrap_or(0) != 0,
                 "usage": {"input_tokens": s[6].as_i64(), "output_tokens": s[7].as_i64()},
                 "cost": {"base_micros": s[8].as_i64(), "billed_micros": s[9].as_i64()},
                 "started_at": s[10].as_i64().map(timestamp),

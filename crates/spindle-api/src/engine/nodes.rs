@@ -9,6 +9,8 @@ use serde_json::{Map, Value as Json, json};
 use spindle_auth::{Caller, Role};
 use spindle_definition::{AgentConfig, HttpConfig, Node, NodeConfig, evaluate, is_truthy, render};
 use spindle_http::{OutboundError, OutboundRequest};
+use spindle_providers::parse_retry_after;
+use spindle_providers::retry::RETRY_AFTER_CAP_SECS;
 use spindle_store::OrgScoped;
 
 /// Runs a cheap node over its template context.
@@ -146,7 +148,8 @@ fn run_agent_node(
     let agent_run = Box::new(AgentRun::perform(ctx, &caller, &agent, input));
     let result = match agent_run.answer() {
         Err((code, message, not_before)) => {
-            let failure = StepFailure::new(code, message);
+            let failure =
+                StepFailure::new(code, message).with_retry_after(agent_run.retry_after_ms());
             // Provider admission said "not yet": the step waits for its slot.
             Err(match not_before {
                 Some(at) => failure.deferred_until(at),
@@ -259,8 +262,16 @@ fn run_http(
         } else {
             "http_status"
         };
+        let retry_after_ms = reply
+            .headers
+            .iter()
+            .find(|(name, _)| name == "retry-after")
+            .and_then(|(_, value)| parse_retry_after(value))
+            .map(|secs| secs.min(RETRY_AFTER_CAP_SECS).saturating_mul(1000));
         return Err(
-            StepFailure::new(code, format!("{url} answered {}", reply.status)).with_input(input),
+            StepFailure::new(code, format!("{url} answered {}", reply.status))
+                .with_input(input)
+                .with_retry_after(retry_after_ms),
         );
     }
     let headers: Map<String, Json> = reply

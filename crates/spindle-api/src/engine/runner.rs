@@ -16,7 +16,8 @@ use crate::{json_column, now_ms};
 use serde_json::{Value as Json, json};
 use spindle_auth::Caller;
 use spindle_definition::{
-    Definition, DelayConfig, Node, NodeConfig, OnError, TIMEOUT_HANDLE, plan_graph, render,
+    Definition, DelayConfig, Node, NodeConfig, OnError, RetryPolicy, TIMEOUT_HANDLE, plan_graph,
+    render,
 };
 use spindle_http::ApiError;
 use spindle_store::{Db, OrgScoped, Value, in_transaction};
@@ -54,6 +55,9 @@ pub(super) struct StepFailure {
     input: Json,
     /// Set when the step did not fail but must wait: it runs again at this time (ms).
     not_before: Option<i64>,
+    /// How long the far end asked to wait before trying again (its
+    /// `Retry-After`, ms): a retry waits at least that long.
+    retry_after_ms: Option<u64>,
     /// An agent node's run, stored with the step: its calls are billed even
     /// when the step fails (an answer that is not the JSON asked for).
     agent_run: Option<Box<AgentRun>>,
@@ -67,7 +71,16 @@ impl StepFailure {
             message: message.into(),
             input: Json::Null,
             not_before: None,
+            retry_after_ms: None,
             agent_run: None,
+        }
+    }
+
+    /// The same failure, with the wait the far end asked for before a retry.
+    pub(super) fn with_retry_after(self, retry_after_ms: Option<u64>) -> Self {
+        Self {
+            retry_after_ms,
+            ..self
         }
     }
 
@@ -146,11 +159,14 @@ pub struct ReusedStep {
     status: StepStatus,
     output: Json,
     outcome: Option<String>,
+    /// A handled failure's error (`on_error: continue` or `route`).
+    error: Option<String>,
 }
 
 /// The finished steps of run `execution_id` that a rerun from `from_node`
-/// on `definition` keeps: every completed or skipped step of a node the new
-/// definition still has and that is not `from_node` or downstream of it.
+/// on `definition` keeps: every completed or skipped step, and every failure
+/// its node's `on_error` handled, of a node the new definition still has
+/// and that is not `from_node` or downstream of it.
 pub fn reusable_steps(
     db: &dyn Db,
     org_id: &str,
@@ -168,8 +184,8 @@ pub fn reusable_steps(
         }
     }
     let rows = OrgScoped::new(db, org_id).execute(
-        "SELECT node_id, status, output, outcome FROM steps \
-         WHERE org_id = ?1 AND execution_id = ?2 AND iteration = '' AND status IN ('completed', 'skipped')",
+        "SELECT node_id, status, output, outcome, error FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
+         AND iteration = '' AND (status IN ('completed', 'skipped') OR (status = 'failed' AND error_handled = 1))",
         &[Value::from(execution_id)],
     )?;
     Ok(rows
@@ -187,6 +203,7 @@ pub fn reusable_steps(
                     .unwrap_or(StepStatus::Skipped),
                 output: json_column(&row[2]).unwrap_or(Json::Null),
                 outcome: row[3].as_str().map(String::from),
+                error: row[4].as_str().map(String::from),
             })
         })
         .collect())
@@ -267,8 +284,8 @@ pub fn start_run(
         logs::record(db, &caller.org_id, &id, entry)?;
         for step in reuse {
             db.execute(
-                "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, outcome, created_at, \
-                 finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+                "INSERT INTO steps (id, org_id, execution_id, node_id, status, output, outcome, error, \
+                 error_handled, created_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
                  ON CONFLICT (execution_id, node_id, iteration) DO NOTHING",
                 &[
                     Value::Text(ctx.new_id()),
@@ -278,6 +295,8 @@ pub fn start_run(
                     Value::from(step.status.as_str()),
                     Value::Text(step.output.to_string()),
                     Value::from(step.outcome.clone()),
+                    Value::from(step.error.clone()),
+                    Value::Integer(i64::from(step.status == StepStatus::Failed)),
                     Value::Integer(now),
                     Value::Integer(now),
                 ],
@@ -460,9 +479,11 @@ pub(super) fn advance(
     // A run is pinned to its version, so its definition, read by the
     // caller, serves every transaction; its status is read in each.
     loop {
+        // A step this invocation ran and its node retries: when it may run again.
+        let mut retry = None;
         let progress = in_transaction(db, |db| -> Result<Progress, ApiError> {
             if let Some(done) = ran.take() {
-                finish_step(
+                let again = finish_step(
                     ctx,
                     db,
                     &run,
@@ -471,6 +492,7 @@ pub(super) fn advance(
                     &done.lease,
                     done.result,
                 )?;
+                retry = again.map(|at| (done.node, done.step_id, at));
             }
             // Several units of progress (a cheap node, a loop's next
             // iteration) share a commit, but only briefly: the transaction
@@ -490,6 +512,12 @@ pub(super) fn advance(
             }
             Ok(Progress::Again)
         })?;
+        if let (Progress::Stop, Some((node, step_id, at))) = (&progress, retry) {
+            ran = retry_in_place(ctx, db, &run, &key, node, step_id, at)?;
+            if ran.is_some() {
+                continue;
+            }
+        }
         match progress {
             Progress::Stop => return Ok(()),
             Progress::Again | Progress::Scope(_) => {}
@@ -520,6 +548,53 @@ pub(super) fn advance(
             }
         }
     }
+}
+
+/// Longest a step's invocation waits to run the step again itself; a later
+/// retry is the tick's. The step is queued meanwhile (no lease to outlive),
+/// so this bounds only how long an invocation is held.
+const RETRY_IN_PLACE_MS: i64 = 5_000;
+
+/// Runs again, in this invocation, a step of `run` (in scope `scope_key`)
+/// that its node retries at `at` (ms), when that is soon (within
+/// [`RETRY_IN_PLACE_MS`]). A later retry, a run that ended meanwhile, or a
+/// step the tick handed to another invocation first is left to the tick
+/// (`None`).
+fn retry_in_place(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    run: &Run,
+    scope_key: &str,
+    node: Node,
+    step_id: String,
+    at: i64,
+) -> Result<Option<Ran>, ApiError> {
+    let wait = at - now_ms();
+    if !is_expensive(&node) || wait > RETRY_IN_PLACE_MS {
+        return Ok(None);
+    }
+    ctx.sleep_ms(u64::try_from(wait).unwrap_or(0));
+    if run_status(db, &run.org_id, &run.id)?.is_terminal() {
+        return Ok(None);
+    }
+    let Some(lease) = claim(ctx, db, &step_id, now_ms())? else {
+        return Ok(None);
+    };
+    let scope = Scope::resolve(&run.definition, scope_key).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "scope {scope_key:?} names no loop of the definition"
+        ))
+    })?;
+    let steps = load_steps(db, run, scope_key)?;
+    // A failed read leaves the step claimed: its lease runs out and the tick hands it on.
+    let context = template_context(db, run, &scope, &steps, &node)?;
+    let result = run_expensive(ctx, run, &context, &node, &step_id);
+    Ok(Some(Ran {
+        node,
+        step_id,
+        lease,
+        result,
+    }))
 }
 
 /// Most units of progress [`advance`] makes in one transaction.
@@ -803,10 +878,27 @@ const TRANSIENT_FAILURES: &[&str] = &[
     "http_failed",
 ];
 
-/// When a failed step should run again under its node's `retry` policy
+/// The retry policy of an agent node that sets none: a provider's 429s and
+/// 5xx are common enough that an agent step is tried three times by default.
+pub const DEFAULT_AGENT_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    backoff_ms: 500,
+};
+
+/// A node's retry policy: its own `retry`, else [`DEFAULT_AGENT_RETRY`] for
+/// an agent node; other nodes are not retried unless they say so.
+fn retry_policy(node: &Node) -> Option<RetryPolicy> {
+    node.retry
+        .or_else(|| (node.node_type == "agent").then_some(DEFAULT_AGENT_RETRY))
+}
+
+/// When a failed step should run again under its node's retry policy
 /// (exponential from `backoff_ms`, stretched by up to a quarter by
-/// `jitter` in `[0, 1)` so failed siblings do not retry in step), or `None`
-/// when it should not.
+/// `jitter` in `[0, 1)` so failed siblings do not retry in step, and never
+/// sooner than the far end's `Retry-After`), or `None` when it should not:
+/// the failure cannot pass on its own, or the step has had `max_attempts`
+/// attempts. Each attempt is one provider call or HTTP request (an agent
+/// with tools makes one per tool round), so the policy bounds them all.
 fn retry_at(
     db: &dyn Db,
     node: &Node,
@@ -814,7 +906,7 @@ fn retry_at(
     failure: &StepFailure,
     (now, jitter): (i64, f64),
 ) -> Result<Option<i64>, ApiError> {
-    let Some(policy) = &node.retry else {
+    let Some(policy) = retry_policy(node) else {
         return Ok(None);
     };
     if !TRANSIENT_FAILURES.contains(&failure.code.as_str()) {
@@ -835,12 +927,59 @@ fn retry_at(
         .min(16);
     let delay = policy.backoff_ms.saturating_mul(1 << exponent);
     let stretch = (delay as f64 * jitter.clamp(0.0, 1.0) / 4.0) as u64;
-    let delay = i64::try_from(delay.saturating_add(stretch)).unwrap_or(i64::MAX);
-    Ok(Some(now.saturating_add(delay)))
+    let delay = delay
+        .saturating_add(stretch)
+        .max(failure.retry_after_ms.unwrap_or(0));
+    Ok(Some(
+        now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)),
+    ))
 }
 
-/// Stores a step's result under its lease; a failure follows the node's
-/// `on_error`. A lease lost to another invocation stores nothing.
+/// Appends the attempt that just ended to step `step_id`'s attempt log:
+/// its number, whether it succeeded, its error, and how long until the
+/// next attempt when there is one. Only agent and http steps keep a log:
+/// theirs are the attempts a retry policy counts.
+fn log_attempt(
+    db: &dyn Db,
+    step_id: &str,
+    error: Option<&Json>,
+    next_at: Option<i64>,
+    now: i64,
+) -> Result<(), ApiError> {
+    let Some(row) = db
+        .execute(
+            "SELECT attempts, attempt_log FROM steps WHERE id = ?",
+            &[Value::from(step_id)],
+        )?
+        .into_first()
+    else {
+        return Ok(());
+    };
+    let mut log = match json_column(&row[1]) {
+        Some(Json::Array(entries)) => entries,
+        _ => Vec::new(),
+    };
+    log.push(json!({
+        "attempt": row[0].as_i64(),
+        "status": if error.is_some() { "failed" } else { "succeeded" },
+        "error": error,
+        "retry_in_ms": next_at.map(|at| (at - now).max(0)),
+        "finished_at": crate::timestamp(now),
+    }));
+    db.execute(
+        "UPDATE steps SET attempt_log = ? WHERE id = ?",
+        &[
+            Value::Text(Json::Array(log).to_string()),
+            Value::from(step_id),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores a step's result under its lease; a failure its node retries
+/// queues the step again, and returns when it may run (ms); other failures
+/// follow the node's `on_error`. A lease lost to another invocation stores
+/// nothing.
 pub(super) fn finish_step(
     ctx: &RequestContext,
     db: &dyn Db,
@@ -849,7 +988,7 @@ pub(super) fn finish_step(
     step_id: &str,
     lease: &str,
     mut result: Result<NodeResult, StepFailure>,
-) -> Result<(), ApiError> {
+) -> Result<Option<i64>, ApiError> {
     let (now, jitter) = (now_ms(), ctx.random_unit());
     let agent_run = match &mut result {
         Ok(result) => result.agent_run.take(),
@@ -870,7 +1009,8 @@ pub(super) fn finish_step(
     };
     // NULL keeps what is stored (a loop step's item count).
     let input = Value::from((!input.is_null()).then(|| input.to_string()));
-    in_transaction(db, |db| -> Result<(), ApiError> {
+    let keeps_log = is_expensive(node);
+    in_transaction(db, |db| -> Result<Option<i64>, ApiError> {
         if let Err(StepFailure {
             not_before: Some(run_after),
             message,
@@ -894,7 +1034,7 @@ pub(super) fn finish_step(
                 let entry = Entry::new(LogEvent::StepDeferred, message.clone()).node(&node.id);
                 logs::record(db, &run.org_id, &run.id, entry.data(data))?;
             }
-            return Ok(());
+            return Ok(None);
         }
         if let Err(failure) = &result
             && let Some(run_after) = retry_at(db, node, step_id, failure, (now, jitter))?
@@ -914,46 +1054,48 @@ pub(super) fn finish_step(
                     Value::from(lease),
                 ],
             )?;
-            if !requeued.rows.is_empty() {
-                store_agent_run(db)?;
-                let message = format!("{} failed ({}); retrying", node.id, failure.message);
-                let data = json!({"error": {"code": failure.code, "message": failure.message}, "run_after": crate::timestamp(run_after)});
-                let entry = Entry::new(LogEvent::StepRetrying, message).node(&node.id);
-                logs::record(db, &run.org_id, &run.id, entry.data(data))?;
+            if requeued.rows.is_empty() {
+                return Ok(None);
             }
-            return Ok(());
+            store_agent_run(db)?;
+            let error = json!({"code": failure.code, "message": failure.message});
+            log_attempt(db, step_id, Some(&error), Some(run_after), now)?;
+            let message = format!("{} failed ({}); retrying", node.id, failure.message);
+            let data = json!({"error": error, "run_after": crate::timestamp(run_after)});
+            let entry = Entry::new(LogEvent::StepRetrying, message).node(&node.id);
+            logs::record(db, &run.org_id, &run.id, entry.data(data))?;
+            return Ok(Some(run_after));
         }
+        // A failure stays `failed` on its step; under `on_error: continue`
+        // or `route` it is handled and the run goes on past it.
         let (status, result, error) = match result {
             Ok(result) => (StepStatus::Completed, result, None),
             Err(failure) => {
                 let error = json!({"code": failure.code, "message": failure.message});
-                match on_error {
-                    OnError::Fail => (StepStatus::Failed, NodeResult::default(), Some(error)),
-                    OnError::Continue => {
-                        (StepStatus::Completed, NodeResult::default(), Some(error))
-                    }
-                    OnError::Route => (
-                        StepStatus::Completed,
-                        NodeResult {
-                            outcome: Some("error".into()),
-                            output: error.clone(),
-                            ..NodeResult::default()
-                        },
-                        Some(error),
-                    ),
-                }
+                let result = match on_error {
+                    OnError::Fail | OnError::Continue => NodeResult::default(),
+                    OnError::Route => NodeResult {
+                        outcome: Some("error".into()),
+                        output: error.clone(),
+                        ..NodeResult::default()
+                    },
+                };
+                (StepStatus::Failed, result, Some(error))
             }
         };
+        let fails_run = status == StepStatus::Failed && on_error == OnError::Fail;
+        let error_handled = status == StepStatus::Failed && !fails_run;
         let stored = db.execute(
-            "UPDATE steps SET status = ?, output = ?, outcome = ?, error = ?, tokens_in = ?, tokens_out = ?, \
-             base_cost_micros = ?, billed_cost_micros = ?, finished_at = ?, lease_expires_at = NULL, \
-             input = COALESCE(?, input) WHERE id = ? AND status = 'running' AND lease_token = ? \
-             RETURNING started_at",
+            "UPDATE steps SET status = ?, output = ?, outcome = ?, error = ?, error_handled = ?, tokens_in = ?, \
+             tokens_out = ?, base_cost_micros = ?, billed_cost_micros = ?, finished_at = ?, \
+             lease_expires_at = NULL, input = COALESCE(?, input) \
+             WHERE id = ? AND status = 'running' AND lease_token = ? RETURNING started_at",
             &[
                 Value::from(status.as_str()),
                 Value::Text(result.output.to_string()),
                 Value::from(result.outcome.clone()),
                 Value::from(error.as_ref().map(Json::to_string)),
+                Value::Integer(i64::from(error_handled)),
                 Value::Integer(tokens_in),
                 Value::Integer(tokens_out),
                 Value::Integer(base_micros),
@@ -965,24 +1107,26 @@ pub(super) fn finish_step(
             ],
         )?;
         let Some(stored) = stored.into_first() else {
-            return Ok(());
+            return Ok(None);
         };
         store_agent_run(db)?;
+        if keeps_log {
+            log_attempt(db, step_id, error.as_ref(), None, now)?;
+        }
         // A step that was running when its run ended (a sibling failed, or the run
         // was cancelled) still finishes, and its provider call is billed: the run's
         // totals, summed when it ended, must include it.
         add_totals_if_ended(db, run)?;
         let duration = stored[0].as_i64().map(|started| now - started);
         record_step(db, &node.node_type, status.as_str(), duration)?;
-        let failed = status == StepStatus::Failed;
         let outcome = result.outcome.as_deref();
-        let entry = logs::step_finished(&node.id, error.as_ref(), failed, outcome);
+        let entry = logs::step_finished(&node.id, error.as_ref(), fails_run, outcome);
         logs::record(db, &run.org_id, &run.id, entry)?;
         if let Some(error) = &error {
             let data = json!({"execution_id": run.id, "workflow_id": run.workflow_id, "node_id": node.id, "error": error});
             events::emit(ctx, db, &run.org_id, "step.failed", &data)?;
         }
-        if status == StepStatus::Failed {
+        if fails_run {
             let failed = OrgScoped::new(db, &run.org_id).execute(
                 "UPDATE executions SET status = 'failed', error = ?2, failed_node = ?3, finished_at = ?4, \
                  updated_at = ?4 WHERE org_id = ?1 AND id = ?5 AND status IN ('pending', 'running') RETURNING id",
@@ -1011,7 +1155,7 @@ pub(super) fn finish_step(
             )?;
             add_totals(db, run)?;
         }
-        Ok(())
+        Ok(None)
     })
 }
 
@@ -1201,8 +1345,9 @@ pub fn cancel(db: &dyn Db, org_id: &str, execution_id: &str) -> Result<(), ApiEr
 }
 
 /// Continues a failed or cancelled run: its failed steps and the steps that
-/// never ran are forgotten, completed ones stay (their output is final and
-/// billed once), and the run advances again. 409 for any other run.
+/// never ran are forgotten, completed ones and failures their node's
+/// `on_error` handled stay (their output is final and billed once), and the
+/// run advances again. 409 for any other run.
 pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(), ApiError> {
     let now = now_ms();
     in_transaction(ctx.db()?, |db| -> Result<(), ApiError> {
@@ -1215,13 +1360,13 @@ pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(
         org.execute(
             "UPDATE executions SET \
              retried_tokens_in = retried_tokens_in + (SELECT COALESCE(SUM(tokens_in), 0) FROM steps s \
-               WHERE s.execution_id = ?2 AND s.status = 'failed'), \
+               WHERE s.execution_id = ?2 AND s.status = 'failed' AND s.error_handled = 0), \
              retried_tokens_out = retried_tokens_out + (SELECT COALESCE(SUM(tokens_out), 0) FROM steps s \
-               WHERE s.execution_id = ?2 AND s.status = 'failed'), \
+               WHERE s.execution_id = ?2 AND s.status = 'failed' AND s.error_handled = 0), \
              retried_base_cost_micros = retried_base_cost_micros + (SELECT COALESCE(SUM(base_cost_micros), 0) \
-               FROM steps s WHERE s.execution_id = ?2 AND s.status = 'failed'), \
+               FROM steps s WHERE s.execution_id = ?2 AND s.status = 'failed' AND s.error_handled = 0), \
              retried_billed_cost_micros = retried_billed_cost_micros + (SELECT COALESCE(SUM(billed_cost_micros), 0) \
-               FROM steps s WHERE s.execution_id = ?2 AND s.status = 'failed') \
+               FROM steps s WHERE s.execution_id = ?2 AND s.status = 'failed' AND s.error_handled = 0) \
              WHERE org_id = ?1 AND id = ?2",
             &[Value::from(execution_id)],
         )?;
@@ -1229,13 +1374,14 @@ pub fn retry(ctx: &RequestContext, org_id: &str, execution_id: &str) -> Result<(
         // completed steps are reused, so its old iteration rows go too.
         org.execute(
             "DELETE FROM loop_iterations WHERE loop_step_id IN (SELECT id FROM steps \
-             WHERE org_id = ?1 AND execution_id = ?2 AND status = 'failed' AND loop_index IS NOT NULL)",
+             WHERE org_id = ?1 AND execution_id = ?2 AND status = 'failed' AND error_handled = 0 \
+             AND loop_index IS NOT NULL)",
             &[Value::from(execution_id)],
         )?;
         org.execute(
             &format!(
                 "DELETE FROM steps WHERE org_id = ?1 AND execution_id = ?2 \
-                 AND (status = 'failed' OR (status = 'skipped' AND error = '{RUN_ENDED}'))"
+                 AND ((status = 'failed' AND error_handled = 0) OR (status = 'skipped' AND error = '{RUN_ENDED}'))"
             ),
             &[Value::from(execution_id)],
         )?;
@@ -1341,11 +1487,7 @@ fn complete_run(
         .nodes
         .iter()
         .filter(|n| n.node_type == "output")
-        .filter_map(|n| {
-            steps
-                .get(&n.id)
-                .filter(|s| s.status == StepStatus::Completed)
-        })
+        .filter_map(|n| steps.get(&n.id).filter(|s| s.is_done()))
         .map(|s| s.output.clone())
         .next_back()
         .unwrap_or(Json::Null);

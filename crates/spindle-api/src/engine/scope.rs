@@ -22,6 +22,18 @@ pub(super) struct Step {
     pub outcome: Option<String>,
     /// Its output (null until it completed).
     pub output: Json,
+    /// A failure its node's `on_error` (`continue` or `route`) handled: the
+    /// step stays `failed` and the run goes on past it.
+    pub error_handled: bool,
+}
+
+impl Step {
+    /// Whether the step is over and what follows it may run: it completed,
+    /// or it failed and its node's `on_error` let the run go on.
+    pub fn is_done(&self) -> bool {
+        self.status == StepStatus::Completed
+            || (self.status == StepStatus::Failed && self.error_handled)
+    }
 }
 
 /// A loop around a scope: which loop node, its config, and the iteration.
@@ -128,7 +140,7 @@ pub(super) fn load_steps(
     scope_key: &str,
 ) -> Result<HashMap<String, Step>, ApiError> {
     let rows = OrgScoped::new(db, &run.org_id).execute(
-        "SELECT node_id, id, status, outcome, output FROM steps \
+        "SELECT node_id, id, status, outcome, output, error_handled FROM steps \
          WHERE org_id = ?1 AND execution_id = ?2 AND iteration = ?3",
         &[Value::from(run.id.as_str()), Value::from(scope_key)],
     )?;
@@ -144,6 +156,7 @@ pub(super) fn load_steps(
                     .unwrap_or(StepStatus::Queued),
                 outcome: row[3].as_str().map(String::from),
                 output: json_column(&row[4]).unwrap_or(Json::Null),
+                error_handled: row[5].as_i64().unwrap_or(0) != 0,
             };
             (row[0].as_str().unwrap_or_default().to_string(), step)
         })
@@ -156,7 +169,7 @@ pub(super) fn node_states(steps: &HashMap<String, Step>) -> HashMap<String, Node
         .iter()
         .filter_map(|(node, step)| {
             let state = match step.status {
-                StepStatus::Completed => NodeState::Done {
+                _ if step.is_done() => NodeState::Done {
                     handle: step.outcome.clone(),
                 },
                 StepStatus::Skipped => NodeState::Skipped,
@@ -175,7 +188,7 @@ fn taken_input(edges: &[Edge], steps: &HashMap<String, Step>, node_id: &str) -> 
         .filter(|e| e.target == node_id)
         .filter_map(|e| {
             let source = steps.get(&e.source)?;
-            (source.status == StepStatus::Completed && edge_taken(e, source.outcome.as_deref()))
+            (source.is_done() && edge_taken(e, source.outcome.as_deref()))
                 .then(|| source.output.clone())
         })
         .next_back()
@@ -219,10 +232,7 @@ pub(super) fn template_context(
 ) -> Result<Json, ApiError> {
     let mut outputs = Map::new();
     let mut add = |steps: &HashMap<String, Step>| {
-        for (id, step) in steps
-            .iter()
-            .filter(|(_, s)| s.status == StepStatus::Completed)
-        {
+        for (id, step) in steps.iter().filter(|(_, s)| s.is_done()) {
             outputs.insert(
                 id.clone(),
                 json!({"output": step.output, "status": step.status.as_str()}),

@@ -69,7 +69,8 @@ pub enum StepStatus {
     Waiting,
     /// Its output is stored: final, never run again.
     Completed,
-    /// It failed and its node's `on_error` was `fail`.
+    /// It failed: its run failed with it (`on_error: fail`), or went on
+    /// past it (`continue`, `route`: the step's failure is handled).
     Failed,
     /// Not run: no input edge was taken.
     Skipped,
