@@ -46,6 +46,30 @@ pub struct Cost {
     pub billed_micros: i64,
 }
 
+impl Cost {
+    /// The markup: what is billed on top of the base, in micro-dollars.
+    pub fn markup_micros(&self) -> i64 {
+        self.billed_micros.saturating_sub(self.base_micros)
+    }
+
+    /// Both costs together, as a bill adds its calls up (saturating).
+    pub fn plus(self, other: Cost) -> Cost {
+        Cost {
+            base_micros: self.base_micros.saturating_add(other.base_micros),
+            billed_micros: self.billed_micros.saturating_add(other.billed_micros),
+        }
+    }
+
+    /// The cost of `n` calls of this cost each (saturating).
+    pub fn times(self, n: u64) -> Cost {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        Cost {
+            base_micros: self.base_micros.saturating_mul(n),
+            billed_micros: self.billed_micros.saturating_mul(n),
+        }
+    }
+}
+
 /// Dollars per million tokens to micros per million, at compile time.
 const fn usd(dollars: i64, ten_thousandths: i64) -> i64 {
     // `usd(2, 5000)` is $2.50: the second argument is in 1/10_000 dollars.
@@ -290,6 +314,21 @@ mod tests {
         );
         assert_eq!(format_micros(cost.base_micros), "0.060000");
         assert_eq!(format_micros(cost.billed_micros), "0.072000");
+        assert_eq!(cost.markup_micros(), 12_000);
+    }
+
+    #[test]
+    fn costs_add_up_call_by_call() {
+        let cost = Cost {
+            base_micros: 5,
+            billed_micros: 6,
+        };
+        let twice = cost.plus(cost);
+        assert_eq!((twice.base_micros, twice.billed_micros), (10, 12));
+        assert_eq!(cost.times(3), cost.plus(cost).plus(cost));
+        assert_eq!(cost.times(0), Cost::default());
+        assert_eq!(cost.times(u64::MAX).billed_micros, i64::MAX);
+        assert_eq!(cost.times(3).markup_micros(), 3);
     }
 
     #[test]

@@ -10,6 +10,12 @@ use spindle_suite::{
 };
 
 fn scrape(target: &Target) -> Scrape {
+    Scrape::parse(exposition(target).lines().map(|l| Ok(l.to_string())))
+        .expect("the Prometheus text format")
+}
+
+/// The text of `GET /metrics`.
+fn exposition(target: &Target) -> String {
     let authorization = format!("Bearer {METRICS_TOKEN}");
     let reply = target.request(
         "GET",
@@ -27,8 +33,7 @@ fn scrape(target: &Target) -> Scrape {
         reply.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
-    let text = String::from_utf8(reply.body).expect("UTF-8");
-    Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("the Prometheus text format")
+    String::from_utf8(reply.body).expect("UTF-8")
 }
 
 /// The value of a counter or gauge sample with exactly these labels (0 when absent).
@@ -46,13 +51,14 @@ fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// A histogram's buckets (bound, cumulative count) for these labels.
+/// A histogram's buckets (bound, cumulative count) for exactly these labels.
 fn buckets(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
     scrape
         .samples
         .iter()
         .filter(|s| s.metric == metric)
         .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .filter(|s| s.labels.len() == labels.len())
         .find_map(|s| match &s.value {
             Metric::Histogram(counts) => {
                 Some(counts.iter().map(|c| (c.less_than, c.count)).collect())
@@ -61,6 +67,24 @@ fn buckets(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Vec<(f64, 
         })
         .unwrap_or_default()
 }
+
+/// Every label name a sample may carry: each takes a bounded set of values.
+const LABELS: [&str; 14] = [
+    "status",
+    "node_type",
+    "provider",
+    "model",
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_token_type",
+    "error_type",
+    "scope",
+    "period",
+    "action",
+    "state",
+    "le",
+];
 
 fn agent_call(target: &Target, token: &str, agent: &str) -> Value {
     target
@@ -105,17 +129,24 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
     let before = scrape(target);
     let org = target.create_org("metrics");
     let agent = target.create_agent(&org);
-    let budget = target.call(
-        "PUT",
+    let put_budget = |path: &str, body: Value| {
+        let reply = target.call("PUT", path, Some(&org.owner_key), Some(&body));
+        assert_eq!(
+            reply.status,
+            201,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    };
+    put_budget(
         "/api/v1/usage/budgets/org/current",
-        Some(&org.owner_key),
-        Some(&json!({"period": "month", "limit": 50_000_000, "action": "alert"})),
+        json!({"period": "month", "limit": 50_000_000, "action": "alert"}),
     );
-    assert_eq!(
-        budget.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&budget.body)
+    // One micro-dollar: the agent's first call exhausts it (an alert budget
+    // lets the calls go on).
+    put_budget(
+        &format!("/api/v1/usage/budgets/agent/{agent}"),
+        json!({"period": "day", "limit": 1, "action": "alert"}),
     );
     fake_llm().push(Reply::text("one").tokens(100, 10));
     fake_llm().push(Reply::text("two").tokens(200, 20));
@@ -133,11 +164,19 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
             {"id": "shape", "type": "transform", "config": {"template": "{{ previous_output }}!"}}
         ], "edges": [{"source": "start", "target": "write"}, {"source": "write", "target": "shape"}]}),
     );
+    // 1% of 1000 micro-dollars: the run's one call reaches the threshold,
+    // not the limit.
+    put_budget(
+        &format!("/api/v1/usage/budgets/workflow/{workflow}"),
+        json!({"period": "month", "limit": 1000, "action": "alert", "thresholds": [1]}),
+    );
     fake_llm().push(Reply::text("three").tokens(300, 30));
     let id = target.start_run(&org, &workflow, json!({}));
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
-    let after = scrape(target);
+    let text = exposition(target);
+    let after =
+        Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("the Prometheus text format");
 
     let delta = |metric: &str, labels: &[(&str, &str)]| {
         value(&after, metric, labels) - value(&before, metric, labels)
@@ -159,33 +198,113 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
         delta("spindle_provider_calls_total", &with(("status", "failed"))),
         1.0
     );
+
+    // Base and billed cost are counters of their own, each equal to what
+    // the API reported and to the usage report's totals.
+    let reported = |field: &str| -> i64 {
+        calls
+            .iter()
+            .map(|c| c["cost"][field].as_i64().unwrap())
+            .sum::<i64>()
+            + run["cost"][field].as_i64().unwrap()
+    };
+    let (base, billed) = (reported("base_micros"), reported("billed_micros"));
+    assert!(
+        base > 0 && billed > base,
+        "a markup applies: {base} {billed}"
+    );
+    let summary = target
+        .call("GET", "/api/v1/usage/summary", Some(&org.owner_key), None)
+        .json();
+    let totals = &summary["totals"];
+    assert_eq!(totals["base_cost_micros"], base, "{summary}");
+    assert_eq!(totals["billed_cost_micros"], billed, "{summary}");
     assert_eq!(
-        delta(
-            "spindle_provider_tokens_total",
-            &with(("direction", "input"))
-        ),
-        600.0
+        delta("spindle_provider_base_cost_micros_total", &series),
+        base as f64,
+        "the base counter is the sum of the calls' base cost"
     );
     assert_eq!(
-        delta(
-            "spindle_provider_tokens_total",
-            &with(("direction", "output"))
-        ),
-        60.0
-    );
-    let billed: i64 = calls
-        .iter()
-        .map(|c| c["cost"]["billed_micros"].as_i64().unwrap())
-        .sum::<i64>()
-        + run["cost"]["billed_micros"].as_i64().unwrap();
-    assert!(billed > 0);
-    assert_eq!(
-        delta(
-            "spindle_provider_cost_micros_total",
-            &with(("kind", "billed"))
-        ),
+        delta("spindle_provider_billed_cost_micros_total", &series),
         billed as f64,
-        "the billed counter is the sum of what the API reported"
+        "the billed counter is the sum of what was billed"
+    );
+    assert!(
+        after
+            .samples
+            .iter()
+            .filter(|s| s.metric.starts_with("spindle_provider_") && s.metric.contains("cost"))
+            .all(|s| s.labels.len() == 2
+                && s.labels.get("provider").is_some()
+                && s.labels.get("model").is_some()),
+        "cost counters are by provider and model only"
+    );
+    assert!(
+        !after
+            .docs
+            .contains_key("spindle_provider_cost_micros_total")
+    );
+
+    // Tokens per call: OpenTelemetry's gen_ai.client.token.usage.
+    let gen_ai = [
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_provider_name", "openai"),
+        ("gen_ai_request_model", "gpt-4o-mini"),
+    ];
+    let tokens = |token_type: &'static str| {
+        let mut labels = gen_ai.to_vec();
+        labels.push(("gen_ai_token_type", token_type));
+        labels
+    };
+    for (token_type, sum, summary_field) in [
+        ("input", 600.0, "input_tokens"),
+        ("output", 60.0, "output_tokens"),
+    ] {
+        let labels = tokens(token_type);
+        assert_eq!(delta("gen_ai_client_token_usage_sum", &labels), sum);
+        assert_eq!(totals[summary_field].as_f64(), Some(sum), "{summary}");
+        assert_eq!(
+            delta("gen_ai_client_token_usage_count", &labels),
+            3.0,
+            "{token_type}: one observation per successful call"
+        );
+    }
+    let input_buckets =
+        |scrape: &Scrape| buckets(scrape, "gen_ai_client_token_usage", &tokens("input"));
+    let bucket_delta = |bound: f64| {
+        let count = |scrape: &Scrape| {
+            input_buckets(scrape)
+                .iter()
+                .find(|(le, _)| *le == bound)
+                .map_or(0.0, |(_, count)| *count)
+        };
+        count(&after) - count(&before)
+    };
+    // 100 and 200 input tokens fit under 256, 300 under 1024.
+    assert_eq!(bucket_delta(64.0), 0.0);
+    assert_eq!(bucket_delta(256.0), 2.0);
+    assert_eq!(bucket_delta(1024.0), 3.0);
+
+    // Call durations: gen_ai.client.operation.duration, in seconds; a failed
+    // call carries its error type.
+    let mut failed = gen_ai.to_vec();
+    let code = calls[2]["error"]["code"].as_str().expect("an error code");
+    failed.push(("error_type", code));
+    assert_eq!(
+        delta("gen_ai_client_operation_duration_seconds_count", &gen_ai),
+        3.0
+    );
+    assert_eq!(
+        delta("gen_ai_client_operation_duration_seconds_count", &failed),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &after,
+            "gen_ai_client_operation_duration_seconds_sum",
+            &gen_ai
+        ) >= 0.0
     );
     assert_eq!(
         delta(
@@ -206,10 +325,16 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
 
     for (metric, labels, count_metric, count) in [
         (
-            "spindle_provider_latency_seconds",
-            vec![("provider", "openai")],
-            "spindle_provider_latency_seconds_count",
-            4.0,
+            "gen_ai_client_operation_duration_seconds",
+            gen_ai.to_vec(),
+            "gen_ai_client_operation_duration_seconds_count",
+            3.0,
+        ),
+        (
+            "gen_ai_client_token_usage",
+            tokens("output"),
+            "gen_ai_client_token_usage_count",
+            3.0,
         ),
         (
             "spindle_step_duration_seconds",
@@ -245,28 +370,55 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
             .contains_key("spindle_oldest_queued_step_age_seconds")
     );
 
-    let budget_labels = [
-        ("org_id", org.id.as_str()),
-        ("scope", "org"),
-        ("scope_id", org.id.as_str()),
-        ("period", "month"),
-        ("action", "alert"),
-    ];
-    let listed = target
-        .call("GET", "/api/v1/usage/budgets", Some(&org.owner_key), None)
-        .json();
-    let spent = listed["data"][0]["spent_micros"].as_i64().unwrap();
-    assert_eq!(spent, billed, "the budget counted every billed call");
-    assert_eq!(
-        value(&after, "spindle_budget_spend_micros", &budget_labels),
-        spent as f64
-    );
-    assert_eq!(
-        value(&after, "spindle_budget_limit_micros", &budget_labels),
-        50_000_000.0
-    );
-    assert_eq!(
-        value(&after, "spindle_budget_reserved_micros", &budget_labels),
-        0.0
-    );
+    // Budgets are counted by state, without ids.
+    for (scope, period, state) in [
+        ("org", "month", "ok"),
+        ("agent", "day", "exhausted"),
+        ("workflow", "month", "threshold_reached"),
+    ] {
+        let labels = [
+            ("scope", scope),
+            ("period", period),
+            ("action", "alert"),
+            ("state", state),
+        ];
+        assert_eq!(delta("spindle_budgets", &labels), 1.0, "{scope}: {text}");
+    }
+
+    // Every family has its HELP and TYPE; counters end in _total; labels
+    // are from a bounded set and no value is an id.
+    for (family, kind) in [
+        ("spindle_provider_calls_total", "counter"),
+        ("spindle_provider_base_cost_micros_total", "counter"),
+        ("spindle_provider_billed_cost_micros_total", "counter"),
+        ("gen_ai_client_token_usage", "histogram"),
+        ("gen_ai_client_operation_duration_seconds", "histogram"),
+        ("spindle_budgets", "gauge"),
+    ] {
+        assert!(text.contains(&format!("\n# HELP {family} ")), "{family}");
+        assert!(
+            text.contains(&format!("\n# TYPE {family} {kind}\n")),
+            "{family}"
+        );
+    }
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let parts: Vec<&str> = line.split(' ').collect();
+        assert_eq!(
+            parts[3] == "counter",
+            parts[2].ends_with("_total"),
+            "{line}"
+        );
+    }
+    for sample in &after.samples {
+        for (name, _) in sample.labels.iter() {
+            assert!(
+                LABELS.contains(&name.as_str()),
+                "{} has label {name}",
+                sample.metric
+            );
+        }
+    }
+    for id in [&org.id, &agent, &workflow, &id] {
+        assert!(!text.contains(id.as_str()), "{id} is in the metrics");
+    }
 }

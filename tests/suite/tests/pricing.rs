@@ -612,6 +612,12 @@ fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
 
+/// The billed micro-dollars of one case (`min`, `expected`, `worst_case`)
+/// of an estimate's costs: a node's `cost` or the `totals`.
+fn charged(costs: &Value, case: &str) -> i64 {
+    int(&costs[case]["billed_micros"])
+}
+
 fn int(value: &Value) -> i64 {
     value
         .as_i64()
@@ -649,10 +655,16 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
     assert_eq!(draft["max_output_tokens"], 300);
     assert_eq!(draft["estimated_output_tokens"], 300);
     assert_eq!(draft["output_estimate"], "default");
-    assert_eq!(draft["min_micros"], billed(mini(), draft_in, 0, 20));
-    assert_eq!(draft["estimated_micros"], billed(mini(), draft_in, 300, 20));
     assert_eq!(
-        draft["worst_case_micros"],
+        charged(&draft["cost"], "min"),
+        billed(mini(), draft_in, 0, 20)
+    );
+    assert_eq!(
+        charged(&draft["cost"], "expected"),
+        billed(mini(), draft_in, 300, 20)
+    );
+    assert_eq!(
+        charged(&draft["cost"], "worst_case"),
         billed(mini(), draft_in, 300, 20)
     );
     let review = node(&by_id, "review");
@@ -662,18 +674,14 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
     );
     assert_eq!(review["estimated_output_tokens"], 100);
     let totals = &by_id["totals"];
-    for (total, field) in [
-        ("min_micros", "min_micros"),
-        ("expected_micros", "estimated_micros"),
-        ("worst_case_micros", "worst_case_micros"),
-    ] {
+    for case in ["min", "expected", "worst_case"] {
         assert_eq!(
-            int(&totals[total]),
-            int(&draft[field]) + int(&review[field]),
-            "{total}"
+            charged(totals, case),
+            charged(&draft["cost"], case) + charged(&review["cost"], case),
+            "{case}"
         );
     }
-    assert!(int(&totals["min_micros"]) < int(&totals["expected_micros"]));
+    assert!(charged(totals, "min") < charged(totals, "expected"));
 
     // The same definition posted inline gives the same estimate, without history.
     let inline = estimate(
@@ -706,7 +714,7 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
     }
     let real_cost = int(&run["cost"]["billed_micros"]);
     assert!(real_cost > 0);
-    assert!(real_cost <= int(&totals["worst_case_micros"]), "{run}");
+    assert!(real_cost <= charged(totals, "worst_case"), "{run}");
 
     // With that run as history, the expectation uses its output tokens and
     // is within the input margin's cost of the real bill.
@@ -725,7 +733,7 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
             step(&run, id)["usage"]["output_tokens"]
         );
     }
-    let expected = int(&again["totals"]["expected_micros"]);
+    let expected = charged(&again["totals"], "expected");
     let allowance = billed(mini(), margin_tokens as u64, 0, 20) + 2;
     assert!(
         (expected - real_cost).abs() <= allowance,
@@ -810,8 +818,9 @@ fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
     assert!(input > rule("Score ada"), "tool definitions count as input");
     assert_eq!(score["estimated_output_tokens"], 50);
     assert_eq!(
-        int(&score["estimated_micros"]),
-        billed(mini(), 3 * input, 3 * 50, 20)
+        charged(&score["cost"], "expected"),
+        3 * billed(mini(), input, 50, 20),
+        "each iteration is a call of its own"
     );
     // Worst case: 5 iterations × 5 turns, each turn reading the earlier answers.
     let worst_input = 5 * (5 * input + 50 * 10);
@@ -819,13 +828,14 @@ fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
         score["worst_case_tokens"],
         json!({"input": worst_input, "output": 5 * 250})
     );
-    assert_eq!(
-        int(&score["worst_case_micros"]),
-        billed(mini(), worst_input, 1250, 20)
-    );
+    let worst_turns: i64 = (0..5u64)
+        .map(|turn| billed(mini(), input + turn * 50, 50, 20))
+        .sum();
+    assert_eq!(charged(&score["cost"], "worst_case"), 5 * worst_turns);
     let unpriced = node(&result, "local");
     assert_eq!(unpriced["pricing_missing"], true);
-    assert_eq!(unpriced["estimated_micros"], 0);
+    assert_eq!(charged(&unpriced["cost"], "expected"), 0);
+    assert_eq!(result["totals"]["pricing_missing"], true);
     assert_eq!(
         unpriced["max_output_tokens"], 1024,
         "the default max_tokens"
@@ -866,11 +876,12 @@ fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
     assert_eq!(local_node["pricing_missing"], false);
     assert_eq!(local_node["price"]["source"], "organisation");
     let local_in = int(&local_node["estimated_input_tokens"]);
-    assert_eq!(int(&local_node["estimated_micros"]), local_in + 500);
+    assert_eq!(charged(&local_node["cost"], "expected"), local_in + 500);
+    assert_eq!(priced["totals"]["pricing_missing"], false);
     assert_eq!(priced["markup_percent"], 0);
     assert_eq!(
-        int(&node(&priced, "score")["estimated_micros"]),
-        billed(mini(), 3 * input, 150, 0)
+        charged(&node(&priced, "score")["cost"], "expected"),
+        3 * billed(mini(), input, 50, 0)
     );
 }
 
@@ -915,4 +926,157 @@ fn estimate_requests_are_checked() {
         .assert_error(401, "unauthenticated");
     let (_, member) = target.create_key(&org.owner_key, "member");
     estimate(target, &member, json!({"definition": two_steps(&agent)}));
+}
+
+/// One case of an estimate's costs as `(base, markup, billed)`, checking
+/// that it adds up and that its dollar strings say the same.
+fn amounts(costs: &Value, case: &str) -> (i64, i64, i64) {
+    let amounts = &costs[case];
+    let (base, markup, billed) = (
+        int(&amounts["base_micros"]),
+        int(&amounts["markup_micros"]),
+        int(&amounts["billed_micros"]),
+    );
+    assert_eq!(base + markup, billed, "{case}: {amounts}");
+    for (field, micros) in [("base", base), ("markup", markup), ("billed", billed)] {
+        assert_eq!(
+            amounts[field],
+            format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000),
+            "{case}.{field}"
+        );
+    }
+    (base, markup, billed)
+}
+
+#[test]
+fn an_estimate_shows_base_markup_and_billed_and_the_bill_of_a_run_is_its_expectation() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("estimate-billed");
+    // $1 per million input tokens and $1.50 per million output tokens: 9
+    // output tokens cost 13.5 micro-dollars, so every call is rounded.
+    let price = Price {
+        input_micros_per_million: 1_000_000,
+        output_micros_per_million: 1_500_000,
+    };
+    ok(
+        target.call(
+            "PUT",
+            MINI,
+            Some(&org.owner_key),
+            Some(&json!({"input_micros_per_million": 1_000_000, "output_micros_per_million": 1_500_000})),
+        ),
+        200,
+    );
+    ok(
+        target.call(
+            "PUT",
+            SETTINGS,
+            Some(&org.owner_key),
+            Some(&json!({"markup_percent": 15})),
+        ),
+        200,
+    );
+    let agent = target.create(&org, "/api/v1/agents", &scout());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({"name": "Billed", "nodes": [
+            {"id": "start", "type": "trigger"},
+            {"id": "draft", "type": "agent", "config": {"agent_id": agent, "prompt": "Describe {{ trigger.topic }}"}},
+            {"id": "each", "type": "loop", "config": {"items": "trigger.leads", "mode": "for_each", "max_iterations": 3,
+                "body": {"nodes": [{"id": "score", "type": "agent", "config": {"agent_id": agent, "prompt": "Score {{ item }}", "max_tokens": 9}}], "edges": []}}}
+        ], "edges": [{"source": "start", "target": "draft"}, {"source": "draft", "target": "each"}]}),
+    );
+    let inputs = json!({"topic": "tides", "leads": ["ada", "bob", "cyd"]});
+    let estimated = estimate(
+        target,
+        &org.owner_key,
+        json!({"workflow_id": workflow, "inputs": inputs}),
+    );
+    assert_eq!(estimated["markup_percent"], 15);
+    let draft = node(&estimated, "draft");
+    let score = node(&estimated, "score");
+    let draft_in = int(&draft["estimated_input_tokens"]) as u64;
+    let score_in = int(&score["estimated_input_tokens"]) as u64;
+    assert_eq!(draft["estimated_output_tokens"], 300);
+    assert_eq!(score["estimated_output_tokens"], 9);
+    let call = |input: u64, output: u64| {
+        let usage = Usage {
+            input_tokens: input,
+            output_tokens: output,
+        };
+        let cost = cost_of(price, usage, 15);
+        (
+            cost.base_micros,
+            cost.billed_micros - cost.base_micros,
+            cost.billed_micros,
+        )
+    };
+    let times =
+        |(base, markup, billed): (i64, i64, i64), n: i64| (base * n, markup * n, billed * n);
+    // Per node: each provider call priced as the bill prices it, then added up.
+    assert_eq!(amounts(&draft["cost"], "min"), call(draft_in, 0));
+    assert_eq!(amounts(&draft["cost"], "expected"), call(draft_in, 300));
+    assert_eq!(amounts(&draft["cost"], "worst_case"), call(draft_in, 300));
+    assert_eq!(amounts(&score["cost"], "min"), times(call(score_in, 0), 3));
+    assert_eq!(
+        amounts(&score["cost"], "expected"),
+        times(call(score_in, 9), 3),
+        "three calls of their own, each rounded"
+    );
+    assert_eq!(
+        amounts(&score["cost"], "worst_case"),
+        times(call(score_in, 9), 3)
+    );
+    let (base, markup, billed) = amounts(&score["cost"], "expected");
+    assert!(base > 0 && markup > 0 && billed > base);
+    // Totals: each amount of each case is the sum over the nodes.
+    let totals = &estimated["totals"];
+    assert_eq!(totals["pricing_missing"], false);
+    for case in ["min", "expected", "worst_case"] {
+        let (d, s) = (amounts(&draft["cost"], case), amounts(&score["cost"], case));
+        assert_eq!(
+            amounts(totals, case),
+            (d.0 + s.0, d.1 + s.1, d.2 + s.2),
+            "{case}"
+        );
+    }
+
+    // A run whose calls use exactly the estimated tokens is billed exactly
+    // the expectation: base, markup and billed, per node and in total.
+    fake_llm().push(Reply::text("Tides are the sea rising and falling").tokens(draft_in, 300));
+    for _ in 0..3 {
+        fake_llm().push(Reply::text("7").tokens(score_in, 9));
+    }
+    let id = target.start_run(&org, &workflow, inputs);
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let (base, _, billed) = amounts(totals, "expected");
+    assert_eq!(int(&run["cost"]["base_micros"]), base, "{run}");
+    assert_eq!(int(&run["cost"]["billed_micros"]), billed, "{run}");
+    let steps = run["steps"].as_array().unwrap();
+    let score_steps: Vec<&Value> = steps.iter().filter(|s| s["node_id"] == "score").collect();
+    assert_eq!(score_steps.len(), 3);
+    let (score_base, _, score_billed) = amounts(&score["cost"], "expected");
+    assert_eq!(
+        score_steps
+            .iter()
+            .map(|s| int(&s["cost"]["base_micros"]))
+            .sum::<i64>(),
+        score_base
+    );
+    assert_eq!(
+        score_steps
+            .iter()
+            .map(|s| int(&s["cost"]["billed_micros"]))
+            .sum::<i64>(),
+        score_billed
+    );
+    let summary = ok(
+        target.call("GET", "/api/v1/usage/summary", Some(&org.owner_key), None),
+        200,
+    );
+    assert_eq!(int(&summary["totals"]["base_cost_micros"]), base);
+    assert_eq!(int(&summary["totals"]["billed_cost_micros"]), billed);
 }

@@ -739,9 +739,10 @@ impl CallRecord {
             ],
         )?;
         let call = ProviderCall {
-            provider: self.provider.as_str(),
+            provider: self.provider,
             model: &self.model,
             status: self.status,
+            error_code: self.error_code,
             tokens: (
                 i64::try_from(self.usage.input_tokens).unwrap_or(i64::MAX),
                 i64::try_from(self.usage.output_tokens).unwrap_or(i64::MAX),

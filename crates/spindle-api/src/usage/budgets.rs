@@ -487,7 +487,8 @@ fn fired_thresholds(org: &OrgScoped, id: &str, start: i64) -> Result<Vec<i64>, A
         .collect())
 }
 
-fn thresholds_of(value: &Value) -> Vec<i64> {
+/// A budget's `thresholds` column: percents of its limit.
+pub(super) fn thresholds_of(value: &Value) -> Vec<i64> {
     match json_column(value) {
         Some(Json::Array(items)) => items.iter().filter_map(Json::as_i64).collect(),
         _ => Vec::new(),

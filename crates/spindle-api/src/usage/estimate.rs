@@ -27,7 +27,7 @@ use spindle_definition::{
 };
 use spindle_http::{ApiError, ApiRequest, ApiResponse, ErrorDetail, Params};
 use spindle_providers::memory::MESSAGE_OVERHEAD_TOKENS;
-use spindle_providers::pricing::{Price, cost_of, format_micros};
+use spindle_providers::pricing::{Cost, Price, cost_of, format_micros};
 use spindle_providers::tools::builtin_tool;
 use spindle_providers::{Usage, estimate_tokens};
 use spindle_store::{OrgScoped, Value};
@@ -62,15 +62,27 @@ pub struct CallShape {
     pub max_runs: u64,
 }
 
-/// Billed micro-dollars: input only, expected, and worst case.
+/// What the bill will say (base, and billed with the markup): input only,
+/// expected, and worst case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct CostRange {
     /// Input tokens only, at the expected number of runs.
-    pub min: i64,
+    pub min: Cost,
     /// Input and expected output, at the expected number of runs.
-    pub expected: i64,
+    pub expected: Cost,
     /// `max_tokens` on every turn of every possible run.
-    pub worst: i64,
+    pub worst: Cost,
+}
+
+impl CostRange {
+    /// Both ranges together (saturating).
+    fn plus(self, other: CostRange) -> CostRange {
+        CostRange {
+            min: self.min.plus(other.min),
+            expected: self.expected.plus(other.expected),
+            worst: self.worst.plus(other.worst),
+        }
+    }
 }
 
 impl CallShape {
@@ -90,24 +102,28 @@ impl CallShape {
         )
     }
 
-    /// The node's cost range at `price` with `markup_percent`.
+    /// The node's cost range at `price` with `markup_percent`, as the bill
+    /// adds it up: each provider call (loop iteration, model turn) priced on
+    /// its own by [`cost_of`], the billing path's function, then summed.
     pub fn cost(&self, price: Price, markup_percent: u32) -> CostRange {
-        let billed = |input_tokens: u64, output_tokens: u64| {
+        let call = |input_tokens: u64, output_tokens: u64| {
             let usage = Usage {
                 input_tokens,
                 output_tokens,
             };
-            cost_of(price, usage, markup_percent).billed_micros
+            cost_of(price, usage, markup_percent)
         };
-        let input = self.input_tokens.saturating_mul(self.expected_runs);
-        let output = self
-            .expected_output_tokens
-            .saturating_mul(self.expected_runs);
-        let (worst_input, worst_output) = self.worst_tokens();
+        let worst_run = (0..self.max_turns.max(1)).fold(Cost::default(), |sum, turn| {
+            let input = self
+                .input_tokens
+                .saturating_add(turn.saturating_mul(self.max_output_tokens));
+            sum.plus(call(input, self.max_output_tokens))
+        });
         CostRange {
-            min: billed(input, 0),
-            expected: billed(input, output),
-            worst: billed(worst_input, worst_output),
+            min: call(self.input_tokens, 0).times(self.expected_runs),
+            expected: call(self.input_tokens, self.expected_output_tokens)
+                .times(self.expected_runs),
+            worst: worst_run.times(self.max_runs),
         }
     }
 }
@@ -315,6 +331,7 @@ pub(super) fn estimate(
     };
     let markup = markup_percent(ctx, db, &caller.org_id)?;
     let mut totals = CostRange::default();
+    let mut pricing_missing = false;
     let mut nodes = Vec::new();
     for call in &walk.calls {
         let spec = agents
@@ -372,9 +389,8 @@ pub(super) fn estimate(
             .as_ref()
             .map(|(price, _)| shape.cost(*price, markup))
             .unwrap_or_default();
-        totals.min = totals.min.saturating_add(range.min);
-        totals.expected = totals.expected.saturating_add(range.expected);
-        totals.worst = totals.worst.saturating_add(range.worst);
+        totals = totals.plus(range);
+        pricing_missing |= price.is_none();
         let (worst_input, worst_output) = shape.worst_tokens();
         nodes.push(json!({
             "node_id": call.node_id,
@@ -391,9 +407,7 @@ pub(super) fn estimate(
             "worst_case_tokens": {"input": worst_input, "output": worst_output},
             "price": price.as_ref().map(|(price, source)| price_json(*price, source)),
             "pricing_missing": price.is_none(),
-            "min_micros": range.min,
-            "estimated_micros": range.expected,
-            "worst_case_micros": range.worst,
+            "cost": range_json(&range),
         }));
     }
     let mut assumptions = vec![
@@ -411,19 +425,14 @@ pub(super) fn estimate(
             .to_string(),
     ];
     assumptions.append(&mut walk.assumptions);
+    let mut totals_json = range_json(&totals);
+    totals_json["pricing_missing"] = json!(pricing_missing);
     let body = json!({
         "workflow": workflow.as_ref().map(|(id, version)| json!({"id": id, "version": version})),
         "node_count": walk.node_count,
         "agent_nodes": nodes,
         "markup_percent": markup,
-        "totals": {
-            "min_micros": totals.min,
-            "expected_micros": totals.expected,
-            "worst_case_micros": totals.worst,
-            "min": format_micros(totals.min),
-            "expected": format_micros(totals.expected),
-            "worst_case": format_micros(totals.worst),
-        },
+        "totals": totals_json,
         "history": history,
         "margin": {
             "input_tokens_percent": INPUT_MARGIN_PERCENT,
@@ -480,6 +489,27 @@ fn history(
     Ok((stats, means))
 }
 
+/// `{base_micros, markup_micros, billed_micros, base, markup, billed}`.
+fn amounts_json(cost: Cost) -> Json {
+    json!({
+        "base_micros": cost.base_micros,
+        "markup_micros": cost.markup_micros(),
+        "billed_micros": cost.billed_micros,
+        "base": format_micros(cost.base_micros),
+        "markup": format_micros(cost.markup_micros()),
+        "billed": format_micros(cost.billed_micros),
+    })
+}
+
+/// `{min, expected, worst_case}`, each with its amounts.
+fn range_json(range: &CostRange) -> Json {
+    json!({
+        "min": amounts_json(range.min),
+        "expected": amounts_json(range.expected),
+        "worst_case": amounts_json(range.worst),
+    })
+}
+
 fn price_json(price: Price, source: &PriceSource) -> Json {
     json!({
         "input_micros_per_million": price.input_micros_per_million,
@@ -526,26 +556,57 @@ mod tests {
         output_micros_per_million: 2_000_000,
     };
 
+    fn cost(base_micros: i64, billed_micros: i64) -> Cost {
+        Cost {
+            base_micros,
+            billed_micros,
+        }
+    }
+
     #[test]
     fn one_call_min_expected_and_worst_case() {
         // 1000 in = 1000 micros; 200 out = 400; 500 out = 1000.
         assert_eq!(
             shape().cost(PRICE, 0),
             CostRange {
-                min: 1_000,
-                expected: 1_400,
-                worst: 2_000
+                min: cost(1_000, 1_000),
+                expected: cost(1_400, 1_400),
+                worst: cost(2_000, 2_000)
             }
         );
         // 20% markup on each.
+        let marked_up = shape().cost(PRICE, 20);
         assert_eq!(
-            shape().cost(PRICE, 20),
+            marked_up,
             CostRange {
-                min: 1_200,
-                expected: 1_680,
-                worst: 2_400
+                min: cost(1_000, 1_200),
+                expected: cost(1_400, 1_680),
+                worst: cost(2_000, 2_400)
             }
         );
+        assert_eq!(marked_up.expected.markup_micros(), 280);
+    }
+
+    #[test]
+    fn each_call_is_rounded_as_the_bill_rounds_it() {
+        // 0.5 micro per input token: 3 tokens cost 1.5, billed as 2 per call.
+        let half = Price {
+            input_micros_per_million: 500_000,
+            output_micros_per_million: 0,
+        };
+        let looped = CallShape {
+            input_tokens: 3,
+            expected_output_tokens: 0,
+            max_output_tokens: 0,
+            max_turns: 1,
+            expected_runs: 3,
+            max_runs: 3,
+        };
+        // Three calls of 2, not one of 9 tokens (4.5, so 5).
+        assert_eq!(looped.cost(half, 0).expected, cost(6, 6));
+        // 2 × 1.15 = 2.3, so 2 per call.
+        assert_eq!(looped.cost(half, 15).expected, cost(6, 6));
+        assert_eq!(looped.cost(half, 50).expected, cost(6, 9));
     }
 
     #[test]
@@ -558,9 +619,9 @@ mod tests {
         assert_eq!(
             looped.cost(PRICE, 0),
             CostRange {
-                min: 3_000,
-                expected: 4_200,
-                worst: 20_000
+                min: cost(3_000, 3_000),
+                expected: cost(4_200, 4_200),
+                worst: cost(20_000, 20_000)
             }
         );
     }
@@ -573,8 +634,8 @@ mod tests {
         };
         // Inputs 1000, 1500, 2000, 2500, 3000 = 10_000; outputs 5 × 500.
         assert_eq!(tools.worst_tokens(), (10_000, 2_500));
-        assert_eq!(tools.cost(PRICE, 0).worst, 10_000 + 5_000);
-        assert_eq!(tools.cost(PRICE, 0).expected, 1_400);
+        assert_eq!(tools.cost(PRICE, 0).worst, cost(15_000, 15_000));
+        assert_eq!(tools.cost(PRICE, 0).expected, cost(1_400, 1_400));
     }
 
     #[test]
@@ -585,7 +646,7 @@ mod tests {
             max_turns: 5,
             ..shape()
         };
-        assert_eq!(huge.cost(PRICE, 1000).worst, i64::MAX);
+        assert_eq!(huge.cost(PRICE, 1000).worst.billed_micros, i64::MAX);
     }
 
     #[test]

@@ -3,11 +3,19 @@
 //! (through indexes that see only live rows), and counters and histogram
 //! buckets are kept in `metric_counters`, added to as calls and steps finish
 //! (one upsert statement per event).
+//!
+//! Provider tokens and call durations follow the OpenTelemetry GenAI
+//! semantic conventions (`gen_ai.client.token.usage`,
+//! `gen_ai.client.operation.duration`, their attribute names and units, as
+//! the OpenTelemetry-to-Prometheus translation spells them). Every label
+//! takes a bounded set of values (no ids), and a metric's sum over any of
+//! its labels means something.
 
-use super::budgets::Period;
+use super::budgets::{Period, thresholds_of};
 use crate::context::RequestContext;
 use spindle_auth::constant_time_eq;
 use spindle_http::{ApiError, ApiRequest, ApiResponse, Params};
+use spindle_providers::Provider;
 use spindle_store::{Db, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -16,8 +24,19 @@ use std::fmt::Write as _;
 const STEP_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
-/// Upper bounds (seconds) of the provider-latency histogram's buckets.
-const PROVIDER_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+/// Upper bounds (seconds) of the provider-call duration histogram's buckets:
+/// the semantic conventions' advice for `gen_ai.client.operation.duration`.
+const DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+/// Upper bounds (tokens) of the token-usage histogram's buckets: the
+/// semantic conventions' advice for `gen_ai.client.token.usage`.
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+/// `gen_ai.operation.name` of a provider call: every call is a chat completion.
+const OPERATION: &str = "chat";
 
 /// Metric families: name, type and help, in the order they are written.
 const FAMILIES: &[(&str, &str, &str)] = &[
@@ -48,36 +67,40 @@ const FAMILIES: &[(&str, &str, &str)] = &[
         "Provider calls, by provider, model and status.",
     ),
     (
-        "spindle_provider_tokens_total",
+        "spindle_provider_base_cost_micros_total",
         "counter",
-        "Tokens of successful provider calls, by provider, model and direction.",
+        "What successful provider calls cost at the provider's price (base), micro-dollars, by provider and model.",
     ),
     (
-        "spindle_provider_cost_micros_total",
+        "spindle_provider_billed_cost_micros_total",
         "counter",
-        "Cost of provider calls in micro-dollars, by provider, model and kind (base or billed).",
+        "What successful provider calls were billed (base plus markup), micro-dollars, by provider and model.",
     ),
     (
-        "spindle_provider_latency_seconds",
+        "gen_ai_client_token_usage",
         "histogram",
-        "Provider call latency, by provider.",
+        "Tokens per successful provider call (OpenTelemetry gen_ai.client.token.usage, unit {token}), by operation, provider, requested model and token type (input or output).",
     ),
     (
-        "spindle_budget_spend_micros",
-        "gauge",
-        "A budget's settled spend in its current period, micro-dollars.",
+        "gen_ai_client_operation_duration_seconds",
+        "histogram",
+        "Duration of provider calls (OpenTelemetry gen_ai.client.operation.duration, unit s), by operation, provider, requested model and, for a failed call, error type.",
     ),
     (
-        "spindle_budget_reserved_micros",
+        "spindle_budgets",
         "gauge",
-        "A budget's live reservations (calls in flight), micro-dollars.",
-    ),
-    (
-        "spindle_budget_limit_micros",
-        "gauge",
-        "A budget's limit per period, micro-dollars.",
+        "Budgets by scope, period, action and the state of their current period (ok, threshold_reached, exhausted).",
     ),
 ];
+
+/// How a histogram's observations are kept: the sum stays an integer.
+#[derive(Clone, Copy)]
+enum Unit {
+    /// Observed in ms, exposed in seconds (the sum is kept as `_sum_ms`).
+    Milliseconds,
+    /// Counted things (tokens), exposed as they are.
+    Count,
+}
 
 /// Escapes a label value as the text format wants it.
 fn escape(value: &str) -> String {
@@ -105,25 +128,36 @@ impl Increments {
         self.0.push((name.to_string(), labels, delta));
     }
 
-    /// One observation of a histogram (`value` in ms): every bucket whose
-    /// bound it fits under (cumulative, as Prometheus reads them), the sum
-    /// (kept in ms) and the count.
-    fn observe(&mut self, name: &str, base: &[(&str, &str)], value_ms: i64, buckets: &[f64]) {
+    /// One observation of a histogram (`value` in `unit`, bounds as
+    /// exposed): every bucket whose bound it fits under (cumulative, as
+    /// Prometheus reads them), the sum and the count.
+    fn observe(
+        &mut self,
+        name: &str,
+        base: &[(&str, &str)],
+        value: i64,
+        buckets: &[f64],
+        unit: Unit,
+    ) {
         let plain = labels(base);
+        let (per_bound, sum) = match unit {
+            Unit::Milliseconds => (1000.0, format!("{name}_sum_ms")),
+            Unit::Count => (1.0, format!("{name}_sum")),
+        };
         for bound in buckets
             .iter()
             .map(|b| format!("{b}"))
             .chain(["+Inf".into()])
         {
             let fits = bound == "+Inf"
-                || (value_ms as f64) <= bound.parse::<f64>().unwrap_or(0.0) * 1000.0;
+                || (value as f64) <= bound.parse::<f64>().unwrap_or(0.0) * per_bound;
             if fits {
                 let mut with_le = base.to_vec();
                 with_le.push(("le", &bound));
                 self.add(&format!("{name}_bucket"), labels(&with_le), 1);
             }
         }
-        self.add(&format!("{name}_sum_ms"), plain.clone(), value_ms.max(0));
+        self.add(&sum, plain.clone(), value.max(0));
         self.add(&format!("{name}_count"), plain, 1);
     }
 
@@ -157,12 +191,14 @@ impl Increments {
 
 /// What one provider call adds to the metrics.
 pub(crate) struct ProviderCall<'a> {
-    /// `openai`, `anthropic`, …
-    pub provider: &'a str,
-    /// The model id.
+    /// The provider called.
+    pub provider: Provider,
+    /// The model id requested.
     pub model: &'a str,
     /// `succeeded` or `failed`.
     pub status: &'a str,
+    /// A failed call's error code (a stable code, one of a few).
+    pub error_code: Option<&'a str>,
     /// Input and output tokens.
     pub tokens: (i64, i64),
     /// Base and billed cost, micro-dollars.
@@ -171,47 +207,64 @@ pub(crate) struct ProviderCall<'a> {
     pub latency_ms: i64,
 }
 
+/// `gen_ai.provider.name`: the semantic conventions' well-known value where
+/// there is one (`gcp.gemini` for Gemini's API), else Spindle's own name.
+fn provider_name(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Gemini => "gcp.gemini",
+        Provider::OpenAi | Provider::Anthropic | Provider::Groq | Provider::OpenAiCompatible => {
+            provider.as_str()
+        }
+    }
+}
+
 /// Counts one provider call (with its usage record, in the same invocation).
 pub(crate) fn record_provider_call(db: &dyn Db, call: &ProviderCall<'_>) -> Result<(), ApiError> {
     let mut increments = Increments::default();
-    let series = [("provider", call.provider), ("model", call.model)];
-    let with = |extra: (&'static str, &str)| {
-        let mut pairs = series.to_vec();
-        pairs.push(extra);
-        labels(&pairs)
-    };
+    let series = [("provider", call.provider.as_str()), ("model", call.model)];
     increments.add(
         "spindle_provider_calls_total",
-        with(("status", call.status)),
+        labels(&[series[0], series[1], ("status", call.status)]),
         1,
     );
+    let gen_ai = [
+        ("gen_ai_operation_name", OPERATION),
+        ("gen_ai_provider_name", provider_name(call.provider)),
+        ("gen_ai_request_model", call.model),
+    ];
     if call.status == "succeeded" {
         increments.add(
-            "spindle_provider_tokens_total",
-            with(("direction", "input")),
-            call.tokens.0,
-        );
-        increments.add(
-            "spindle_provider_tokens_total",
-            with(("direction", "output")),
-            call.tokens.1,
-        );
-        increments.add(
-            "spindle_provider_cost_micros_total",
-            with(("kind", "base")),
+            "spindle_provider_base_cost_micros_total",
+            labels(&series),
             call.cost.0,
         );
         increments.add(
-            "spindle_provider_cost_micros_total",
-            with(("kind", "billed")),
+            "spindle_provider_billed_cost_micros_total",
+            labels(&series),
             call.cost.1,
         );
+        for (token_type, tokens) in [("input", call.tokens.0), ("output", call.tokens.1)] {
+            let mut pairs = gen_ai.to_vec();
+            pairs.push(("gen_ai_token_type", token_type));
+            increments.observe(
+                "gen_ai_client_token_usage",
+                &pairs,
+                tokens,
+                TOKEN_BUCKETS,
+                Unit::Count,
+            );
+        }
+    }
+    let mut pairs = gen_ai.to_vec();
+    if call.status != "succeeded" {
+        pairs.push(("error_type", call.error_code.unwrap_or("_OTHER")));
     }
     increments.observe(
-        "spindle_provider_latency_seconds",
-        &[("provider", call.provider)],
+        "gen_ai_client_operation_duration_seconds",
+        &pairs,
         call.latency_ms,
-        PROVIDER_BUCKETS,
+        DURATION_BUCKETS,
+        Unit::Milliseconds,
     );
     increments.apply(db)
 }
@@ -235,6 +288,7 @@ pub(crate) fn record_step(
             &[("node_type", node_type)],
             ms,
             STEP_BUCKETS,
+            Unit::Milliseconds,
         );
     }
     increments.apply(db)
@@ -319,35 +373,40 @@ pub(super) fn scrape(
     );
 
     // Budgets are few (one per organisation and scope): read them all, with
-    // the spend of the period each is in now.
+    // the settled spend of the period each is in now, and count them by
+    // state (one budget's figures are the organisation's, in the API).
     let now = crate::now_ms();
     let (day, month) = (Period::Day.bounds(now).0, Period::Month.bounds(now).0);
     let budgets = db.execute(
-        "SELECT b.org_id, b.scope, b.scope_id, b.period, b.action, b.limit_micros, \
+        "SELECT b.scope, b.period, b.action, b.limit_micros, b.thresholds, \
          COALESCE((SELECT p.spent_micros FROM budget_periods p WHERE p.budget_id = b.id \
-           AND p.period_start = CASE b.period WHEN 'day' THEN ?1 ELSE ?2 END), 0), \
-         COALESCE((SELECT SUM(r.amount_micros) FROM budget_reservations r WHERE r.budget_id = b.id \
-           AND r.period_start = CASE b.period WHEN 'day' THEN ?1 ELSE ?2 END AND r.expires_at > ?3), 0) \
+           AND p.period_start = CASE b.period WHEN 'day' THEN ?1 ELSE ?2 END), 0) \
          FROM budgets b",
-        &[Value::Integer(day), Value::Integer(month), Value::Integer(now)],
+        &[Value::Integer(day), Value::Integer(month)],
     )?;
+    let mut by_state: BTreeMap<String, i64> = BTreeMap::new();
     for row in &budgets.rows {
         let text = |i: usize| row[i].as_str().unwrap_or_default();
+        let state = budget_state(
+            row[5].as_i64().unwrap_or(0),
+            row[3].as_i64().unwrap_or(i64::MAX),
+            &thresholds_of(&row[4]),
+        );
         let labels = labels(&[
-            ("org_id", text(0)),
-            ("scope", text(1)),
-            ("scope_id", text(2)),
-            ("period", text(3)),
-            ("action", text(4)),
+            ("scope", text(0)),
+            ("period", text(1)),
+            ("action", text(2)),
+            ("state", state),
         ]);
-        for (family, i) in [
-            ("spindle_budget_limit_micros", 5),
-            ("spindle_budget_spend_micros", 6),
-            ("spindle_budget_reserved_micros", 7),
-        ] {
-            let value = row[i].as_i64().unwrap_or(0).to_string();
-            push(family, family.to_string(), labels.clone(), value);
-        }
+        *by_state.entry(labels).or_default() += 1;
+    }
+    for (labels, count) in by_state {
+        push(
+            "spindle_budgets",
+            "spindle_budgets".into(),
+            labels,
+            count.to_string(),
+        );
     }
 
     let counters = db.execute("SELECT name, labels, value FROM metric_counters", &[])?;
@@ -359,7 +418,7 @@ pub(super) fn scrape(
             name == *f
                 || name
                     .strip_prefix(f)
-                    .is_some_and(|rest| ["_bucket", "_sum_ms", "_count"].contains(&rest))
+                    .is_some_and(|rest| ["_bucket", "_sum_ms", "_sum", "_count"].contains(&rest))
         }) else {
             continue;
         };
@@ -404,6 +463,22 @@ pub(super) fn scrape(
     })
 }
 
+/// `exhausted` when `spent` reached `limit`, else `threshold_reached` when
+/// it reached one of the budget's thresholds (percents of the limit, as the
+/// budget fires them), else `ok`.
+fn budget_state(spent: i64, limit: i64, thresholds: &[i64]) -> &'static str {
+    if spent >= limit {
+        "exhausted"
+    } else if thresholds
+        .iter()
+        .any(|t| i128::from(spent) * 100 >= i128::from(*t) * i128::from(limit))
+    {
+        "threshold_reached"
+    } else {
+        "ok"
+    }
+}
+
 /// Orders a histogram's samples as the format expects: per label set,
 /// buckets by increasing `le`, then sum and count.
 fn sample_order(sample: &Sample) -> (String, u8, f64) {
@@ -442,7 +517,13 @@ mod tests {
     #[test]
     fn an_observation_fills_every_bucket_it_fits_under() {
         let mut increments = Increments::default();
-        increments.observe("h", &[("node_type", "agent")], 300, &[0.1, 0.5, 1.0]);
+        increments.observe(
+            "h",
+            &[("node_type", "agent")],
+            300,
+            &[0.1, 0.5, 1.0],
+            Unit::Milliseconds,
+        );
         let names: Vec<(String, String, i64)> = increments.0;
         assert_eq!(
             names,
@@ -458,6 +539,38 @@ mod tests {
                 ("h_count".into(), r#"node_type="agent""#.into(), 1),
             ]
         );
+    }
+
+    #[test]
+    fn a_count_is_bucketed_and_summed_as_it_is() {
+        let mut increments = Increments::default();
+        increments.observe("t", &[], 16, &[4.0, 16.0, 64.0], Unit::Count);
+        assert_eq!(
+            increments.0,
+            [
+                ("t_bucket".into(), r#"le="16""#.into(), 1),
+                ("t_bucket".into(), r#"le="64""#.into(), 1),
+                ("t_bucket".into(), r#"le="+Inf""#.into(), 1),
+                ("t_sum".into(), String::new(), 16),
+                ("t_count".into(), String::new(), 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_budget_is_ok_past_a_threshold_or_exhausted() {
+        assert_eq!(budget_state(79, 100, &[80, 100]), "ok");
+        assert_eq!(budget_state(80, 100, &[80, 100]), "threshold_reached");
+        assert_eq!(budget_state(100, 100, &[80, 100]), "exhausted");
+        assert_eq!(budget_state(150, 100, &[]), "exhausted");
+        assert_eq!(budget_state(0, 100, &[]), "ok");
+    }
+
+    #[test]
+    fn token_bounds_print_as_integers() {
+        let printed: Vec<String> = TOKEN_BUCKETS.iter().map(|b| format!("{b}")).collect();
+        assert_eq!(printed[0], "1");
+        assert_eq!(printed[13], "67108864");
     }
 
     #[test]
