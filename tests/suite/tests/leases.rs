@@ -86,6 +86,39 @@ fn a_step_whose_provider_takes_several_leases_is_called_once_and_billed_once() {
 }
 
 #[test]
+fn an_http_node_whose_server_takes_several_leases_sends_its_request_once() {
+    let _turn = fake_turn();
+    let mut variables = suite_variables();
+    variables.insert("step_lease_ms".into(), "1000".into());
+    let target = configured(variables);
+    let org = target.create_org("lease-renewed-http");
+    // The fake provider stands in for any slow HTTP service.
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Slow HTTP",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "config": {"method": "POST", "url": url,
+                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}},
+                {"id": "done", "type": "output", "config": {"value": "{{ steps.call.output.body.choices[0].message.content }}"}}
+            ],
+            "edges": [{"source": "start", "target": "call"}, {"source": "call", "target": "done"}]
+        }),
+    );
+    fake_llm().push(Reply::text("slow service").after(Duration::from_secs(4)));
+    fake_llm().push(Reply::text("a second request"));
+    let _ticker = target.tick_every(Duration::from_millis(100));
+    let run = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "slow service", "{run}");
+    assert_eq!(step(&run, "call")["attempts"], 1, "{run}");
+    assert_eq!(fake_llm().received().len(), 1, "the server got one request");
+}
+
+#[test]
 fn with_default_settings_a_run_whose_host_dies_mid_step_is_finished_within_30_seconds() {
     let _turn = fake_turn();
     // The defaults: the app's own tick and the default step lease.
