@@ -2,7 +2,8 @@
 
 use spindle_http::{ApiError, OutboundError, OutboundRequest, OutboundResponse};
 use spindle_store::{Db, DbError, KvError, KvStore, migrate, now_ms};
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
+use std::rc::Rc;
 
 /// The host's storage, as a component provides it (Spin's SQLite and
 /// key-value store in production, rusqlite and memory in native tests).
@@ -17,6 +18,17 @@ pub trait Backends {
     fn random_bytes(&self, buffer: &mut [u8]);
     /// Sends an outgoing HTTP request and reads its answer.
     fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError>;
+    /// Sends like [`Backends::send`], calling `keep_alive` while it waits for
+    /// the answer: once at the start, then again each time the number of
+    /// milliseconds it returned has passed. A host that cannot wait on a
+    /// timer and a request at once just sends.
+    fn send_keeping_alive(
+        &self,
+        request: &OutboundRequest,
+        _keep_alive: &mut dyn FnMut() -> u64,
+    ) -> Result<OutboundResponse, OutboundError> {
+        self.send(request)
+    }
     /// Waits `ms` milliseconds (backoff between provider retries).
     fn sleep_ms(&self, ms: u64);
 }
@@ -42,10 +54,47 @@ pub struct RequestContext {
     db: OnceCell<Box<dyn Db>>,
     kv: OnceCell<Box<dyn KvStore>>,
     deferred: RefCell<Vec<Deferred>>,
+    keep_alive: RefCell<Option<Rc<KeepAlive>>>,
 }
 
 /// Work a handler leaves for after its response has been sent.
 type Deferred = Box<dyn FnOnce(&RequestContext)>;
+
+/// What [`RequestContext::keeping_alive`] renews while work waits on the host.
+struct KeepAlive {
+    schedule: Cell<Renewals>,
+    renew: Box<dyn Fn(&RequestContext)>,
+}
+
+/// When something held (a step's lease) is renewed: every `every_ms`,
+/// counted from its last renewal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Renewals {
+    every_ms: u64,
+    last_ms: i64,
+}
+
+impl Renewals {
+    /// Renewals every `every_ms` (at least 1), the last one at `now`.
+    fn new(every_ms: u64, now: i64) -> Self {
+        Self {
+            every_ms: every_ms.max(1),
+            last_ms: now,
+        }
+    }
+
+    /// Whether a renewal is due at `now` (then counted as made), and how
+    /// many milliseconds after `now` the next one is.
+    fn due(&mut self, now: i64) -> (bool, u64) {
+        let elapsed = u64::try_from(now.saturating_sub(self.last_ms)).unwrap_or(0);
+        if elapsed >= self.every_ms {
+            self.last_ms = now;
+            (true, self.every_ms)
+        } else {
+            (false, self.every_ms - elapsed)
+        }
+    }
+}
 
 impl RequestContext {
     /// A context over `backends`.
@@ -55,6 +104,7 @@ impl RequestContext {
             db: OnceCell::new(),
             kv: OnceCell::new(),
             deferred: RefCell::new(Vec::new()),
+            keep_alive: RefCell::new(None),
         }
     }
 
@@ -119,14 +169,61 @@ impl RequestContext {
         bytes
     }
 
-    /// Sends an outgoing HTTP request through the host.
+    /// Sends an outgoing HTTP request through the host (renewing what
+    /// [`Self::keeping_alive`] keeps while it waits).
     pub fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-        self.backends.send(request)
+        let keep_alive = self.keep_alive.borrow().clone();
+        match keep_alive {
+            Some(held) => self
+                .backends
+                .send_keeping_alive(request, &mut || self.renew_if_due(&held)),
+            None => self.backends.send(request),
+        }
     }
 
-    /// Waits `ms` milliseconds.
+    /// Waits `ms` milliseconds (renewing what [`Self::keeping_alive`] keeps
+    /// while it waits).
     pub fn sleep_ms(&self, ms: u64) {
-        self.backends.sleep_ms(ms);
+        let keep_alive = self.keep_alive.borrow().clone();
+        let Some(held) = keep_alive else {
+            return self.backends.sleep_ms(ms);
+        };
+        let mut left = ms;
+        while left > 0 {
+            let part = self.renew_if_due(&held).min(left);
+            self.backends.sleep_ms(part);
+            left -= part;
+        }
+    }
+
+    /// Runs `work`, calling `renew` every `every_ms` (measured from now)
+    /// while it waits on the host: outgoing requests and sleeps. A workflow
+    /// step keeps its lease this way however long its provider takes.
+    pub fn keeping_alive<T>(
+        &self,
+        every_ms: u64,
+        renew: impl Fn(&RequestContext) + 'static,
+        work: impl FnOnce() -> T,
+    ) -> T {
+        let held = KeepAlive {
+            schedule: Cell::new(Renewals::new(every_ms, now_ms())),
+            renew: Box::new(renew),
+        };
+        let outer = self.keep_alive.replace(Some(Rc::new(held)));
+        let result = work();
+        self.keep_alive.replace(outer);
+        result
+    }
+
+    /// Renews `held` if that is due; how long until it is due next (ms).
+    fn renew_if_due(&self, held: &KeepAlive) -> u64 {
+        let mut schedule = held.schedule.get();
+        let (due, next_ms) = schedule.due(now_ms());
+        held.schedule.set(schedule);
+        if due {
+            (held.renew)(self);
+        }
+        next_ms
     }
 
     /// A uniformly random number in `[0, 1)`, for jitter.
@@ -158,5 +255,114 @@ impl RequestContext {
         }
         let kv = self.backends.open_kv()?;
         Ok(self.kv.get_or_init(|| kv).as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_is_due_once_its_interval_has_passed_since_the_last() {
+        let mut renewals = Renewals::new(300, 1_000);
+        assert_eq!(renewals.due(1_100), (false, 200));
+        assert_eq!(renewals.due(1_300), (true, 300));
+        assert_eq!(renewals.due(1_400), (false, 200));
+        // A late renewal counts from when it was made.
+        assert_eq!(renewals.due(2_000), (true, 300));
+        assert_eq!(renewals.due(2_299), (false, 1));
+        // A clock that went back waits a whole interval.
+        assert_eq!(renewals.due(1_500), (false, 300));
+        assert_eq!(Renewals::new(0, 0).due(0), (false, 1));
+    }
+
+    /// Records the host's sleeps, and waits for a "request" by calling its
+    /// keep-alive `calls` times, really sleeping as long as it asks between.
+    struct Recording {
+        sleeps: Rc<RefCell<Vec<u64>>>,
+        calls: usize,
+    }
+
+    impl Backends for Recording {
+        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
+            Err(DbError::from_message("no database"))
+        }
+        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
+            Err(KvError("no store".into()))
+        }
+        fn variable(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn random_bytes(&self, buffer: &mut [u8]) {
+            buffer.fill(7);
+        }
+        fn send(&self, _: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+            Err(OutboundError::Denied("sent without keep-alive".into()))
+        }
+        fn send_keeping_alive(
+            &self,
+            _: &OutboundRequest,
+            keep_alive: &mut dyn FnMut() -> u64,
+        ) -> Result<OutboundResponse, OutboundError> {
+            for _ in 0..self.calls {
+                std::thread::sleep(std::time::Duration::from_millis(keep_alive()));
+            }
+            keep_alive();
+            Ok(OutboundResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: Vec::new(),
+            })
+        }
+        fn sleep_ms(&self, ms: u64) {
+            self.sleeps.borrow_mut().push(ms);
+        }
+    }
+
+    fn recording(calls: usize) -> (RequestContext, Rc<RefCell<Vec<u64>>>) {
+        let sleeps = Rc::new(RefCell::new(Vec::new()));
+        let backends = Recording {
+            sleeps: sleeps.clone(),
+            calls,
+        };
+        (RequestContext::new(Box::new(backends)), sleeps)
+    }
+
+    fn request() -> OutboundRequest {
+        OutboundRequest {
+            method: "GET".into(),
+            url: "http://provider.test/".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+            timeout_ms: 1_000,
+            max_response_bytes: 1_024,
+        }
+    }
+
+    #[test]
+    fn a_request_kept_alive_renews_each_time_the_interval_passes() {
+        let (ctx, _) = recording(3);
+        let renewed = Rc::new(Cell::new(0));
+        let counter = renewed.clone();
+        let answer = ctx.keeping_alive(
+            5,
+            move |_| counter.set(counter.get() + 1),
+            || ctx.send(&request()),
+        );
+        assert_eq!(answer.map(|r| r.status).ok(), Some(200));
+        assert_eq!(renewed.get(), 3);
+        // Outside `keeping_alive` the plain send is used.
+        assert!(ctx.send(&request()).is_err());
+    }
+
+    #[test]
+    fn a_sleep_kept_alive_waits_all_of_its_time_in_parts_of_at_most_the_interval() {
+        let (ctx, sleeps) = recording(0);
+        ctx.keeping_alive(300, |_| {}, || ctx.sleep_ms(1_000));
+        let parts = sleeps.borrow_mut().drain(..).collect::<Vec<_>>();
+        assert_eq!(parts.iter().sum::<u64>(), 1_000, "{parts:?}");
+        assert!(parts.iter().all(|&ms| ms <= 300), "{parts:?}");
+        ctx.sleep_ms(1_000);
+        assert_eq!(*sleeps.borrow(), [1_000]);
     }
 }

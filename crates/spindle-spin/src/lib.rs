@@ -44,7 +44,15 @@ impl Backends for SpinBackends {
     }
 
     fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
-        outbound::send(request)
+        outbound::send(request, None)
+    }
+
+    fn send_keeping_alive(
+        &self,
+        request: &OutboundRequest,
+        keep_alive: &mut dyn FnMut() -> u64,
+    ) -> Result<OutboundResponse, OutboundError> {
+        outbound::send(request, Some(keep_alive))
     }
 
     fn sleep_ms(&self, ms: u64) {

@@ -1,18 +1,29 @@
 //! Outgoing HTTP on `wasi:http/outgoing-handler`, blocking: the API's
-//! handlers are synchronous, and a request waits on its pollables directly.
+//! handlers are synchronous, and a request waits on its pollables directly,
+//! beside a timer when it keeps something alive while it waits.
 
 use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
+use wasi::clocks::monotonic_clock;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
     ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
 };
+use wasi::io::poll::{Pollable, poll};
 use wasi::io::streams::StreamError;
 
 /// Largest write the host accepts in one `blocking-write-and-flush`.
 const WRITE_CHUNK: usize = 4096;
 
-/// Sends `request` and reads the whole answer, up to its size limit.
-pub fn send(request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+/// Called while a request waits: returns how many milliseconds may pass
+/// before it is called again.
+pub type KeepAlive<'a> = Option<&'a mut dyn FnMut() -> u64>;
+
+/// Sends `request` and reads the whole answer, up to its size limit, calling
+/// `keep_alive` (if any) while it waits for the answer and its body.
+pub fn send(
+    request: &OutboundRequest,
+    mut keep_alive: KeepAlive<'_>,
+) -> Result<OutboundResponse, OutboundError> {
     let outgoing = build(request)?;
     let body = outgoing
         .body()
@@ -27,7 +38,7 @@ pub fn send(request: &OutboundRequest) -> Result<OutboundResponse, OutboundError
     // A refused request closes its body stream: the response's error code
     // (say, HttpRequestDenied) is the real reason, so it is read first.
     let written = write_body(body, &request.body);
-    future.subscribe().block();
+    wait_for(&future.subscribe(), &mut keep_alive);
     let response = future
         .get()
         .ok_or_else(|| OutboundError::Failed("response not ready".into()))?
@@ -49,7 +60,7 @@ pub fn send(request: &OutboundRequest) -> Result<OutboundResponse, OutboundError
     let incoming = response
         .consume()
         .map_err(|()| OutboundError::Failed("response body already taken".into()))?;
-    let body = read_body(&incoming, request.max_response_bytes)?;
+    let body = read_body(&incoming, request.max_response_bytes, &mut keep_alive)?;
     // The trailers are not needed; finishing releases the body.
     drop(IncomingBody::finish(incoming));
     Ok(OutboundResponse {
@@ -111,13 +122,32 @@ fn write_body(body: OutgoingBody, bytes: &[u8]) -> Result<(), OutboundError> {
     OutgoingBody::finish(body, None).map_err(from_error_code)
 }
 
-fn read_body(body: &IncomingBody, limit: usize) -> Result<Vec<u8>, OutboundError> {
+/// Waits until `ready` is, calling `keep_alive` each time the time it asked
+/// for has passed.
+fn wait_for(ready: &Pollable, keep_alive: &mut KeepAlive<'_>) {
+    let Some(keep_alive) = keep_alive else {
+        return ready.block();
+    };
+    while !ready.ready() {
+        let timer = monotonic_clock::subscribe_duration(keep_alive().saturating_mul(1_000_000));
+        poll(&[ready, &timer]);
+    }
+}
+
+fn read_body(
+    body: &IncomingBody,
+    limit: usize,
+    keep_alive: &mut KeepAlive<'_>,
+) -> Result<Vec<u8>, OutboundError> {
     let stream = body
         .stream()
         .map_err(|()| OutboundError::Failed("response body stream taken".into()))?;
+    // Declared after the stream, so dropped before it (a child resource).
+    let readable = stream.subscribe();
     let mut bytes = Vec::new();
     loop {
-        match stream.blocking_read(64 * 1024) {
+        wait_for(&readable, keep_alive);
+        match stream.read(64 * 1024) {
             Ok(chunk) => {
                 if bytes.len() + chunk.len() > limit {
                     return Err(OutboundError::TooLarge(limit));

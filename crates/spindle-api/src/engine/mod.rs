@@ -6,6 +6,7 @@ mod dispatch;
 mod events;
 mod heartbeat;
 mod hooks;
+mod lease;
 mod logs;
 mod loops;
 mod nodes;

@@ -2,6 +2,7 @@
 //! output, delay) from their templates, and the expensive ones (agent,
 //! http) that call out.
 
+use super::lease;
 use super::runner::{NodeResult, Run, StepFailure};
 use crate::agents::{self, AgentRun, RunInput, StepLink, StoredAgent};
 use crate::context::RequestContext;
@@ -69,15 +70,17 @@ pub(super) fn run_cheap(context: &Json, node: &Node) -> Result<NodeResult, StepF
     })
 }
 
-/// Runs an agent or http node: the provider call or the request.
+/// Runs an agent or http node, step `step_id` claimed under `lease`: the
+/// provider call or the request, renewing the lease while it waits.
 pub(super) fn run_expensive(
     ctx: &RequestContext,
     run: &Run,
     context: &Json,
     node: &Node,
     step_id: &str,
+    lease: &str,
 ) -> Result<NodeResult, StepFailure> {
-    match node.typed_config("config") {
+    lease::keeping(ctx, step_id, lease, || match node.typed_config("config") {
         Ok(NodeConfig::Agent(config)) => {
             let prompt = match render(&Json::String(config.prompt.clone()), context)
                 .map_err(|e| StepFailure::new("template_failed", e.to_string()))?
@@ -98,7 +101,7 @@ pub(super) fn run_expensive(
             "node_not_supported",
             format!("the engine does not run {} nodes yet", node.node_type),
         )),
-    }
+    })
 }
 
 /// An agent node with its rendered prompt: the agent run, its answer

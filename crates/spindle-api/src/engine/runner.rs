@@ -26,8 +26,9 @@ use std::collections::HashMap;
 /// The error of a step that never ran because its run ended first; a retry runs it.
 const RUN_ENDED: &str = r#"{"code":"run_ended","message":"the run ended before this step ran"}"#;
 
-/// How long a claimed step may run before another invocation may take it over.
-const DEFAULT_LEASE_MS: i64 = 300_000;
+/// How long a claimed step's lease holds past its last renewal before
+/// another invocation may take it over (a live step renews it, see `lease`).
+const DEFAULT_LEASE_MS: i64 = 15_000;
 
 /// A stored run and the definition version it is pinned to.
 pub(super) struct Run {
@@ -121,7 +122,8 @@ pub(super) struct NodeResult {
     pub agent_run: Option<Box<AgentRun>>,
 }
 
-/// How long a step's claim holds: the `step_lease_ms` variable, or five minutes.
+/// How long a step's claim holds past its last renewal: the `step_lease_ms`
+/// variable, or 15 seconds.
 pub(crate) fn lease_ms(ctx: &RequestContext) -> i64 {
     ctx.variable("step_lease_ms")
         .and_then(|v| v.parse().ok())
@@ -538,7 +540,7 @@ pub(super) fn advance(
                 })?;
                 // A failed read leaves the step claimed: its lease runs out and the tick hands it on.
                 let context = template_context(db, &run, &scope, &steps, &node)?;
-                let result = run_expensive(ctx, &run, &context, &node, &step_id);
+                let result = run_expensive(ctx, &run, &context, &node, &step_id, &lease);
                 ran = Some(Ran {
                     node,
                     step_id,
@@ -854,7 +856,7 @@ pub fn run_step(
     // A cheap node arrives here when its invocation spent its inline budget,
     // or died between queueing and running it and the tick handed it on.
     let result = if is_expensive(node) {
-        run_expensive(ctx, &run, &context, node, step_id)
+        run_expensive(ctx, &run, &context, node, step_id, lease)
     } else {
         run_cheap(&context, node)
     };

@@ -1,0 +1,150 @@
+//! A claimed step's lease: renewed while the step works, so a live step is
+//! never run twice however long its provider takes, and short by default, so
+//! a step whose instance died is resumed within 30 s.
+
+use fake_llm::Reply;
+use serde_json::{Value, json};
+use spindle_suite::{Org, Target, configured, fake_llm, fake_turn, suite_variables};
+use std::time::{Duration, Instant};
+
+/// How soon, with default settings, a run whose instance died mid-step is
+/// resumed and finished (README, "Durability").
+const DEAD_INSTANCE_NOTICED_WITHIN: Duration = Duration::from_secs(30);
+
+fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node_id"] == node)
+        .unwrap_or_else(|| panic!("no step {node} in {run}"))
+}
+
+fn one_agent(agent: &str) -> Value {
+    json!({
+        "name": "One agent",
+        "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "draft", "type": "agent", "config": {"agent_id": agent, "prompt": "Write"}},
+            {"id": "done", "type": "output", "config": {"value": "{{ steps.draft.output }}"}}
+        ],
+        "edges": [
+            {"source": "start", "target": "draft"},
+            {"source": "draft", "target": "done"}
+        ]
+    })
+}
+
+/// The succeeded usage records of `org`: each one a billed provider call.
+fn billed_calls(target: &Target, org: &Org) -> Vec<Value> {
+    let records = target
+        .call("GET", "/api/v1/usage/records", Some(&org.owner_key), None)
+        .json();
+    records["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_step_whose_provider_takes_several_leases_is_called_once_and_billed_once() {
+    let _turn = fake_turn();
+    let mut variables = suite_variables();
+    variables.insert("step_lease_ms".into(), "1000".into());
+    let target = configured(variables);
+    let org = target.create_org("lease-renewed");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &one_agent(&agent));
+    // Four leases long: without renewal the tick would hand the step to a
+    // second invocation, which would get the second answer.
+    fake_llm().push(
+        Reply::text("worth the wait")
+            .tokens(8, 4)
+            .after(Duration::from_secs(4)),
+    );
+    fake_llm().push(Reply::text("a second call"));
+    let _ticker = target.tick_every(Duration::from_millis(100));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "worth the wait", "{run}");
+    assert_eq!(step(&run, "draft")["attempts"], 1, "{run}");
+    assert_eq!(
+        fake_llm().received().len(),
+        1,
+        "the provider was called once"
+    );
+    let billed = billed_calls(&target, &org);
+    assert_eq!(billed.len(), 1, "billed once: {billed:?}");
+    assert_eq!(
+        run["cost"]["billed_micros"],
+        billed[0]["billed_cost_micros"]
+    );
+}
+
+#[test]
+fn an_http_node_whose_server_takes_several_leases_sends_its_request_once() {
+    let _turn = fake_turn();
+    let mut variables = suite_variables();
+    variables.insert("step_lease_ms".into(), "1000".into());
+    let target = configured(variables);
+    let org = target.create_org("lease-renewed-http");
+    // The fake provider stands in for any slow HTTP service.
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Slow HTTP",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "config": {"method": "POST", "url": url,
+                    "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}},
+                {"id": "done", "type": "output", "config": {"value": "{{ steps.call.output.body.choices[0].message.content }}"}}
+            ],
+            "edges": [{"source": "start", "target": "call"}, {"source": "call", "target": "done"}]
+        }),
+    );
+    fake_llm().push(Reply::text("slow service").after(Duration::from_secs(4)));
+    fake_llm().push(Reply::text("a second request"));
+    let _ticker = target.tick_every(Duration::from_millis(100));
+    let run = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "slow service", "{run}");
+    assert_eq!(step(&run, "call")["attempts"], 1, "{run}");
+    assert_eq!(fake_llm().received().len(), 1, "the server got one request");
+}
+
+#[test]
+fn with_default_settings_a_run_whose_host_dies_mid_step_is_finished_within_30_seconds() {
+    let _turn = fake_turn();
+    // The defaults: the app's own tick and the default step lease.
+    let mut variables = suite_variables();
+    variables.remove("step_lease_ms");
+    variables.remove("self_tick");
+    let target = configured(variables);
+    let org = target.create_org("lease-default");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &one_agent(&agent));
+    fake_llm().push(Reply::hang());
+    fake_llm().push(Reply::text("written after the restart").tokens(8, 4));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake_llm().received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the step never called the provider"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    target.kill_and_restart();
+    let run = target.finished_within(&org, &id, DEAD_INSTANCE_NOTICED_WITHIN);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], "written after the restart", "{run}");
+    assert_eq!(step(&run, "draft")["attempts"], 2, "{run}");
+    assert_eq!(fake_llm().received().len(), 2);
+    assert_eq!(billed_calls(&target, &org).len(), 1, "billed once");
+}
