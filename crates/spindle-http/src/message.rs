@@ -113,9 +113,12 @@ impl ApiRequest {
             .map(|(_, value)| value)
     }
 
-    /// The first value of query parameter `name`, percent-decoded (`+` is a space).
+    /// The first value of query parameter `name`, decoded as
+    /// `application/x-www-form-urlencoded` (`%XX` escapes, `+` is a space).
     pub fn query_text(&self, name: &str) -> Option<String> {
-        self.query_param(name).map(percent_decode)
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
     }
 
     /// Reads the body as a JSON object whose fields are all in `allowed`; an
@@ -194,35 +197,6 @@ pub fn from_json<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Api
 /// reports at the path of the object lacking it.
 fn missing_field(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.strip_suffix('`')
-}
-
-/// Decodes `%XX` escapes and `+`; a malformed escape is kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' => {
-                match (
-                    bytes.get(i + 1).and_then(|b| hex(*b)),
-                    bytes.get(i + 2).and_then(|b| hex(*b)),
-                ) {
-                    (Some(high), Some(low)) => {
-                        out.push((high * 16 + low) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            byte => out.push(byte),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A response ready to be written back by the host adapter.
@@ -362,11 +336,20 @@ mod tests {
     }
 
     #[test]
-    fn query_text_is_percent_decoded() {
-        let request = ApiRequest::new(Method::Get, "/x?q=caf%C3%A9+bar&bad=%zz%&end=%4");
+    fn query_text_is_form_decoded() {
+        let request = ApiRequest::new(
+            Method::Get,
+            "/x?q=caf%C3%A9+bar&bad=%zz%&end=%4&from=2026-12-08T02%3A16%3A40Z&tz=%2B02:00",
+        );
         assert_eq!(request.query_text("q").as_deref(), Some("café bar"));
         assert_eq!(request.query_text("bad").as_deref(), Some("%zz%"));
         assert_eq!(request.query_text("end").as_deref(), Some("%4"));
+        assert_eq!(
+            request.query_text("from").as_deref(),
+            Some("2026-12-08T02:16:40Z")
+        );
+        assert_eq!(request.query_text("tz").as_deref(), Some("+02:00"));
+        assert_eq!(request.query_text("missing"), None);
     }
 
     #[test]
