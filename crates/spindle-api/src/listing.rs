@@ -128,19 +128,40 @@ impl Page {
     }
 }
 
+/// An RFC 3339 time as a query parameter carries it once decoded, in UTC
+/// ms: with or without fractional seconds, `Z` or an offset, `T` or a space
+/// between date and time. The `+` of an offset that was not percent-encoded
+/// (`?from=2026-12-08T10:00:00+02:00`) arrives as a space and is read as the
+/// `+` it was.
+pub fn query_time(text: &str) -> Option<i64> {
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(at.timestamp_millis());
+    }
+    let (time, offset) = text.rsplit_once(' ')?;
+    let is_offset = offset.len() == 5
+        && offset.as_bytes()[2] == b':'
+        && offset.bytes().filter(u8::is_ascii_digit).count() == 4;
+    if !is_offset {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(&format!("{time}+{offset}"))
+        .ok()
+        .map(|at| at.timestamp_millis())
+}
+
 /// The half-open UTC range `[from, to)` of a list request, in ms; either
-/// end may be missing. A bound that is not RFC 3339, or `from` not before
-/// `to`, answers 400 naming it.
+/// end may be missing. A bound that is not an RFC 3339 time (see
+/// [`query_time`]), or `from` not before `to`, answers 400 naming it.
 pub fn time_range(request: &ApiRequest) -> Result<(Option<i64>, Option<i64>), ApiError> {
     let mut problems = Vec::new();
     let mut bound = |name: &str| {
-        let text = request.query_param(name)?;
-        match chrono::DateTime::parse_from_rfc3339(text) {
-            Ok(at) => Some(at.timestamp_millis()),
-            Err(_) => {
+        let text = request.query_text(name)?;
+        match query_time(&text) {
+            Some(at) => Some(at),
+            None => {
                 problems.push(ErrorDetail::new(
                     format!("query.{name}"),
-                    "must be an RFC 3339 timestamp",
+                    format!("{text:?} is not an RFC 3339 timestamp"),
                 ));
                 None
             }
@@ -193,5 +214,82 @@ pub fn keyset_limit(request: &ApiRequest, problems: &mut Vec<ErrorDetail>) -> i6
                 ));
                 KEYSET_DEFAULT_LIMIT
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spindle_http::Method;
+
+    const AT: i64 = 1_796_696_200_000; // 2026-12-08T02:16:40Z
+
+    #[test]
+    fn every_rfc_3339_form_is_a_time() {
+        for text in [
+            "2026-12-08T02:16:40Z",
+            "2026-12-08T02:16:40.000Z",
+            "2026-12-08T02:16:40.000000Z",
+            "2026-12-08t02:16:40z",
+            "2026-12-08 02:16:40Z",
+            "2026-12-08T04:16:40+02:00",
+            "2026-12-08T04:16:40.0+02:00",
+            "2026-12-07T23:16:40-03:00",
+            "2026-12-08T02:16:40+00:00",
+            "2026-12-08T02:16:40-00:00",
+        ] {
+            assert_eq!(query_time(text), Some(AT), "{text}");
+        }
+    }
+
+    #[test]
+    fn an_offset_whose_plus_became_a_space_is_read_as_plus() {
+        assert_eq!(query_time("2026-12-08T04:16:40 02:00"), Some(AT));
+        assert_eq!(query_time("2026-12-08 04:16:40.5 02:00"), Some(AT + 500));
+    }
+
+    #[test]
+    fn what_is_not_rfc_3339_is_refused() {
+        for text in [
+            "",
+            "2026-12-08",
+            "2026-12-08T02:16:40",
+            "2026-12-08T02:16Z",
+            "yesterday",
+            "2026-12-08T02:16:40 2:00",
+            "2026-12-08T02:16:40 ab:cd",
+            "1796696200000",
+        ] {
+            assert_eq!(query_time(text), None, "{text}");
+        }
+    }
+
+    fn range(query: &str) -> Result<(Option<i64>, Option<i64>), ApiError> {
+        time_range(&ApiRequest::new(Method::Get, &format!("/x?{query}")))
+    }
+
+    #[test]
+    fn a_range_is_read_from_encoded_and_plain_bounds() {
+        assert_eq!(range(""), Ok((None, None)));
+        assert_eq!(
+            range("from=2026-12-08T02%3A16%3A40Z&to=2026-12-08T04:16:41%2B02:00"),
+            Ok((Some(AT), Some(AT + 1000)))
+        );
+        assert_eq!(range("to=2026-12-08T04:16:40+02:00"), Ok((None, Some(AT))));
+    }
+
+    #[test]
+    fn a_bad_or_empty_range_names_its_bound() {
+        let paths = |query| match range(query).unwrap_err() {
+            ApiError::BadRequest { details, .. } => {
+                details.into_iter().map(|d| d.path).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(paths("from=soon&to=later"), ["query.from", "query.to"]);
+        assert_eq!(
+            paths("from=2026-12-08T02:16:40Z&to=2026-12-08T02:16:40Z"),
+            ["query.to"]
+        );
     }
 }

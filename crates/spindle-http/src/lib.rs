@@ -12,6 +12,8 @@ mod outbound;
 mod router;
 
 pub use error::{ApiError, ErrorDetail};
-pub use message::{ApiRequest, ApiResponse, BodyStream, ChunkSink, MAX_BODY_BYTES, Method};
+pub use message::{
+    ApiRequest, ApiResponse, BodyStream, ChunkSink, MAX_BODY_BYTES, Method, from_json,
+};
 pub use outbound::{OutboundError, OutboundRequest, OutboundResponse};
 pub use router::{Params, Router};

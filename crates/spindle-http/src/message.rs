@@ -113,9 +113,12 @@ impl ApiRequest {
             .map(|(_, value)| value)
     }
 
-    /// The first value of query parameter `name`, percent-decoded (`+` is a space).
+    /// The first value of query parameter `name`, decoded as
+    /// `application/x-www-form-urlencoded` (`%XX` escapes, `+` is a space).
     pub fn query_text(&self, name: &str) -> Option<String> {
-        self.query_param(name).map(percent_decode)
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
     }
 
     /// Reads the body as a JSON object whose fields are all in `allowed`; an
@@ -142,58 +145,58 @@ impl ApiRequest {
         Ok(object)
     }
 
-    /// Reads the body as JSON of type `T`: 400 when it is missing, not JSON,
-    /// or not of that shape (the detail names where serde stopped).
+    /// Reads the body as JSON of type `T`: 400 when it is missing, not JSON
+    /// (the detail says where it stopped), or not of that shape (see
+    /// [`from_json`]).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         if self.body.is_empty() {
             return Err(ApiError::bad_request(
                 "request body is empty; JSON expected",
             ));
         }
-        serde_json::from_slice(&self.body).map_err(|e| {
-            let problem = if e.is_syntax() || e.is_eof() {
-                "malformed JSON"
-            } else {
-                "JSON of the wrong shape"
-            };
-            ApiError::BadRequest {
-                message: format!("request body is {problem}"),
-                details: vec![ErrorDetail::new(
-                    format!("body:{}:{}", e.line(), e.column()),
-                    e.to_string(),
-                )],
-            }
-        })
+        let value = serde_json::from_slice(&self.body).map_err(|e| ApiError::BadRequest {
+            message: "request body is malformed JSON".into(),
+            details: vec![ErrorDetail::new(
+                format!("body:{}:{}", e.line(), e.column()),
+                e.to_string(),
+            )],
+        })?;
+        from_json(value)
     }
 }
 
-/// Decodes `%XX` escapes and `+`; a malformed escape is kept as it is.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match bytes[i] {
-            b'%' => {
-                match (
-                    bytes.get(i + 1).and_then(|b| hex(*b)),
-                    bytes.get(i + 2).and_then(|b| hex(*b)),
-                ) {
-                    (Some(high), Some(low)) => {
-                        out.push((high * 16 + low) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            byte => out.push(byte),
+/// Reads a JSON value as a `T`; 400 when it is not of that shape, with a
+/// detail at the JSON path of the offending field (`model_config.max_tokens`,
+/// `tools[1]`; a missing field is named itself, `name`), or at `body` when
+/// the whole value is of the wrong type.
+pub fn from_json<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|error| {
+        let parent = match error.path().to_string() {
+            root if root == "." => None,
+            path => Some(path),
+        };
+        let message = error.inner().to_string();
+        let (path, problem) = match missing_field(&message) {
+            Some(field) => (
+                match parent {
+                    Some(parent) => format!("{parent}.{field}"),
+                    None => field.to_string(),
+                },
+                "is required".to_string(),
+            ),
+            None => (parent.unwrap_or_else(|| "body".into()), message),
+        };
+        ApiError::BadRequest {
+            message: "request body is JSON of the wrong shape".into(),
+            details: vec![ErrorDetail::new(path, problem)],
         }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    })
+}
+
+/// The field serde names in its "missing field `name`" error, which it
+/// reports at the path of the object lacking it.
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.strip_suffix('`')
 }
 
 /// A response ready to be written back by the host adapter.
@@ -333,11 +336,20 @@ mod tests {
     }
 
     #[test]
-    fn query_text_is_percent_decoded() {
-        let request = ApiRequest::new(Method::Get, "/x?q=caf%C3%A9+bar&bad=%zz%&end=%4");
+    fn query_text_is_form_decoded() {
+        let request = ApiRequest::new(
+            Method::Get,
+            "/x?q=caf%C3%A9+bar&bad=%zz%&end=%4&from=2026-12-08T02%3A16%3A40Z&tz=%2B02:00",
+        );
         assert_eq!(request.query_text("q").as_deref(), Some("café bar"));
         assert_eq!(request.query_text("bad").as_deref(), Some("%zz%"));
         assert_eq!(request.query_text("end").as_deref(), Some("%4"));
+        assert_eq!(
+            request.query_text("from").as_deref(),
+            Some("2026-12-08T02:16:40Z")
+        );
+        assert_eq!(request.query_text("tz").as_deref(), Some("+02:00"));
+        assert_eq!(request.query_text("missing"), None);
     }
 
     #[test]
@@ -347,10 +359,77 @@ mod tests {
         assert_eq!(error.to_string(), "request body is malformed JSON");
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Nested {
+        #[allow(dead_code)]
+        name: String,
+        #[allow(dead_code)]
+        #[serde(default)]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[allow(dead_code)]
+        limit: u32,
+        #[allow(dead_code)]
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    /// The one detail of a body that is not a `Nested`.
+    fn shape_detail(body: &str) -> ErrorDetail {
+        match with_body(body).json::<Nested>().unwrap_err() {
+            ApiError::BadRequest { message, details } => {
+                assert_eq!(message, "request body is JSON of the wrong shape");
+                assert_eq!(details.len(), 1, "{details:?}");
+                details[0].clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn wrong_types_are_a_bad_request_naming_the_shape() {
-        let error = with_body("{\"name\": 5}").json::<Named>().unwrap_err();
-        assert_eq!(error.to_string(), "request body is JSON of the wrong shape");
+    fn a_wrong_shape_is_a_bad_request_at_the_offending_field() {
+        let at = |body| shape_detail(body).path;
+        assert_eq!(at(r#"{"name": 5}"#), "name");
+        assert_eq!(
+            at(r#"{"name": "a", "inner": {"limit": -1}}"#),
+            "inner.limit"
+        );
+        assert_eq!(
+            at(r#"{"name": "a", "inner": {"limit": 1, "tags": "x"}}"#),
+            "inner.tags"
+        );
+        assert_eq!(
+            at(r#"{"name": "a", "inner": {"limit": 1, "tags": ["x", 2]}}"#),
+            "inner.tags[1]"
+        );
+        assert_eq!(at(r#"{"name": "a", "extra": 1}"#), "extra");
+        assert_eq!(at(r#""text""#), "body");
+        let detail = shape_detail(r#"{"name": "a", "inner": {"limit": -1}}"#);
+        assert_eq!(detail.problem, "invalid value: integer `-1`, expected u32");
+    }
+
+    #[test]
+    fn a_missing_field_is_named_with_its_parents() {
+        let missing = shape_detail(r#"{"inner": {"limit": 1}}"#);
+        assert_eq!(missing, ErrorDetail::new("name", "is required"));
+        assert_eq!(
+            shape_detail(r#"{"name": "a", "inner": {}}"#).path,
+            "inner.limit"
+        );
+    }
+
+    #[test]
+    fn malformed_json_says_where_it_stopped() {
+        let error = with_body("{\n\"name\": ").json::<Named>().unwrap_err();
+        let ApiError::BadRequest { details, .. } = error else {
+            panic!("{error:?}");
+        };
+        assert_eq!(details[0].path, "body:2:8");
     }
 
     #[test]

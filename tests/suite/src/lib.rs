@@ -792,6 +792,15 @@ impl SseStream {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The next line of the stream as sent, without its line break; `None`
+    /// once the server has ended the stream. Panics when the stream's
+    /// deadline passes first.
+    pub fn next_line(&mut self) -> Option<String> {
+        self.lines
+            .next()
+            .map(|line| line.unwrap_or_else(|e| panic!("reading the event stream: {e}")))
+    }
+
     /// The next event, as soon as it has arrived; `None` once the server
     /// has ended the stream. Panics when the stream's deadline passes first.
     pub fn next_event(&mut self) -> Option<SseEvent> {

@@ -589,6 +589,112 @@ fn invalid_definitions_name_every_problem_and_store_nothing() {
 }
 
 #[test]
+fn a_body_of_the_wrong_shape_is_400_at_the_path_of_the_offending_field() {
+    let target = shared();
+    let org = target.create_org("agents-wrong-shape");
+    let model = json!({"provider": "openai", "model": "gpt-4o-mini"});
+    let with = |field: &str, value: Value| {
+        let mut body = json!({"name": "Scout", "model_config": model});
+        body[field] = value;
+        body
+    };
+    let with_model = |field: &str, value: Value| {
+        let mut config = model.clone();
+        config[field] = value;
+        json!({"name": "Scout", "model_config": config})
+    };
+    for (body, path) in [
+        (json!({"model_config": model}), "name"),
+        (json!({"name": "Scout"}), "model_config"),
+        (
+            json!({"name": "Scout", "model_config": {"provider": "openai"}}),
+            "model_config.model",
+        ),
+        (with("name", json!(5)), "name"),
+        (with("model_config", json!("gpt-4o")), "model_config"),
+        (
+            with_model("temperature", json!("hot")),
+            "model_config.temperature",
+        ),
+        (
+            with_model("max_tokens", json!(-1)),
+            "model_config.max_tokens",
+        ),
+        (with("tools", json!("calculator")), "tools"),
+        (with("tools", json!(["calculator", 7])), "tools[1]"),
+        (
+            with("memory", json!({"max_history": "all"})),
+            "memory.max_history",
+        ),
+        (with("colour", json!("red")), "colour"),
+    ] {
+        let reply = target.call("POST", "/api/v1/agents", Some(&org.owner_key), Some(&body));
+        reply.assert_error(400, "bad_request");
+        let details = &reply.json()["error"]["details"];
+        assert_eq!(details[0]["path"], path, "{body}: {details}");
+        assert!(
+            details[0]["problem"]
+                .as_str()
+                .is_some_and(|p| !p.is_empty()),
+            "{details}"
+        );
+    }
+    // A patch is read the same way.
+    let agent = target.create_agent(&org);
+    let reply = target.call(
+        "PATCH",
+        &format!("/api/v1/agents/{agent}"),
+        Some(&org.owner_key),
+        Some(&json!({"model_config": {"temperature": "hot"}})),
+    );
+    reply.assert_error(400, "bad_request");
+    assert_eq!(
+        reply.json()["error"]["details"][0]["path"],
+        "model_config.temperature"
+    );
+    // So is every other body: a run of the agent, a new API key.
+    for (path, body, field) in [
+        (format!("/api/v1/agents/{agent}/execute"), json!({}), "task"),
+        (
+            format!("/api/v1/agents/{agent}/execute"),
+            json!({"task": "hi", "max_tokens": "many"}),
+            "max_tokens",
+        ),
+        (
+            "/api/v1/api-keys".to_string(),
+            json!({"name": "ci", "rate_limit_per_minute": "fast"}),
+            "rate_limit_per_minute",
+        ),
+    ] {
+        let reply = target.call("POST", &path, Some(&org.owner_key), Some(&body));
+        reply.assert_error(400, "bad_request");
+        assert_eq!(
+            reply.json()["error"]["details"][0]["path"],
+            field,
+            "{path} {body}"
+        );
+    }
+    // Malformed JSON still says where the parser stopped.
+    let reply = target.request(
+        "POST",
+        "/api/v1/agents",
+        &[("authorization", &format!("Bearer {}", org.owner_key))],
+        Some(b"{\"name\": "),
+    );
+    reply.assert_error(400, "bad_request");
+    let error = &reply.json()["error"];
+    assert_eq!(error["message"], "request body is malformed JSON");
+    assert!(
+        error["details"][0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("body:1:"),
+        "{error}"
+    );
+    assert_eq!(count_agents(target, &org), 1);
+}
+
+#[test]
 fn agents_are_listed_filtered_sorted_and_paged() {
     let target = shared();
     let org = target.create_org("listing");

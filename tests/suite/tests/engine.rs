@@ -906,6 +906,96 @@ fn executions_are_filtered_by_workflow_status_and_creation_range() {
 }
 
 #[test]
+fn execution_time_filters_take_every_rfc_3339_form_as_written_in_a_url() {
+    let target = shared();
+    let org = target.create_org("run-time-forms");
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({"name": "Timed", "nodes": [{"id": "start", "type": "trigger"},
+            {"id": "done", "type": "output", "config": {"value": 1}}],
+            "edges": [{"source": "start", "target": "done"}]}),
+    );
+    let id = target.start_run(&org, &workflow, json!({}));
+    target.finished(&org, &id);
+    let created = chrono::DateTime::parse_from_rfc3339(
+        target.execution(&org, &id)["created_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    // The whole second the run was created in, and the next one.
+    let second = created.timestamp();
+    let utc = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
+    let plus_two = chrono::FixedOffset::east_opt(2 * 3600).unwrap();
+    let minus_three = chrono::FixedOffset::west_opt(3 * 3600).unwrap();
+    let plain = |s: i64| utc(s).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let encoded = |text: String| text.replace(':', "%3A").replace('+', "%2B");
+    let offset = |s: i64, zone| {
+        utc(s)
+            .with_timezone(&zone)
+            .format("%Y-%m-%dT%H:%M:%S%:z")
+            .to_string()
+    };
+    let ids = |query: &str| -> Vec<String> {
+        let reply = target.call(
+            "GET",
+            &format!("/api/v1/executions?workflow_id={workflow}&{query}"),
+            Some(&org.owner_key),
+            None,
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{query}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (from, to) in [
+        // No fractional seconds, colons encoded as a browser or curl --data-urlencode does.
+        (encoded(plain(second)), encoded(plain(second + 1))),
+        (plain(second), plain(second + 1)),
+        // Fractions of any length.
+        (
+            utc(second).format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            utc(second + 1).format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        ),
+        // Offsets, with the `+` encoded, sent bare (it arrives as a space), and negative.
+        (
+            encoded(offset(second, plus_two)),
+            encoded(offset(second + 1, plus_two)),
+        ),
+        (offset(second, plus_two), offset(second + 1, plus_two)),
+        (
+            encoded(offset(second, minus_three)),
+            offset(second + 1, minus_three),
+        ),
+    ] {
+        let query = format!("from={from}&to={to}");
+        assert_eq!(ids(&query), [id.as_str()], "{query}");
+    }
+    // The bounds are honoured: the next second holds no run of this workflow.
+    let later = format!(
+        "from={}&to={}",
+        encoded(plain(second + 1)),
+        encoded(plain(second + 2))
+    );
+    assert!(ids(&later).is_empty(), "{later}");
+    let reply = target.call(
+        "GET",
+        "/api/v1/executions?from=2026-12-08T02%3A16%3A40",
+        Some(&org.owner_key),
+        None,
+    );
+    reply.assert_error(400, "bad_request");
+    assert_eq!(reply.json()["error"]["details"][0]["path"], "query.from");
+}
+
+#[test]
 fn fifty_runs_started_at_once_all_complete() {
     let _turn = fake_turn();
     let target = shared();

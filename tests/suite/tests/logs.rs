@@ -343,6 +343,63 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
 }
 
 #[test]
+fn every_data_line_of_a_stream_is_json_and_keep_alives_are_comments() {
+    let target = shared();
+    let org = target.create_org("logs-sse-lines");
+    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
+    let id = target.start_run(&org, &workflow, json!({}));
+    let mut stream = open_events(target, &org, &id, "", &[]);
+    // While the run waits the stream idles: it says it is alive in a comment.
+    let mut lines = Vec::new();
+    while !lines.iter().any(|l: &String| l.starts_with(": ")) {
+        let line = stream
+            .next_line()
+            .unwrap_or_else(|| panic!("the stream ended before a keep-alive: {lines:?}"));
+        lines.push(line);
+    }
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/signals/go"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {"by": "line one\nline two"}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // After `complete` the server ends the stream.
+    lines.extend(std::iter::from_fn(|| stream.next_line()));
+    let mut data = 0;
+    for line in &lines {
+        match line.split_once(':') {
+            _ if line.is_empty() => {}
+            Some(("", comment)) => assert_eq!(comment, " keep-alive", "{lines:#?}"),
+            Some(("data", value)) => {
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                if let Err(e) = serde_json::from_str::<Value>(value) {
+                    panic!("data that is not JSON ({e}): {line:?} in {lines:#?}");
+                }
+                data += 1;
+            }
+            Some(("id" | "event" | "retry", _)) => {}
+            _ => panic!("a line that is no SSE field: {line:?} in {lines:#?}"),
+        }
+    }
+    let events = lines.iter().filter(|l| l.starts_with("event: ")).count();
+    assert_eq!(data, events, "one data line per event: {lines:#?}");
+    assert_eq!(
+        lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("event: "))
+            .unwrap(),
+        "event: complete"
+    );
+}
+
+#[test]
 fn a_cancelled_run_logs_its_cancellation_and_its_stream_completes() {
     let target = shared();
     let org = target.create_org("logs-cancel");

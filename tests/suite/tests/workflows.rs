@@ -262,31 +262,42 @@ fn invalid_definitions_report_every_problem_with_its_path_and_store_nothing() {
 }
 
 #[test]
-fn validate_checks_without_storing() {
+fn validate_answers_what_create_would_without_storing() {
     let target = shared();
     let org = target.create_org("wf-validate");
     let agent = target.create_agent(&org);
-    let ok = target
-        .call(
+    let validate = |body: &Value| {
+        target.call(
             "POST",
             "/api/v1/workflows/validate",
             Some(&org.owner_key),
-            Some(&graph(&agent)),
+            Some(body),
         )
-        .json();
-    assert_eq!(ok, json!({"valid": true, "problems": []}));
+    };
+    let ok = validate(&graph(&agent));
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.json(), json!({"valid": true}));
+    // Problems come in the one error shape, with the details a create gets.
     let mut broken = graph(&agent);
     broken["edges"].as_array_mut().unwrap().remove(3);
-    let bad = target
-        .call(
-            "POST",
-            "/api/v1/workflows/validate",
-            Some(&org.owner_key),
-            Some(&broken),
-        )
-        .json();
-    assert_eq!(bad["valid"], false);
-    assert!(!bad["problems"].as_array().unwrap().is_empty());
+    broken["name"] = json!("");
+    let bad = validate(&broken);
+    bad.assert_error(422, "validation_failed");
+    let details = &bad.json()["error"]["details"];
+    assert!(details.as_array().unwrap().len() >= 2, "{details}");
+    assert!(
+        details
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "name"),
+        "{details}"
+    );
+    let created = create(target, &org, &broken);
+    created.assert_error(422, "validation_failed");
+    assert_eq!(&created.json()["error"]["details"], details);
+    // A body create refuses as unreadable is refused the same way.
+    validate(&json!({"name": "x", "surprise": 1})).assert_error(400, "bad_request");
     assert_eq!(count(target, &org), 0);
 }
 

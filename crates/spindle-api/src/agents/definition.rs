@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
-use spindle_http::{ApiError, ErrorDetail};
+use spindle_http::{ApiError, ErrorDetail, from_json};
 use spindle_providers::Provider;
 use spindle_providers::tools::BUILTIN_TOOLS;
 
@@ -121,10 +121,7 @@ impl AgentSpec {
     /// Reads a spec from JSON: 400 for wrong shapes, then 422 listing every
     /// invalid field with its path.
     pub fn from_json(value: Json) -> Result<Self, ApiError> {
-        let spec: Self = serde_json::from_value(value).map_err(|e| ApiError::BadRequest {
-            message: "request body is JSON of the wrong shape".into(),
-            details: vec![ErrorDetail::new("body", e.to_string())],
-        })?;
+        let spec: Self = from_json(value)?;
         spec.validate()?;
         Ok(spec.normalised())
     }
@@ -360,9 +357,43 @@ mod tests {
     }
 
     #[test]
-    fn wrong_types_and_unknown_fields_are_a_bad_request() {
-        assert_eq!(spec(json!({"name": 7})).unwrap_err().status(), 400);
-        assert_eq!(spec(json!({"colour": "red"})).unwrap_err().status(), 400);
+    fn wrong_types_and_unknown_fields_are_a_bad_request_at_their_path() {
+        let at = |body: Json| match AgentSpec::from_json(body).unwrap_err() {
+            ApiError::BadRequest { details, .. } => details[0].path.clone(),
+            other => panic!("expected a bad request, got {other:?}"),
+        };
+        let model = json!({"provider": "openai", "model": "gpt-4o-mini"});
+        assert_eq!(at(json!({"model_config": model})), "name");
+        assert_eq!(at(json!({"name": "a"})), "model_config");
+        assert_eq!(at(json!({"name": 7, "model_config": model})), "name");
+        assert_eq!(
+            at(json!({"name": "a", "model_config": {"provider": "openai"}})),
+            "model_config.model"
+        );
+        let mut hot = model.clone();
+        hot["temperature"] = json!("hot");
+        assert_eq!(
+            at(json!({"name": "a", "model_config": hot})),
+            "model_config.temperature"
+        );
+        let mut negative = model.clone();
+        negative["max_tokens"] = json!(-1);
+        assert_eq!(
+            at(json!({"name": "a", "model_config": negative})),
+            "model_config.max_tokens"
+        );
+        assert_eq!(
+            at(json!({"name": "a", "model_config": model, "tools": "calculator"})),
+            "tools"
+        );
+        assert_eq!(
+            at(json!({"name": "a", "model_config": model, "memory": {"max_history": "all"}})),
+            "memory.max_history"
+        );
+        assert_eq!(
+            at(json!({"name": "a", "model_config": model, "colour": "red"})),
+            "colour"
+        );
     }
 
     #[test]

@@ -534,24 +534,12 @@ fn own_entry_json(provider: Provider, model: &str, price: Price, updated_at: i64
     Json::Object(fields)
 }
 
-/// Decodes `%XX` escapes of a path segment (a model id such as `org%2Fmodel`).
+/// Decodes `%XX` escapes of a path segment (a model id such as
+/// `org%2Fmodel`); `+` stays a `+`, a malformed escape stays as it is.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |at: usize| bytes.get(at).and_then(|b| (*b as char).to_digit(16));
-        if bytes[i] == b'%'
-            && let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2))
-        {
-            out.push((high * 16 + low) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -728,5 +716,6 @@ mod tests {
         assert_eq!(percent_decode("meta-llama%2Fllama-3"), "meta-llama/llama-3");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(percent_decode("a%zzb"), "a%zzb");
+        assert_eq!(percent_decode("a+b"), "a+b");
     }
 }

@@ -11,7 +11,7 @@
 
 use crate::auth::authenticate;
 use crate::context::RequestContext;
-use crate::listing::keyset_limit;
+use crate::listing::{keyset_limit, query_time};
 use crate::{fetch_one, now_ms, timestamp};
 use base64::Engine as _;
 use chrono::{Datelike, NaiveDate};
@@ -256,8 +256,8 @@ fn int(value: &Value) -> i64 {
 /// A bound of a range: an RFC 3339 time, or a date `YYYY-MM-DD` meaning
 /// its midnight UTC; in ms.
 fn parse_instant(text: &str) -> Option<i64> {
-    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(text) {
-        return Some(at.timestamp_millis());
+    if let Some(at) = query_time(text) {
+        return Some(at);
     }
     let strict_date = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
     let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
@@ -309,17 +309,9 @@ fn parse_range(
     (from, to)
 }
 
-/// `from` and `to` of a request. The raw value is tried first, so an offset
-/// sent with a bare `+` (`…T10:00:00+02:00`) is not read as a space.
+/// `from` and `to` of a request.
 fn range_param(request: &ApiRequest, now: i64, problems: &mut Vec<ErrorDetail>) -> (i64, i64) {
-    let value = |name: &str| {
-        let raw = request.query_param(name)?;
-        if parse_instant(raw).is_some() {
-            return Some(raw.to_string());
-        }
-        request.query_text(name)
-    };
-    let (from, to) = (value("from"), value("to"));
+    let (from, to) = (request.query_text("from"), request.query_text("to"));
     parse_range(from.as_deref(), to.as_deref(), now, problems)
 }
 
