@@ -590,7 +590,7 @@ fn retry_in_place(
     let steps = load_steps(db, run, scope_key)?;
     // A failed read leaves the step claimed: its lease runs out and the tick hands it on.
     let context = template_context(db, run, &scope, &steps, &node)?;
-    let result = run_expensive(ctx, run, &context, &node, &step_id);
+    let result = run_expensive(ctx, run, &context, &node, &step_id, &lease);
     Ok(Some(Ran {
         node,
         step_id,
