@@ -108,7 +108,7 @@ stop_dev() {
 }
 trap stop_dev EXIT
 for _ in $(seq 1 600); do
-    grep -q '^Admin key: ' "$dev_state/dev.log" && break
+    grep -qs '^Admin key: ' "$dev_state/dev.log" && break
     kill -0 "$dev" 2>/dev/null || break
     sleep 0.5
 done
