@@ -309,7 +309,6 @@ mod tests {
 
     #[derive(Debug, Deserialize)]
     struct Named {
-        #[allow(dead_code)]
         name: String,
     }
 
@@ -362,9 +361,7 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Nested {
-        #[allow(dead_code)]
         name: String,
-        #[allow(dead_code)]
         #[serde(default)]
         inner: Option<Inner>,
     }
@@ -372,11 +369,19 @@ mod tests {
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Inner {
-        #[allow(dead_code)]
         limit: u32,
-        #[allow(dead_code)]
         #[serde(default)]
         tags: Vec<String>,
+    }
+
+    #[test]
+    fn a_body_of_the_right_shape_is_read_field_by_field() {
+        let nested: Nested = with_body(r#"{"name": "n", "inner": {"limit": 3, "tags": ["a"]}}"#)
+            .json()
+            .unwrap();
+        assert_eq!(nested.name, "n");
+        let inner = nested.inner.expect("inner");
+        assert_eq!((inner.limit, inner.tags), (3, vec!["a".to_string()]));
     }
 
     /// The one detail of a body that is not a `Nested`.
@@ -449,6 +454,8 @@ mod tests {
     #[test]
     fn empty_body_is_a_bad_request() {
         assert_eq!(with_body("").json::<Named>().unwrap_err().status(), 400);
+        let named: Named = with_body(r#"{"name": "x"}"#).json().unwrap();
+        assert_eq!(named.name, "x");
     }
 
     #[test]
