@@ -62,6 +62,30 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The step of node `node` in `run` (a `GET /api/v1/executions/:id` body);
+/// panics, showing the run, when it has none.
+pub fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node_id"] == node)
+        .unwrap_or_else(|| panic!("no step {node} in {run:#}"))
+}
+
+/// Waits until the fake provider has received a request (a step is now in
+/// its provider call); panics after `within`.
+pub fn await_provider_call(within: Duration) {
+    let deadline = Instant::now() + within;
+    while fake_llm().received().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the step never called the provider"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The fake LLM provider the suite's app talks to: on a free port with the
 /// test host, on `127.0.0.1:9999` for an app the suite did not start (which
 /// must be configured with [`suite_variables`] for that port).

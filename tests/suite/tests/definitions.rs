@@ -3,7 +3,7 @@
 //! named with the fields accepted, and definitions returned as written.
 
 use serde_json::{Value, json};
-use spindle_suite::{Org, Reply, Target, shared};
+use spindle_suite::{Org, Reply, Target, shared, step};
 use std::time::Duration;
 
 /// trigger → `node` → output of its output.
@@ -62,15 +62,6 @@ fn refused_at(reply: &Reply, path: &str, words: &[&str]) {
     for word in words {
         assert!(found[0].1.contains(word), "{word:?} in {:?}", found[0].1);
     }
-}
-
-fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node_id"] == node)
-        .unwrap_or_else(|| panic!("no step {node} in {run}"))
 }
 
 fn run_to_end(target: &Target, org: &Org, definition: &Value, inputs: Value) -> Value {

@@ -6,21 +6,12 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
-    Org, STEP_LEASE_MS, Target, configured, configured_with_faults, fake_llm, fake_turn, shared,
-    suite_variables,
+    Org, STEP_LEASE_MS, Target, await_provider_call, configured, configured_with_faults, fake_llm,
+    fake_turn, shared, step, suite_variables,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node_id"] == node)
-        .unwrap_or_else(|| panic!("no step {node} in {run}"))
-}
 
 fn linear(agent: &str) -> Value {
     json!({
@@ -1417,14 +1408,7 @@ fn a_run_whose_host_dies_mid_step_is_finished_after_a_restart_and_billed_once() 
     fake_llm().push(Reply::hang());
     fake_llm().push(Reply::text("written after the restart").tokens(8, 4));
     let id = target.start_run(&org, &workflow, json!({"topic": "outages"}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake_llm().received().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the step never called the provider"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_provider_call(Duration::from_secs(10));
     target.kill_and_restart();
     let before = target.execution(&org, &id);
     assert_eq!(before["status"], "running", "{before}");

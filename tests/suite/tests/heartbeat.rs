@@ -4,7 +4,9 @@
 
 use fake_llm::Reply;
 use serde_json::{Value, json};
-use spindle_suite::{Org, Target, configured, fake_llm, fake_turn, suite_variables};
+use spindle_suite::{
+    Org, Target, await_provider_call, configured, fake_llm, fake_turn, suite_variables,
+};
 use std::time::{Duration, Instant};
 
 /// An app that ticks itself every 200 ms (the suite's apps otherwise leave the
@@ -138,14 +140,7 @@ fn a_run_whose_host_died_is_resumed_with_nobody_calling_the_tick() {
     fake_llm().push(Reply::hang());
     fake_llm().push(Reply::text("after the restart").tokens(5, 2));
     let id = target.start_run(&org, &workflow, json!({}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake_llm().received().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the step never called the provider"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_provider_call(Duration::from_secs(10));
     // The host dies with the step and the heartbeat; the client's next read
     // starts a new heartbeat, which hands the step on once its lease lapses.
     target.kill_and_restart();

@@ -4,21 +4,14 @@
 
 use fake_llm::Reply;
 use serde_json::{Value, json};
-use spindle_suite::{Org, Target, configured, fake_llm, fake_turn, suite_variables};
-use std::time::{Duration, Instant};
+use spindle_suite::{
+    Org, Target, await_provider_call, configured, fake_llm, fake_turn, step, suite_variables,
+};
+use std::time::Duration;
 
 /// How soon, with default settings, a run whose instance died mid-step is
 /// resumed and finished (README, "Durability").
 const DEAD_INSTANCE_NOTICED_WITHIN: Duration = Duration::from_secs(30);
-
-fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node_id"] == node)
-        .unwrap_or_else(|| panic!("no step {node} in {run}"))
-}
 
 fn one_agent(agent: &str) -> Value {
     json!({
@@ -132,14 +125,7 @@ fn with_default_settings_a_run_whose_host_dies_mid_step_is_finished_within_30_se
     fake_llm().push(Reply::hang());
     fake_llm().push(Reply::text("written after the restart").tokens(8, 4));
     let id = target.start_run(&org, &workflow, json!({}));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fake_llm().received().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the step never called the provider"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_provider_call(Duration::from_secs(10));
     target.kill_and_restart();
     let run = target.finished_within(&org, &id, DEAD_INSTANCE_NOTICED_WITHIN);
     assert_eq!(run["status"], "completed", "{run}");

@@ -15,7 +15,7 @@ use fake_llm::{ReceivedRequest, Reply};
 use serde_json::{Value, json};
 use spindle_providers::Provider;
 use spindle_providers::pricing::{Cost, cost_of, price_for};
-use spindle_suite::{Org, Target, fake_llm, fake_turn, provider_key, shared};
+use spindle_suite::{Org, Target, fake_llm, fake_turn, provider_key, shared, step};
 
 /// The markup the suite's app bills with (`billing_markup_percent` unset).
 const MARKUP_PERCENT: u32 = 20;
@@ -219,15 +219,6 @@ fn run_to_completion(target: &Target, org: &Org, workflow: &str, inputs: Value) 
     assert_eq!(run["status"], "completed", "{run:#}");
     assert!(run["error"].is_null(), "{run:#}");
     run
-}
-
-fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node_id"] == node)
-        .unwrap_or_else(|| panic!("no step {node} in {run:#}"))
 }
 
 /// Asserts that each node ran once, completed, and has this output.

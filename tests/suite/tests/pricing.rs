@@ -6,7 +6,7 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spindle_providers::pricing::{Price, cost_of, price_for, pricing_table};
 use spindle_providers::{Provider, Usage};
-use spindle_suite::{Org, Target, fake_llm, fake_turn, shared};
+use spindle_suite::{Org, Target, fake_llm, fake_turn, shared, step};
 
 const PRICING: &str = "/api/v1/usage/pricing";
 const SETTINGS: &str = "/api/v1/usage/settings";
@@ -601,15 +601,6 @@ fn node<'a>(estimate: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|n| n["node_id"] == id)
         .unwrap_or_else(|| panic!("no node {id} in {estimate}"))
-}
-
-fn step<'a>(run: &'a Value, id: &str) -> &'a Value {
-    run["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["node_id"] == id)
-        .unwrap_or_else(|| panic!("no step {id} in {run}"))
 }
 
 /// The billed micro-dollars of one case (`min`, `expected`, `worst_case`)
