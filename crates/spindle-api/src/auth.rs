@@ -206,7 +206,81 @@ pub fn record_activity(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_backends::TestBackends;
     use spindle_store::MemoryKv;
+
+    const SECRET: &str = "sk_unitTestSecretOfFortyThreeBase62Characters00";
+
+    /// A context on fresh SQLite holding one member key, expiring at `expires_at`.
+    fn one_key(expires_at: Option<i64>) -> RequestContext {
+        let ctx = RequestContext::new(Box::new(TestBackends::memory()));
+        let db = ctx.db().unwrap();
+        db.execute(
+            "INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('o1', 'one', 0, 0)",
+            &[],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO api_keys (id, org_id, name, role, prefix, key_hash, created_at, expires_at) \
+             VALUES ('k1', 'o1', 'ci', 'member', 'sk_unitTest', ?, 0, ?)",
+            &[Value::Text(hash_api_key(SECRET)), Value::from(expires_at)],
+        )
+        .unwrap();
+        ctx
+    }
+
+    fn last_used_at(ctx: &RequestContext) -> Option<i64> {
+        let rows = ctx
+            .db()
+            .unwrap()
+            .execute("SELECT last_used_at FROM api_keys WHERE id = 'k1'", &[])
+            .unwrap();
+        rows.rows[0][0].as_i64()
+    }
+
+    #[test]
+    fn last_used_at_moves_at_most_once_a_minute() {
+        let ctx = one_key(None);
+        let db = ctx.db().unwrap();
+        let first = 1_800_000_000_000;
+        assert_eq!(last_used_at(&ctx), None);
+        find_api_key(db, SECRET, first).unwrap();
+        assert_eq!(last_used_at(&ctx), Some(first), "the first use is written");
+        find_api_key(db, SECRET, first + 1).unwrap();
+        find_api_key(db, SECRET, first + 59_999).unwrap();
+        assert_eq!(
+            last_used_at(&ctx),
+            Some(first),
+            "uses within the minute write nothing"
+        );
+        find_api_key(db, SECRET, first + 60_000).unwrap();
+        assert_eq!(
+            last_used_at(&ctx),
+            Some(first + 60_000),
+            "a minute on, it moves"
+        );
+    }
+
+    #[test]
+    fn a_key_is_refused_from_the_millisecond_it_expires() {
+        let expires_at = 1_800_000_000_000;
+        let ctx = one_key(Some(expires_at));
+        let db = ctx.db().unwrap();
+        let found = find_api_key(db, SECRET, expires_at - 1).unwrap();
+        assert_eq!(found.caller.org_id, "o1");
+        assert_eq!(found.caller.role, Role::Member);
+        for at in [expires_at, expires_at + 1] {
+            assert!(matches!(
+                find_api_key(db, SECRET, at),
+                Err(ApiError::Unauthenticated(_))
+            ));
+        }
+        assert_eq!(
+            last_used_at(&ctx),
+            Some(expires_at - 1),
+            "a refused use is not recorded"
+        );
+    }
 
     #[test]
     fn the_request_after_the_limit_is_429_until_the_window_ends() {

@@ -315,6 +315,172 @@ fn expired_key_is_refused() {
     assert_eq!(reply.json()["error"]["details"][0]["path"], "expires_at");
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock.
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// An RFC 3339 UTC timestamp with milliseconds, as the API writes them.
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[test]
+fn a_key_past_its_expires_at_is_refused_on_its_next_request() {
+    let target = shared();
+    let org = target.create_org("expiring");
+    // Far enough ahead to be in the future when the app checks it on a
+    // loaded machine, near enough for the test to wait it out.
+    let expires_at = now_ms() + 3_000;
+    let reply = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(&org.owner_key),
+        Some(
+            &json!({"name": "short-lived", "role": "member", "expires_at": rfc3339_ms(expires_at)}),
+        ),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let created = reply.json();
+    assert_eq!(created["expires_at"], rfc3339_ms(expires_at));
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let before = current_org(target, &secret);
+    assert!(
+        now_ms() < expires_at,
+        "the machine took the key's whole life to answer: nothing was tested"
+    );
+    assert_eq!(before.status, 200, "a key is good until its expires_at");
+
+    // The event this test is about is the clock passing `expires_at`.
+    while now_ms() <= expires_at {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let listed_before = keys(target, &org.owner_key);
+    current_org(target, &secret).assert_error(401, "unauthenticated");
+    target
+        .call("GET", "/api/v1/workflows", Some(&secret), None)
+        .assert_error(401, "unauthenticated");
+    target
+        .call("POST", "/api/v1/auth/token", Some(&secret), None)
+        .assert_error(401, "unauthenticated");
+    // Refused requests change nothing: the key is listed as it was, expiry
+    // and all (an expired key is not revoked).
+    let listed_after = keys(target, &org.owner_key);
+    assert_eq!(listed_after, listed_before);
+    let key = listed_after
+        .iter()
+        .find(|k| k["id"] == created["id"])
+        .expect("the expired key is still listed");
+    assert_eq!(key["expires_at"], rfc3339_ms(expires_at));
+    assert_eq!(key["revoked_at"], Value::Null);
+}
+
+#[test]
+fn a_token_minted_from_a_revoked_key_stays_valid_until_its_own_expiry() {
+    let target = shared();
+    let org = target.create_org("revoked-token");
+    let (id, member) = target.create_key(&org.owner_key, "member");
+    let minted = target.call(
+        "POST",
+        "/api/v1/auth/token",
+        Some(&member),
+        Some(&json!({"ttl_seconds": 3600})),
+    );
+    assert_eq!(minted.status, 200);
+    assert_eq!(minted.json()["expires_in"], 3600);
+    let token = minted.json()["access_token"].as_str().unwrap().to_string();
+    // The token says when it ends: an hour from now, the longest allowed.
+    let issued = HS256Key::from_bytes(JWT_SECRET.as_bytes())
+        .verify_token::<OrgClaims>(&token, None)
+        .expect("a token signed with the jwt_secret");
+    let exp = issued.expires_at.expect("an exp claim").as_secs();
+    assert!(
+        (now().saturating_sub(60) + 3600..=now() + 3600).contains(&exp),
+        "exp {exp} is an hour after issue"
+    );
+    assert_eq!(issued.custom.org, org.id);
+    assert_eq!(issued.custom.role, "member");
+    target
+        .call(
+            "POST",
+            "/api/v1/auth/token",
+            Some(&member),
+            Some(&json!({"ttl_seconds": 3601})),
+        )
+        .assert_error(422, "validation_failed");
+
+    let revoked = target.call(
+        "DELETE",
+        &format!("/api/v1/api-keys/{id}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(revoked.status, 200);
+    current_org(target, &member).assert_error(401, "unauthenticated");
+    // As README says: the token obtained with the key goes on working, with
+    // the key's role and no more, until it expires.
+    assert_eq!(current_org(target, &token).json()["id"], org.id);
+    assert_eq!(
+        target
+            .call("GET", "/api/v1/workflows", Some(&token), None)
+            .status,
+        200
+    );
+    target
+        .call(
+            "POST",
+            "/api/v1/api-keys",
+            Some(&token),
+            Some(&json!({"name": "x"})),
+        )
+        .assert_error(403, "forbidden");
+}
+
+#[test]
+fn last_used_at_is_written_on_first_use_and_not_again_within_the_minute() {
+    let target = shared();
+    let org = target.create_org("last-used");
+    let (id, secret) = target.create_key(&org.owner_key, "member");
+    let last_used = || {
+        keys(target, &org.owner_key)
+            .into_iter()
+            .find(|k| k["id"] == id.as_str())
+            .expect("the key is listed")["last_used_at"]
+            .clone()
+    };
+    assert_eq!(last_used(), Value::Null, "a new key was never used");
+    let before = now_ms();
+    assert_eq!(current_org(target, &secret).status, 200);
+    let after = now_ms();
+    let first = last_used();
+    let at = chrono::DateTime::parse_from_rfc3339(first.as_str().expect("a timestamp"))
+        .unwrap()
+        .timestamp_millis();
+    assert!((before..=after).contains(&at), "{first} is the first use");
+    // Two more uses: whatever minute boundary they cross, the value stays
+    // unless a whole minute has passed since the first use (the unit test
+    // `last_used_at_moves_at_most_once_a_minute` shows the minute itself).
+    for _ in 0..2 {
+        assert_eq!(current_org(target, &secret).status, 200);
+    }
+    if now_ms() - at < 60_000 {
+        assert_eq!(last_used(), first, "no write within the minute");
+    }
+}
+
 // --- roles -------------------------------------------------------------------
 
 #[test]

@@ -335,6 +335,56 @@ fn a_github_workflow_checks_x_hub_signature_256() {
     assert_eq!(runs(target, &org, &workflow), 1);
 }
 
+/// `POST /api/v1/workflows/:id/webhook-secret` as the owner; returns the new secret.
+fn rotate_secret(target: &Target, org: &Org, workflow: &str) -> String {
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/workflows/{workflow}/webhook-secret"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()["webhook_secret"]
+        .as_str()
+        .expect("the new secret")
+        .to_string()
+}
+
+#[test]
+fn after_a_secret_rotation_the_old_secret_is_refused_and_the_new_one_starts_runs() {
+    let target = shared();
+    let org = target.create_org("hooks-rotated");
+    let (workflow, old) = create_workflow(target, &org, &greeter("Greeter"));
+    accepted(&deliver_signed(target, &workflow, &old, "msg_before", BODY));
+
+    let new = rotate_secret(target, &org, &workflow);
+    assert_ne!(new, old);
+    deliver_signed(target, &workflow, &old, "msg_old", BODY).assert_error(401, "unauthenticated");
+    // A refused delivery does not use up its id: the same id signed with the
+    // new secret is accepted.
+    let id = accepted(&deliver_signed(target, &workflow, &new, "msg_old", BODY));
+    assert_eq!(target.finished(&org, &id)["status"], "completed");
+    assert_eq!(runs(target, &org, &workflow), 2);
+
+    // GitHub workflows sign with the same secret: the rotation holds there too.
+    patch(target, &org, &workflow, json!({"webhook_scheme": "github"}));
+    let newest = rotate_secret(target, &org, &workflow);
+    deliver_github(target, &workflow, "gh-1", &github_signature(&new, BODY))
+        .assert_error(401, "unauthenticated");
+    accepted(&deliver_github(
+        target,
+        &workflow,
+        "gh-1",
+        &github_signature(&newest, BODY),
+    ));
+    assert_eq!(runs(target, &org, &workflow), 3);
+}
+
 #[test]
 fn an_inactive_workflow_is_a_conflict() {
     let target = shared();

@@ -81,6 +81,73 @@ fn every_route_reaches_its_component() {
 }
 
 #[test]
+fn every_response_of_every_method_names_its_component() {
+    let target = shared();
+    let org = target.create_org("component-header");
+    let owner = format!("Bearer {}", org.owner_key);
+    // One route or more per component, the unknown route the router answers,
+    // and routes whose requests fail in each way the API refuses them.
+    let routes = [
+        ("/healthz", "accounts"),
+        ("/openapi.json", "accounts"),
+        ("/api/v1/orgs", "accounts"),
+        ("/api/v1/api-keys", "accounts"),
+        ("/api/v1/auth/token", "accounts"),
+        ("/no/such/route", "accounts"),
+        ("/api/v1/workflows", "workflows"),
+        (
+            "/api/v1/workflows/00000000-0000-4000-8000-000000000000",
+            "workflows",
+        ),
+        ("/api/v1/templates", "workflows"),
+        ("/api/v1/agents", "agents"),
+        (
+            "/api/v1/workflows/00000000-0000-4000-8000-000000000000/execute",
+            "execute",
+        ),
+        ("/api/v1/executions", "execute"),
+        ("/hooks/00000000-0000-4000-8000-000000000000", "execute"),
+        ("/internal/tick", "execute"),
+        ("/api/v1/usage/summary", "usage"),
+        ("/metrics", "usage"),
+    ];
+    let methods = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "BREW",
+    ];
+    let mut statuses = std::collections::BTreeSet::new();
+    for (path, component) in routes {
+        for method in methods {
+            for authorization in [None, Some(owner.as_str()), Some("Bearer sk_forged")] {
+                let mut headers = vec![("content-type", "application/json")];
+                if let Some(authorization) = authorization {
+                    headers.push(("authorization", authorization));
+                }
+                let body = (!matches!(method, "GET" | "HEAD")).then_some(&b"{not json"[..]);
+                let reply = target.request(method, path, &headers, body);
+                assert_eq!(
+                    reply.header("spindle-component"),
+                    Some(component),
+                    "{method} {path} ({authorization:?}) answered {} without it",
+                    reply.status
+                );
+                statuses.insert(reply.status);
+            }
+        }
+    }
+    // The sweep met answers of every kind, not only one.
+    for status in [200, 400, 401, 404, 405] {
+        assert!(statuses.contains(&status), "no {status} among {statuses:?}");
+    }
+    // A body refused unread, before any handler runs, carries it too.
+    let reply = target.raw_exchange(
+        "POST /api/v1/workflows HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 3145728",
+        b"",
+    );
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.header("spindle-component"), Some("workflows"));
+}
+
+#[test]
 fn unknown_routes_answer_json_404() {
     for path in [
         "/nowhere",

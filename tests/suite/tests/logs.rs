@@ -342,6 +342,83 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
     assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
 }
 
+/// Reads `stream` until an event of `name` for node `node` (`None`: any
+/// node) and returns every event up to it; panics if the stream completes or
+/// ends first.
+fn until_event(stream: &mut SseStream, name: &str, node: Option<&str>) -> Vec<SseEvent> {
+    let mut seen = Vec::new();
+    loop {
+        let event = stream
+            .next_event()
+            .unwrap_or_else(|| panic!("the stream ended before {name} after {seen:?}"));
+        assert_ne!(event.event, "complete", "the run ended early: {seen:?}");
+        let found = event.event == name && node.is_none_or(|node| event.json()["node_id"] == node);
+        seen.push(event);
+        if found {
+            return seen;
+        }
+    }
+}
+
+#[test]
+fn a_stream_resumed_with_last_event_id_while_the_run_waits_goes_on_without_repeats() {
+    let target = shared();
+    let org = target.create_org("logs-resume-live");
+    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
+    let id = target.start_run(&org, &workflow, json!({}));
+
+    // A first connection sees the run up to its wait, then drops, as a
+    // client losing its network would.
+    let mut first = open_events(target, &org, &id, "", &[]);
+    let before = until_event(&mut first, "step.completed", Some("start"));
+    drop(first);
+    assert_eq!(before[0].event, "run.started");
+    let last_seen = before.last().unwrap().id.clone().expect("entries have ids");
+    assert_eq!(target.execution(&org, &id)["status"], "running");
+
+    // It reconnects with Last-Event-ID while the run is still waiting: the
+    // stream stays open, repeats nothing, and carries what happens next.
+    let mut resumed = open_events(target, &org, &id, "", &[("last-event-id", &last_seen)]);
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/signals/go"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {"by": "Ada"}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let after = until_complete(&mut resumed);
+    let names: Vec<&str> = after.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "step.completed",
+            "step.completed",
+            "run.completed",
+            "complete"
+        ],
+        "{after:?}"
+    );
+    assert_eq!(after[0].json()["node_id"], "gate");
+    assert_eq!(after[3].json()["status"], "completed");
+
+    // Together the two connections carried every entry of the log once, in order.
+    let streamed: Vec<String> = before
+        .iter()
+        .chain(&after[..3])
+        .map(|e| e.id.clone().unwrap())
+        .collect();
+    let logged: Vec<String> = all_logs(target, &org.owner_key, &id)
+        .iter()
+        .map(|e| e["id"].to_string())
+        .collect();
+    assert_eq!(streamed, logged);
+}
+
 #[test]
 fn every_data_line_of_a_stream_is_json_and_keep_alives_are_comments() {
     let target = shared();
