@@ -1,22 +1,28 @@
 //! No JSON value makes definition validation, template rendering or expression
-//! evaluation panic or run unbounded.
+//! evaluation panic, run unbounded or break what they promise.
 //!
 //! The properties feed arbitrary JSON (nested objects and lists, template fragments,
 //! huge numbers, unicode), grammar-built expressions and graph-shaped definitions to
-//! `parse_definition` + `validate`, `render`, `evaluate` and the syntax checks, and only
-//! ask that they answer (`Ok` or `Err`): a panic fails the property, and a stack overflow
-//! or an allocation failure aborts the test binary. Boundedness is not timed: the
+//! `parse_definition` + `validate`, `render`, `evaluate` and the syntax checks. Each
+//! must answer the same every time; a refused definition names at least one problem,
+//! every problem at a path in what was checked; a parsed definition, stored and read
+//! back, is itself; the syntax checks agree with rendering and evaluation (what passes
+//! them never fails for its syntax, what fails them never renders); text without
+//! expressions renders to itself and one path to the value there. A panic fails the
+//! property, and a stack overflow or an allocation failure aborts the test binary.
+//! Boundedness is not timed: the
 //! known-expensive inputs (long chains, deep nesting, huge repetitions, builtins that
 //! allocate by an argument or multiply two sizes) are listed below and must be refused
 //! by the engine's limits (`MAX_EXPRESSION_DEPTH`, `MAX_REPEAT_LEN`, `MAX_VALUE_SIZE`,
 //! fuel, minijinja's range limit) with an error.
 
 use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
 use spindle_definition::{
     NODE_TYPES, TemplateError, check_expression_syntax, check_template_syntax, evaluate,
-    expression_step_references, parse_definition, referenced_agents, render, step_references,
-    validate,
+    expression_step_references, is_truthy, parse_definition, referenced_agents, render,
+    step_references, validate,
 };
 
 /// Pieces of template and expression syntax, glued together at random.
@@ -436,63 +442,211 @@ fn sequential() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Parses and, when it parses, validates `doc`; neither may panic.
-fn parse_and_validate(doc: &Value) {
-    if let Ok(definition) = parse_definition(doc) {
-        let _ = validate(&definition, &|agent| agent != "ghost");
-        let _ = referenced_agents(&definition);
-        let _ = serde_json::to_string(&definition);
+/// Whether `path` (`nodes[2].config.agent_id`, `tasks[0]`; empty for the whole
+/// document) is a place in `doc`: a value there, or a key missing from an object
+/// that is there (a required field, named where it belongs). Keys may hold `.` or
+/// `[` themselves, so every key that fits is tried.
+fn locates(doc: &Value, path: &str) -> bool {
+    fn walk(value: &Value, rest: &str) -> bool {
+        if rest.is_empty() {
+            return true;
+        }
+        if let Some(rest) = rest.strip_prefix('[') {
+            let Some((index, rest)) = rest.split_once(']') else {
+                return false;
+            };
+            let item = index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| value.as_array()?.get(i));
+            return item.is_some_and(|item| walk(item, rest));
+        }
+        let (Some(rest), Some(object)) = (rest.strip_prefix('.'), value.as_object()) else {
+            return false;
+        };
+        let present = object.iter().any(|(key, item)| {
+            rest.strip_prefix(key.as_str()).is_some_and(|after| {
+                (after.is_empty() || after.starts_with(['.', '['])) && walk(item, after)
+            })
+        });
+        present || !rest.contains(['.', '['])
     }
+    path.is_empty()
+        || if path.starts_with('[') {
+            walk(doc, path)
+        } else {
+            walk(doc, &format!(".{path}"))
+        }
 }
 
-/// Everything a template or expression string goes through; none of it may panic.
-fn check_string(s: &str, ctx: &Value) {
-    let _ = check_template_syntax(s);
-    let _ = check_expression_syntax(s);
+/// Parses and, when it parses, validates `doc`, holding both to what they promise:
+/// the same answer each time; a refusal with at least one problem, each at a path in
+/// the document; a definition that is itself once stored and read back; problems of
+/// validation at paths in that stored definition (which the sequential form's `tasks`
+/// become); its agents listed once each, sorted, and an unknown one a problem.
+fn parse_and_validate(doc: &Value) -> Result<(), TestCaseError> {
+    let parsed = parse_definition(doc);
+    prop_assert_eq!(&parse_definition(doc), &parsed);
+    let definition = match parsed {
+        Ok(definition) => definition,
+        Err(problems) => {
+            prop_assert!(!problems.is_empty(), "refused without a problem: {}", doc);
+            for problem in &problems {
+                prop_assert!(
+                    locates(doc, &problem.path),
+                    "{:?} is not in {}",
+                    problem,
+                    doc
+                );
+            }
+            return Ok(());
+        }
+    };
+    let stored = serde_json::to_value(&definition).expect("a parsed definition serializes");
+    prop_assert_eq!(parse_definition(&stored), Ok(definition.clone()));
+    let agent_exists = |agent: &str| agent != "ghost";
+    let problems = validate(&definition, &agent_exists);
+    prop_assert_eq!(&validate(&definition, &agent_exists), &problems);
+    for problem in &problems {
+        prop_assert!(
+            locates(&stored, &problem.path),
+            "{:?} is not in {}",
+            problem,
+            stored
+        );
+    }
+    let agents = referenced_agents(&definition);
+    prop_assert!(
+        agents.windows(2).all(|pair| pair[0] < pair[1]),
+        "{:?}",
+        agents
+    );
+    if agents.iter().any(|agent| agent == "ghost") {
+        prop_assert!(
+            problems.iter().any(|p| p.problem.contains("ghost")),
+            "the unknown agent is not a problem: {:?}",
+            problems
+        );
+    }
+    Ok(())
+}
+
+/// A syntax failure: what the syntax checks are there to catch before a run.
+fn is_syntax_error(result: &Result<Value, TemplateError>) -> bool {
+    matches!(
+        result,
+        Err(TemplateError::Syntax(_) | TemplateError::TooLong(_))
+    )
+}
+
+/// Everything a template or expression string goes through, held to what it
+/// promises: rendering and evaluation answer the same each time; a string that passes
+/// a syntax check never fails for its syntax, and one that fails it never renders or
+/// evaluates (nor reads any step, as an expression).
+fn check_string(s: &str, ctx: &Value) -> Result<(), TestCaseError> {
+    let template = json!(s);
+    let rendered = render(&template, ctx);
+    prop_assert_eq!(&render(&template, ctx), &rendered);
+    match check_template_syntax(s) {
+        Ok(()) => prop_assert!(
+            !is_syntax_error(&rendered),
+            "{:?} passed the check: {:?}",
+            s,
+            rendered
+        ),
+        Err(problem) => prop_assert!(
+            rendered.is_err(),
+            "{:?} failed the check ({}) but rendered {:?}",
+            s,
+            problem,
+            rendered
+        ),
+    }
     let _ = step_references(s);
-    let _ = expression_step_references(s);
-    let _ = render(&json!(s), ctx);
-    let _ = evaluate(s, ctx);
+    let evaluated = evaluate(s, ctx);
+    prop_assert_eq!(&evaluate(s, ctx), &evaluated);
+    match check_expression_syntax(s) {
+        Ok(()) => prop_assert!(
+            !is_syntax_error(&evaluated),
+            "{:?} passed the check: {:?}",
+            s,
+            evaluated
+        ),
+        Err(problem) => {
+            prop_assert!(
+                is_syntax_error(&evaluated),
+                "{:?} failed the check ({}) but evaluated {:?}",
+                s,
+                problem,
+                evaluated
+            );
+            prop_assert!(expression_step_references(s).is_empty());
+        }
+    }
+    Ok(())
+}
+
+/// Arbitrary JSON whose strings hold no `{`, so no expression.
+fn json_without_expressions() -> impl Strategy<Value = Value> {
+    fn strip(value: Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(s.replace('{', "")),
+            Value::Array(items) => Value::Array(items.into_iter().map(strip).collect()),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (k, strip(v))).collect())
+            }
+            other => other,
+        }
+    }
+    arbitrary_json().prop_map(strip)
+}
+
+/// A step id as definitions write them.
+fn step_id() -> impl Strategy<Value = String> {
+    "n_[a-z0-9_]{0,5}"
 }
 
 // 256 cases each (proptest's default; `PROPTEST_CASES=5000` for a longer hunt).
 proptest! {
     #[test]
-    fn arbitrary_json_never_panics_validation(doc in arbitrary_json()) {
-        parse_and_validate(&doc);
+    fn arbitrary_json_is_refused_or_validated_alike_each_time_at_paths_it_has(doc in arbitrary_json()) {
+        parse_and_validate(&doc)?;
         let mut wrapped = Map::new();
         wrapped.insert("nodes".into(), doc.clone());
         wrapped.insert("edges".into(), doc.clone());
         wrapped.insert("variables".into(), doc);
-        parse_and_validate(&Value::Object(wrapped));
+        parse_and_validate(&Value::Object(wrapped))?;
     }
 
     #[test]
-    fn graph_shaped_definitions_validate_without_panicking(doc in definition(), tasks in sequential()) {
-        parse_and_validate(&doc);
-        parse_and_validate(&tasks);
+    fn graph_shaped_definitions_are_validated_alike_each_time_at_paths_they_have(doc in definition(), tasks in sequential()) {
+        parse_and_validate(&doc)?;
+        parse_and_validate(&tasks)?;
     }
 
     #[test]
-    fn arbitrary_templates_render_or_fail(template in arbitrary_json(), ctx in context()) {
-        let _ = render(&template, &ctx);
+    fn arbitrary_templates_render_alike_each_time_and_as_their_syntax_check_says(template in arbitrary_json(), ctx in context()) {
+        let rendered = render(&template, &ctx);
+        prop_assert_eq!(&render(&template, &ctx), &rendered);
         if let Value::String(s) = &template {
-            check_string(s, &ctx);
+            check_string(s, &ctx)?;
         }
     }
 
     #[test]
-    fn arbitrary_strings_are_checked_rendered_and_evaluated(s in text(), ctx in context()) {
-        check_string(&s, &ctx);
-        check_string(&format!("{{{{ {s} }}}}"), &ctx);
+    fn arbitrary_strings_are_checked_rendered_and_evaluated_as_their_syntax_check_says(s in text(), ctx in context()) {
+        check_string(&s, &ctx)?;
+        check_string(&format!("{{{{ {s} }}}}"), &ctx)?;
     }
 
     #[test]
-    fn grammar_expressions_evaluate_or_fail(e in expression(), ctx in context()) {
+    fn grammar_expressions_evaluate_alike_each_time_as_their_template_and_check_say(e in expression(), ctx in context()) {
         let evaluated = evaluate(&e, &ctx);
-        // The syntax check never accepts less than evaluation does.
-        if check_expression_syntax(&e).is_err() {
-            prop_assert!(evaluated.is_err(), "{e} evaluated to {evaluated:?} but fails the syntax check");
+        prop_assert_eq!(&evaluate(&e, &ctx), &evaluated);
+        // The syntax check accepts exactly what compiles.
+        match check_expression_syntax(&e) {
+            Ok(()) => prop_assert!(!is_syntax_error(&evaluated), "{} passed the check: {:?}", e, evaluated),
+            Err(_) => prop_assert!(is_syntax_error(&evaluated), "{} evaluated to {:?} but fails the syntax check", e, evaluated),
         }
         // A template that is exactly the expression gives the same value.
         let rendered = render(&json!(format!("{{{{ {e} }}}}")), &ctx);
@@ -500,7 +654,58 @@ proptest! {
         if let (Ok(a), Ok(b)) = (&rendered, &evaluated) {
             prop_assert_eq!(a, b);
         }
-        let _ = render(&json!(format!("[{{{{ {e} }}}}] and {{{{ {e} }}}}")), &ctx);
+        // `not` reads a value's truthiness as conditions do (JSON truthiness).
+        if let (Ok(value), Ok(negated)) = (&evaluated, evaluate(&format!("not ({e})"), &ctx)) {
+            prop_assert_eq!(negated, json!(!is_truthy(value)), "{}", e);
+        }
+        check_string(&format!("[{{{{ {e} }}}}] and {{{{ {e} }}}}"), &ctx)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn text_without_expressions_renders_to_itself(template in json_without_expressions(), ctx in context()) {
+        prop_assert_eq!(render(&template, &ctx), Ok(template.clone()));
+    }
+
+    #[test]
+    fn a_template_of_one_path_renders_the_value_there_and_mixed_text_as_a_string(value in arbitrary_json(), text in "x[a-z .,:]{0,8}") {
+        let ctx = json!({"steps": {"a": {"output": value.clone()}}});
+        // Exactly one expression, whitespace around it too, keeps the value's JSON type.
+        prop_assert_eq!(render(&json!("{{ steps.a.output }}"), &ctx), Ok(value.clone()));
+        prop_assert_eq!(render(&json!(" {{steps.a.output}}\n"), &ctx), Ok(value.clone()));
+        // With text around it, a string: strings as they are, other values as JSON.
+        let shown = match &value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let mixed = json!(format!("{text}{{{{ steps.a.output }}}}{text}"));
+        prop_assert_eq!(render(&mixed, &ctx), Ok(json!(format!("{text}{shown}{text}"))));
+    }
+
+    #[test]
+    fn step_references_name_each_step_a_template_reads_once_in_order(
+        reads in prop::collection::vec((step_id(), any::<bool>()), 0..6),
+        text in "[a-z .,:]{0,8}",
+    ) {
+        let template: Vec<String> = reads
+            .iter()
+            .map(|(id, bracketed)| if *bracketed {
+                format!("{{{{ steps['{id}'].output }}}}")
+            } else {
+                format!("{{{{ steps.{id}.output.x }}}}")
+            })
+            .collect();
+        let template = template.join(&text);
+        let mut expected: Vec<String> = Vec::new();
+        for (id, _) in &reads {
+            if !expected.contains(id) {
+                expected.push(id.clone());
+            }
+        }
+        prop_assert_eq!(step_references(&template), expected);
     }
 }
 

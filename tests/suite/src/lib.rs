@@ -12,10 +12,18 @@
 //!   must be [`suite_variables`]); tests that need a configuration of their
 //!   own then fail with a message saying so, since nothing can start one.
 //!
-//! No test may depend on which it is, except tests of the test host's fault
-//! injection ([`configured_with_faults`]), which live in modules named
-//! `host_faults` so that a run on real Spin can skip them by name
-//! (`--skip host_faults::`) and report them as filtered out, never as passes.
+//! No test may depend on which it is, and none passes by not running where
+//! it cannot: a test that needs what only some of them give lives in a
+//! module named for that need, so a run where it cannot hold skips it by name
+//! and cargo reports it as filtered out, never as passed; called elsewhere,
+//! its harness function fails saying so.
+//!
+//! - `host_faults`: tests of the test host's fault injection
+//!   ([`configured_with_faults`]); a run on real Spin or `SPINDLE_URL`
+//!   skips them (`--skip host_faults::`).
+//! - `sole_ticker`: tests that count what their own ticks start
+//!   ([`shared_ticked_by_the_suite_alone`]), which needs an app only the suite
+//!   ticks; a run against `SPINDLE_URL` skips them (`--skip sole_ticker::`).
 #![deny(missing_docs)]
 
 use fake_llm::FakeLlm;
@@ -216,6 +224,21 @@ pub fn configured_with_faults(
         "this test needs the test host's fault injection: a run on real Spin skips it (--skip host_faults::)"
     );
     start(variables, Some(faults))
+}
+
+/// The [`shared`] target, for a test that counts what its own ticks start:
+/// the suite must be the only one ticking the app (its variables switch the
+/// app's own tick off). Tests calling it live in a `sole_ticker` module.
+///
+/// # Panics
+/// With `SPINDLE_URL`, whose app someone else's scheduler may tick too.
+pub fn shared_ticked_by_the_suite_alone() -> &'static Target {
+    assert!(
+        !is_external(),
+        "this test counts what the suite's own ticks start, which needs an app only the suite \
+         ticks: a run against SPINDLE_URL skips it (--skip sole_ticker::)"
+    );
+    shared()
 }
 
 /// Takes the fake provider for one test: tests that script it run one at a
