@@ -49,7 +49,7 @@ mod server;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -308,6 +308,10 @@ pub struct ReceivedRequest {
     pub dialect: Option<Dialect>,
     /// The model asked for (the body's `model`, or Gemini's path segment).
     pub model: Option<String>,
+    /// When the fake received it (its body read, before any scripted latency):
+    /// lets a test check when a client called, e.g. that a retry came no
+    /// earlier than the `Retry-After` of the answer before it.
+    pub received_at: Instant,
 }
 
 impl ReceivedRequest {
@@ -337,6 +341,8 @@ pub(crate) struct State {
     pub(crate) bucket: (f64, Option<std::time::Instant>),
     /// How many chat requests the rate limit answered with 429.
     pub(crate) rate_limited: usize,
+    /// Chat requests answered, by the answer's HTTP status.
+    pub(crate) answered: HashMap<u16, usize>,
 }
 
 impl State {
@@ -358,9 +364,20 @@ impl State {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Shared {
     state: Mutex<State>,
+    /// Whether answers are held ([`FakeLlm::hold`]); a held answer waits
+    /// until this is false again.
+    pub(crate) held: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            state: Mutex::default(),
+            held: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl Shared {
@@ -476,6 +493,20 @@ impl FakeLlm {
         self.shared.lock().latency = latency;
     }
 
+    /// Holds every answer (chat and webhook) until [`FakeLlm::release`]: a
+    /// request is still received and recorded at once, so a test sees the
+    /// call in [`FakeLlm::received`] and can act while its client is known
+    /// to wait on it; the answer follows the release (then its latency).
+    /// [`FakeLlm::clear`] releases too.
+    pub fn hold(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    /// Sends the held answers and stops holding new ones.
+    pub fn release(&self) {
+        self.shared.held.send_replace(false);
+    }
+
     /// Turns recording of requests on (the default) or off; off keeps memory
     /// flat in long benchmarks.
     pub fn set_recording(&self, on: bool) {
@@ -504,10 +535,25 @@ impl FakeLlm {
             .unwrap_or(0)
     }
 
-    /// Forgets the recorded requests, the success counts and every scripted
-    /// reply not yet served, and restarts the default replies at `#1`. The
-    /// latency and recording settings stay.
+    /// How many chat requests (any dialect) the fake has answered with HTTP
+    /// `status`, scripted or not: a test that injects errors can check they
+    /// were really served. A malformed body is a `200` that is no success
+    /// ([`FakeLlm::successes`]); a request still hanging is not counted.
+    pub fn answered(&self, status: u16) -> usize {
+        self.shared
+            .lock()
+            .answered
+            .get(&status)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Forgets the recorded requests, the success and answer counts and
+    /// every scripted reply not yet served, releases held answers, and
+    /// restarts the default replies at `#1`. The latency and recording
+    /// settings stay.
     pub fn clear(&self) {
+        self.release();
         let mut state = self.shared.lock();
         let latency = state.latency;
         let no_recording = state.no_recording;

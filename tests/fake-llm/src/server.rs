@@ -103,6 +103,7 @@ async fn handle(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
+    let received_at = std::time::Instant::now();
     let json_body: Option<Value> = serde_json::from_slice(&bytes).ok();
     let route =
         Dialect::from_path(parts.uri.path()).filter(|_| parts.method == hyper::Method::POST);
@@ -135,6 +136,7 @@ async fn handle(
                 raw_body: String::from_utf8_lossy(&bytes).into_owned(),
                 dialect: route.as_ref().map(|(d, _)| *d),
                 model: model.clone(),
+                received_at,
             });
         }
         let is_event =
@@ -155,6 +157,7 @@ async fn handle(
                     None,
                     state.seq,
                 );
+                *state.answered.entry(400).or_default() += 1;
                 Plan::Immediate(json_response(StatusCode::BAD_REQUEST, &body))
             }
             (Some((dialect, _)), Some(body)) => {
@@ -190,6 +193,10 @@ async fn handle(
         }
     };
 
+    if !matches!(plan, Plan::Immediate(_)) {
+        // A held answer waits for the release (the sender lives as long as the server).
+        let _ = shared.held.subscribe().wait_for(|held| !held).await;
+    }
     let (dialect, model, seq, input_tokens, reply, latency) = match plan {
         Plan::Immediate(response) => return Ok(response),
         Plan::Event { reply, latency } => return Ok(event_answer(reply, latency).await),
@@ -247,6 +254,11 @@ async fn handle(
             json_response(StatusCode::GATEWAY_TIMEOUT, &body)
         }
     };
+    *shared
+        .lock()
+        .answered
+        .entry(response.status().as_u16())
+        .or_default() += 1;
     if let Some(secs) = reply.retry_after {
         response
             .headers_mut()

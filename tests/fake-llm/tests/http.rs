@@ -304,6 +304,11 @@ async fn scripted_errors_in_each_dialect() {
     assert_eq!(fake.successes(Dialect::Anthropic), 0);
     assert_eq!(fake.successes(Dialect::Gemini), 0);
     assert_eq!(fake.received().len(), 7);
+    let answered: Vec<usize> = [429, 500, 401, 529, 400, 200]
+        .iter()
+        .map(|status| fake.answered(*status))
+        .collect();
+    assert_eq!(answered, [3, 1, 1, 1, 1, 0], "answers counted by status");
 }
 
 #[tokio::test]
@@ -322,6 +327,32 @@ async fn malformed_and_wrong_shape_bodies() {
     assert_eq!(raw.status, 502);
     assert_eq!(raw.text, "<html>Bad Gateway</html>");
     assert_eq!(fake.successes(Dialect::OpenAi), 0);
+    assert_eq!(
+        fake.answered(200),
+        2,
+        "a broken 200 is answered, not a success"
+    );
+    assert_eq!(fake.answered(502), 1);
+}
+
+#[tokio::test]
+async fn a_request_is_stamped_when_it_arrives_not_when_it_is_answered() {
+    let fake = FakeLlm::start().await;
+    fake.push(Reply::text("late").after(Duration::from_millis(150)));
+    fake.push(Reply::text("prompt"));
+    let sent = Instant::now();
+    post(&fake, "/v1/chat/completions", &openai_request()).await;
+    let answered = Instant::now();
+    post(&fake, "/v1/chat/completions", &openai_request()).await;
+    let received = fake.received();
+    assert!(sent <= received[0].received_at, "{received:?}");
+    assert!(
+        received[0].received_at + Duration::from_millis(150) <= answered,
+        "stamped before the reply's latency: {received:?}"
+    );
+    assert!(answered <= received[1].received_at, "{received:?}");
+    fake.clear();
+    assert_eq!(fake.answered(200), 0, "clear forgets the answers");
 }
 
 #[tokio::test]
@@ -459,6 +490,36 @@ async fn unknown_paths_and_bad_bodies_do_not_consume_the_script() {
         .await
         .json();
     assert_eq!(fresh["choices"][0]["message"]["content"], "fake reply #1");
+}
+
+#[tokio::test]
+async fn a_held_answer_is_sent_on_release_and_the_request_seen_before() {
+    let fake = FakeLlm::start().await;
+    fake.hold();
+    fake.push(Reply::text("held"));
+    let call = {
+        let fake = fake.clone();
+        tokio::spawn(async move { post(&fake, "/v1/chat/completions", &openai_request()).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.received().is_empty() {
+        assert!(Instant::now() < deadline, "the request never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!call.is_finished(), "answered while held");
+    assert_eq!(fake.answered(200), 0);
+    fake.release();
+    let answer = call.await.unwrap();
+    assert_eq!(answer.json()["choices"][0]["message"]["content"], "held");
+    // Cleared, the fake holds nothing.
+    fake.hold();
+    fake.clear();
+    assert_eq!(
+        post(&fake, "/v1/chat/completions", &openai_request())
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]

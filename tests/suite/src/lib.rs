@@ -81,6 +81,14 @@ pub fn step<'a>(run: &'a Value, node: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {node} in {run:#}"))
 }
 
+/// The step of node `node` in `run`, if the run has one yet.
+pub fn find_step<'a>(run: &'a Value, node: &str) -> Option<&'a Value> {
+    run["steps"]
+        .as_array()?
+        .iter()
+        .find(|s| s["node_id"] == node)
+}
+
 /// Waits until the fake provider has received a request (a step is now in
 /// its provider call); panics after `within`.
 pub fn await_provider_call(within: Duration) {
@@ -715,20 +723,72 @@ impl Target {
 
     /// Polls run `id` until it is completed, failed or cancelled, for at most `within`.
     pub fn finished_within(&self, org: &Org, id: &str, within: Duration) -> Value {
-        let deadline = std::time::Instant::now() + within;
+        self.await_run(org, id, "finish", within, has_ended)
+    }
+
+    /// Polls run `id` until `until` holds for it (its
+    /// `GET /api/v1/executions/:id` body), for at most `within`, and returns
+    /// that body. Panics, saying the run did not `what` and showing it, when
+    /// `within` passes first.
+    pub fn await_run(
+        &self,
+        org: &Org,
+        id: &str,
+        what: &str,
+        within: Duration,
+        until: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + within;
         loop {
             let run = self.execution(org, id);
-            if ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or(""))
-            {
+            if until(&run) {
                 return run;
             }
             assert!(
-                std::time::Instant::now() < deadline,
-                "run {id} did not finish: {} (steps: {})",
+                Instant::now() < deadline,
+                "run {id} did not {what} within {within:?}: {} (steps: {})",
                 run["status"],
                 run["steps"]
             );
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Polls run `id` until its step of node `node` has `status`, for at
+    /// most 30 s; returns the run.
+    pub fn await_step(&self, org: &Org, id: &str, node: &str, status: &str) -> Value {
+        let what = format!("have step {node} {status}");
+        self.await_run(org, id, &what, Duration::from_secs(30), |run| {
+            find_step(run, node).is_some_and(|step| step["status"] == status)
+        })
+    }
+
+    /// Calls the tick, then reads run `id`, until the run has ended, for at
+    /// most 30 s; returns it. For a run that waits for its time to come (a
+    /// delay, a wait's timeout, a retry's backoff), which only a tick moves
+    /// on: the test need not know when that is, and other tests' ticks of
+    /// the same app may move it too.
+    pub fn finished_ticking(&self, org: &Org, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let tick = self.tick();
+            assert_eq!(
+                tick.status,
+                200,
+                "the tick: {}",
+                String::from_utf8_lossy(&tick.body)
+            );
+            let run = self.execution(org, id);
+            if has_ended(&run) {
+                return run;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "run {id} did not finish with the tick: {} (steps: {})",
+                run["status"],
+                run["steps"]
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -800,6 +860,11 @@ impl Target {
         let _ = stream.read_to_end(&mut raw);
         parse_response(&raw)
     }
+}
+
+/// Whether `run` (a `GET /api/v1/executions/:id` body) is completed, failed or cancelled.
+pub fn has_ended(run: &Value) -> bool {
+    ["completed", "failed", "cancelled"].contains(&run["status"].as_str().unwrap_or(""))
 }
 
 /// One Server-Sent Event as a client sees it.

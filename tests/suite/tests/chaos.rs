@@ -118,7 +118,9 @@ const SCORER: &str = "gpt-4o";
 const HTTP_PROBE: &str = "http-probe";
 
 /// Scripts `count` answers for `model`: mostly successes (some slow), with 429s,
-/// 500s and malformed bodies mixed in.
+/// 500s and malformed bodies mixed in. The first three are one of each fault, so
+/// that every kind reaches a run whatever the seed (the runs use only the start
+/// of each script).
 fn script(
     rng: &mut Rng,
     model: &str,
@@ -127,7 +129,12 @@ fn script(
 ) -> BTreeMap<&'static str, usize> {
     let mut kinds = BTreeMap::new();
     for i in 0..count {
-        let roll = rng.below(1000);
+        let roll = match i {
+            0 => 0,
+            1 => 25,
+            2 => 85,
+            _ => rng.below(1000),
+        };
         let success = || {
             let text = if structured {
                 format!("{{\"score\": {}}}", rng_score(i))
@@ -594,6 +601,10 @@ fn chaos(faults: Faults) {
     // Steps that finished after their run had ended (running when a sibling failed
     // or the run was cancelled): the case whose cost the run's totals once missed.
     let mut late_steps = 0;
+    // Steps with a gap in their attempt log: an attempt whose instance died
+    // after claiming the step (README, "Status lifecycle"), the product's own
+    // trace of a kill.
+    let mut gapped_steps = 0;
     for ((i, id, _), run) in runs.iter().zip(&executions) {
         let status = run["status"].as_str().unwrap_or("?").to_string();
         *statuses.entry(status.clone()).or_default() += 1;
@@ -614,6 +625,15 @@ fn chaos(faults: Faults) {
                 billed_steps.insert(step["id"].as_str().unwrap().to_string());
             }
         }
+        gapped_steps += steps
+            .iter()
+            .filter(|s| {
+                let log = s["attempt_log"].as_array().map_or(&[][..], Vec::as_slice);
+                log.iter()
+                    .zip(1..)
+                    .any(|(entry, attempt)| entry["attempt"] != attempt)
+            })
+            .count();
         let ended = run["finished_at"].as_str().unwrap_or("");
         late_steps += steps
             .iter()
@@ -655,15 +675,25 @@ fn chaos(faults: Faults) {
     }
     let provider_successes =
         fake_llm().successes(Dialect::OpenAi) + fake_llm().successes(Dialect::Anthropic);
+    let all_successes = provider_successes + fake_llm().successes(Dialect::Gemini);
+    // What the fake really served: 429s, 500s, and 200s that were no success
+    // (the malformed bodies).
+    let served = [
+        fake_llm().answered(429),
+        fake_llm().answered(500),
+        fake_llm().answered(200) - all_successes,
+    ];
     let summary_billed = summary["totals"]["billed_cost_micros"].as_i64().unwrap();
+    let killed = killed.each_ref().map(|count| count.load(Ordering::Relaxed));
     eprintln!(
         "chaos: {statuses:?} by shape {by_shape:?}; invocations killed before/after answering \
-         {}/{}, the app {} times, steps finished after their run {late_steps}; provider successes \
-         {provider_successes}, succeeded records {}, billed steps {}, records {}, summary \
-         billed {summary_billed}, runs billed {runs_billed}; {:?} in all",
-        killed[0].load(Ordering::Relaxed),
-        killed[1].load(Ordering::Relaxed),
-        killed[2].load(Ordering::Relaxed),
+         {}/{}, the app {} times, steps with a gap in their attempts {gapped_steps}, steps \
+         finished after their run {late_steps}; served 429/500/malformed {served:?}; provider \
+         successes {provider_successes}, succeeded records {}, billed steps {}, records {}, \
+         summary billed {summary_billed}, runs billed {runs_billed}; {:?} in all",
+        killed[0],
+        killed[1],
+        killed[2],
         succeeded.len(),
         billed_steps.len(),
         records.len(),
@@ -688,6 +718,25 @@ fn chaos(faults: Faults) {
         problems.push(format!(
             "the usage summary bills {summary_billed}, the runs {runs_billed}"
         ));
+    }
+    // The faults really happened: a chaos run without them proves nothing.
+    if served.contains(&0) {
+        problems.push(format!(
+            "the provider served 429/500/malformed {served:?}: a kind of fault never reached a run"
+        ));
+    }
+    match faults {
+        Faults::DyingInvocations if killed[0] == 0 || killed[1] == 0 || gapped_steps == 0 => {
+            problems.push(format!(
+                "invocations killed before/after answering {}/{}, steps with a gap in their \
+                 attempts {gapped_steps}: the host's fault injection did not kill invocations",
+                killed[0], killed[1]
+            ));
+        }
+        Faults::KilledHost if killed[2] == 0 => {
+            problems.push("the app was never killed while the runs went on".to_string());
+        }
+        _ => {}
     }
     assert!(
         problems.is_empty(),
@@ -730,6 +779,10 @@ fn a_step_retrying_past_its_lease_calls_the_provider_once() {
     let _ticker = target.tick_every(Duration::from_millis(100));
     let id = start(&target, &org, &workflow, &json!({}), "lease-once");
     let run = target.finished(&org, &id);
+    // Asserts that nothing more happens: a second invocation handed the step
+    // would still be in a Retry-After wait (1 s), then call the provider again,
+    // so the ticks go on for longer than a wait and a lease (2 s) before the
+    // fake's successes are counted.
     std::thread::sleep(Duration::from_secs(4));
     let records = get(&target, &org, "/api/v1/usage/records?status=succeeded");
     assert_eq!(run["status"], "completed", "{run}");

@@ -7,11 +7,32 @@ use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
     Org, STEP_LEASE_MS, Target, await_provider_call, configured, configured_with_faults, fake_llm,
-    fake_turn, shared, step, suite_variables,
+    fake_turn, find_step, fresh, shared, step, suite_variables,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// A timestamp of the API (RFC 3339) in ms since the epoch.
+fn ms(timestamp: &Value) -> i64 {
+    let text = timestamp
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {timestamp}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_millis()
+}
+
+/// The clock the app stamps its times with (the same machine's), in ms.
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
 
 fn linear(agent: &str) -> Value {
     json!({
@@ -228,9 +249,11 @@ fn a_cancelled_run_starts_nothing_new() {
     let org = target.create_org("run-cancel");
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
-    fake_llm().push(Reply::text("slow one").after(Duration::from_millis(800)));
+    fake_llm().push(Reply::text("slow one"));
+    // The first step's answer waits until the run is cancelled.
+    fake_llm().hold();
     let id = target.start_run(&org, &workflow, json!({}));
-    std::thread::sleep(Duration::from_millis(200));
+    await_provider_call(Duration::from_secs(30));
     let reply = target.call(
         "POST",
         &format!("/api/v1/executions/{id}/cancel"),
@@ -244,22 +267,12 @@ fn a_cancelled_run_starts_nothing_new() {
         String::from_utf8_lossy(&reply.body)
     );
     assert_eq!(reply.json()["status"], "cancelled");
-    std::thread::sleep(Duration::from_millis(1_200));
-    let run = target.execution(&org, &id);
+    fake_llm().release();
+    // The commit that stores a step's result also readies what follows it, so
+    // once `first` is stored, `second` would exist had the run gone on.
+    let run = target.await_step(&org, &id, "first", "completed");
     assert_eq!(run["status"], "cancelled");
-    assert_eq!(
-        step(&run, "first")["status"],
-        "completed",
-        "the running step finished"
-    );
-    assert!(
-        run["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["node_id"] != "second"),
-        "{run}"
-    );
+    assert!(find_step(&run, "second").is_none(), "{run}");
     assert_eq!(fake_llm().received().len(), 1);
     target
         .call(
@@ -312,7 +325,8 @@ fn an_idempotency_key_starts_one_run() {
 
 #[test]
 fn a_delay_parks_the_run_until_the_tick_resumes_it() {
-    let target = shared();
+    // An app of its own: no other test's tick may resume the run.
+    let target = fresh();
     let org = target.create_org("run-delay");
     let workflow = target.create(
         &org,
@@ -328,16 +342,26 @@ fn a_delay_parks_the_run_until_the_tick_resumes_it() {
         }),
     );
     let id = target.start_run(&org, &workflow, json!({"greeting": "later"}));
-    let tick = || target.tick();
-    tick();
     let parked = target.execution(&org, &id);
     assert_eq!(parked["status"], "running");
     assert_eq!(step(&parked, "pause")["status"], "queued");
-    std::thread::sleep(Duration::from_millis(1_600));
-    tick();
-    let run = target.finished(&org, &id);
+    // Nothing but the tick resumes it: past its time, untouched, it is still
+    // parked (a sleep that only lets the time pass; waiting longer cannot
+    // make this fail).
+    let due = ms(&parked["created_at"]) + 1500;
+    std::thread::sleep(Duration::from_millis(
+        u64::try_from(due + 200 - now_ms()).unwrap_or(0),
+    ));
+    let still = target.execution(&org, &id);
+    assert_eq!(still["status"], "running", "{still}");
+    assert_eq!(step(&still, "pause")["status"], "queued", "{still}");
+    let run = target.finished_ticking(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "later");
+    assert!(
+        ms(&step(&run, "pause")["started_at"]) >= due,
+        "the delay ran no earlier than its 1.5 s: {run}"
+    );
 }
 
 #[test]
@@ -509,16 +533,7 @@ fn a_node_retry_policy_runs_a_transient_failure_again_after_its_backoff() {
     fake_llm().push(Reply::server_error());
     fake_llm().push(Reply::server_error());
     let id = target.start_run(&org, &workflow, json!({}));
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let run = loop {
-        let run = target.execution(&org, &id);
-        if run["status"] != "running" {
-            break run;
-        }
-        assert!(Instant::now() < deadline, "{run}");
-        target.tick();
-        std::thread::sleep(Duration::from_millis(150));
-    };
+    let run = target.finished_ticking(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], 200);
     assert_eq!(step(&run, "call")["attempts"], 3);
@@ -599,14 +614,16 @@ fn a_wait_node_without_its_signal_times_out_on_the_tick() {
     let org = target.create_org("run-wait-timeout");
     let workflow = target.create(&org, "/api/v1/workflows", &approval_flow(300));
     let id = target.start_run(&org, &workflow, json!({}));
-    std::thread::sleep(Duration::from_millis(400));
     // Any tick may time it out (other tests tick the same app too).
-    let tick = target.tick();
-    assert_eq!(tick.status, 200);
-    let run = target.finished(&org, &id);
+    let run = target.finished_ticking(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "no answer");
-    assert_eq!(step(&run, "approval")["outcome"], "timeout");
+    let approval = step(&run, "approval");
+    assert_eq!(approval["outcome"], "timeout");
+    assert!(
+        ms(&approval["finished_at"]) >= ms(&run["created_at"]) + 300,
+        "timed out no earlier than its 300 ms: {run}"
+    );
     assert_eq!(step(&run, "go")["status"], "skipped");
 }
 
@@ -846,11 +863,13 @@ fn executions_are_filtered_by_workflow_status_and_creation_range() {
     let second = target.create(&org, "/api/v1/workflows", &definition("Second"));
     let a = target.start_run(&org, &first, json!({"n": 1}));
     target.finished(&org, &a);
-    std::thread::sleep(Duration::from_millis(20));
     let between = target.execution(&org, &a)["created_at"]
         .as_str()
         .unwrap()
         .to_string();
+    // Creation times are kept to the millisecond: this lets the clock move
+    // past a's, so that a time filter can tell the two runs apart (no event
+    // is awaited; a longer pause changes nothing).
     std::thread::sleep(Duration::from_millis(20));
     let b = target.start_run(&org, &second, json!({"n": 2}));
     target.finished(&org, &b);
@@ -1268,13 +1287,15 @@ fn a_wait_without_a_timeout_edge_fails_the_run_when_it_times_out() {
         }),
     );
     let id = target.start_run(&org, &workflow, json!({}));
-    std::thread::sleep(Duration::from_millis(400));
-    let tick = target.tick();
-    assert_eq!(tick.status, 200, "{}", String::from_utf8_lossy(&tick.body));
-    let run = target.finished(&org, &id);
+    let run = target.finished_ticking(&org, &id);
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["failed_node"], "approval", "{run}");
-    assert_eq!(step(&run, "approval")["status"], "failed");
+    let approval = step(&run, "approval");
+    assert_eq!(approval["status"], "failed");
+    assert!(
+        ms(&approval["finished_at"]) >= ms(&run["created_at"]) + 300,
+        "timed out no earlier than its 300 ms: {run}"
+    );
     let done_ran = run["steps"]
         .as_array()
         .unwrap()
@@ -1291,9 +1312,11 @@ fn retry_of_a_cancelled_run_reuses_its_completed_steps() {
     let org = target.create_org("run-retry-cancelled");
     let agent = target.create_agent(&org);
     let workflow = target.create(&org, "/api/v1/workflows", &two_agents(&agent));
-    fake_llm().push(Reply::text("one").after(Duration::from_millis(600)));
+    fake_llm().push(Reply::text("one"));
+    // The first step's answer waits until the run is cancelled.
+    fake_llm().hold();
     let id = target.start_run(&org, &workflow, json!({}));
-    std::thread::sleep(Duration::from_millis(150));
+    await_provider_call(Duration::from_secs(30));
     let cancel = target.call(
         "POST",
         &format!("/api/v1/executions/{id}/cancel"),
@@ -1301,11 +1324,9 @@ fn retry_of_a_cancelled_run_reuses_its_completed_steps() {
         None,
     );
     assert_eq!(cancel.json()["status"], "cancelled", "{}", cancel.json());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while step(&target.execution(&org, &id), "first")["status"] != "completed" {
-        assert!(Instant::now() < deadline, "the running step never finished");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    fake_llm().release();
+    let cancelled = target.await_step(&org, &id, "first", "completed");
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     fake_llm().push(Reply::text("two"));
     let retry = target.call(
         "POST",
@@ -1440,6 +1461,21 @@ fn a_run_whose_host_dies_mid_step_is_finished_after_a_restart_and_billed_once() 
 mod host_faults {
     use super::*;
 
+    /// Ticks until a tick hands one step on (`redispatched: 1`), for at most
+    /// 30 s; every tick before it must hand on nothing.
+    fn tick_until_redispatched(target: &Target) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let tick = target.tick().json();
+            if tick["redispatched"] == 1 {
+                return;
+            }
+            assert_eq!(tick["redispatched"], 0, "{tick}");
+            assert!(Instant::now() < deadline, "no tick handed the step on");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     #[test]
     fn a_step_whose_instance_died_is_finished_by_the_tick_exactly_once() {
         let _turn = fake_turn();
@@ -1461,30 +1497,30 @@ mod host_faults {
         let agent = target.create_agent(&org);
         let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
         let id = target.start_run(&org, &workflow, json!({"topic": "resilience"}));
-        std::thread::sleep(Duration::from_millis(300));
+        // The step invocation claimed the step, then died after answering.
+        let claimed = target.await_step(&org, &id, "draft", "running");
         assert!(
             killed.load(Ordering::SeqCst),
             "the step invocation was aborted"
         );
-        assert_eq!(target.execution(&org, &id)["status"], "running");
+        assert_eq!(claimed["status"], "running");
+        // Its next host call traps, so it never calls anyone.
         assert!(
             fake_llm().received().is_empty(),
             "the dead instance called nobody"
         );
-        // Before the lease expires the tick leaves the step alone.
-        let early = target.tick();
-        assert_eq!(
-            early.status,
-            200,
-            "{}",
-            String::from_utf8_lossy(&early.body)
-        );
-        std::thread::sleep(Duration::from_millis(STEP_LEASE_MS + 200));
-        let tick = target.tick();
-        assert_eq!(tick.json()["redispatched"], 1);
+        let lease_ends =
+            ms(&step(&claimed, "draft")["started_at"]) + i64::try_from(STEP_LEASE_MS).unwrap();
+        // Every tick before the lease lapses leaves the step alone; one after hands it on.
+        tick_until_redispatched(&target);
         let run = target.finished(&org, &id);
         assert_eq!(run["status"], "completed", "{run}");
-        assert_eq!(step(&run, "draft")["attempts"], 2);
+        let draft = step(&run, "draft");
+        assert_eq!(draft["attempts"], 2);
+        assert!(
+            ms(&draft["finished_at"]) >= lease_ends,
+            "handed on only once its lease had lapsed: {run}"
+        );
         assert_eq!(
             fake_llm().received().len(),
             1,
@@ -1514,14 +1550,18 @@ mod host_faults {
         let agent = target.create_agent(&org);
         let workflow = target.create(&org, "/api/v1/workflows", &linear(&agent));
         let id = target.start_run(&org, &workflow, json!({"topic": "recovery"}));
-        std::thread::sleep(Duration::from_millis(2_300));
-        assert!(killed.load(Ordering::SeqCst));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !killed.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the engine never dispatched");
+            std::thread::sleep(Duration::from_millis(20));
+        }
         assert_eq!(
             step(&target.execution(&org, &id), "draft")["status"],
-            "queued"
+            "queued",
+            "nobody claimed it"
         );
-        let tick = target.tick();
-        assert_eq!(tick.json()["redispatched"], 1);
+        // A queued step is the tick's once nobody dispatched it for a while.
+        tick_until_redispatched(&target);
         let run = target.finished(&org, &id);
         assert_eq!(run["status"], "completed", "{run}");
         assert_eq!(step(&run, "draft")["attempts"], 1);

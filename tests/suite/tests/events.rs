@@ -4,7 +4,7 @@
 
 use fake_llm::{ReceivedRequest, Reply};
 use serde_json::{Value, json};
-use spindle_suite::{Org, Target, fake_llm, fake_turn, shared};
+use spindle_suite::{Org, Target, fake_llm, fake_turn, fresh, shared};
 use standardwebhooks::Webhook;
 use std::time::{Duration, Instant};
 
@@ -455,7 +455,9 @@ fn a_completed_run_is_delivered_to_its_subscriber_signed() {
 #[test]
 fn a_failing_subscriber_gets_three_attempts_across_ticks_and_never_fails_the_run() {
     let _turn = fake_turn();
-    let target = shared();
+    // An app of its own: it counts attempts, which another test's ticks of a
+    // shared app would make too.
+    let target = &fresh();
     let org = target.create_org("events-retry");
     let path = format!("/events/{}", org.id);
     let subscription = subscribe(

@@ -5,7 +5,7 @@
 use fake_llm::Reply;
 use serde_json::{Value, json};
 use spindle_suite::{
-    Org, Target, await_provider_call, configured, fake_llm, fake_turn, suite_variables,
+    Org, Target, await_provider_call, configured, fake_llm, fake_turn, step, suite_variables,
 };
 use std::time::{Duration, Instant};
 
@@ -43,15 +43,25 @@ fn a_delay_ends_with_nobody_calling_the_tick() {
     let target = self_ticking();
     let org = target.create_org("heartbeat-delay");
     let workflow = target.create(&org, "/api/v1/workflows", &delayed(1_000));
-    let started = Instant::now();
     let id = target.start_run(&org, &workflow, json!({}));
     let run = ended(&target, &org, &id, Duration::from_secs(20));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "woke up");
+    // The delay's step ran no earlier than 1 s after the run began.
     assert!(
-        started.elapsed() >= Duration::from_millis(1_000),
-        "the delay was kept"
+        ms(&step(&run, "pause")["started_at"]) >= ms(&run["created_at"]) + 1_000,
+        "the delay was kept: {run}"
     );
+}
+
+/// A timestamp of the API (RFC 3339) in ms since the epoch.
+fn ms(timestamp: &Value) -> i64 {
+    let text = timestamp
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {timestamp}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_millis()
 }
 
 #[test]
