@@ -716,6 +716,31 @@ impl Target {
         .json()
     }
 
+    /// Every usage record of the org matching `query` (the filters of `GET
+    /// /api/v1/usage/records`, e.g. `execution_id=…`; may be empty), all
+    /// pages, in the API's order: one record per provider call.
+    pub fn usage_records(&self, org: &Org, query: &str) -> Vec<Value> {
+        let mut records = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = "/api/v1/usage/records?limit=1000".to_string();
+            if !query.is_empty() {
+                path = format!("{path}&{query}");
+            }
+            if let Some(cursor) = &cursor {
+                path = format!("{path}&cursor={cursor}");
+            }
+            let reply = self.call("GET", &path, Some(&org.owner_key), None);
+            assert_eq!(reply.status, 200, "GET {path}: {}", reply.json());
+            let page = reply.json();
+            records.extend(page["data"].as_array().expect("data").iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return records,
+            }
+        }
+    }
+
     /// Polls run `id` until it is completed, failed or cancelled, for at most 30 s.
     pub fn finished(&self, org: &Org, id: &str) -> Value {
         self.finished_within(org, id, Duration::from_secs(30))

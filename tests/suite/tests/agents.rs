@@ -3,8 +3,6 @@
 
 use fake_llm::{ReceivedRequest, Reply};
 use serde_json::{Value, json};
-use spindle_providers::pricing::{cost_of, price_for};
-use spindle_providers::{Provider, Usage};
 use spindle_suite::{
     Org, Target, configured, fake_llm, fake_turn, provider_key, shared, suite_variables,
 };
@@ -41,19 +39,6 @@ fn scout(provider: &str, model: &str) -> Value {
 
 const SYSTEM: &str = "You are Scout: qualifies leads\n\nAnswer briefly.\n\nPersonality:\n- Traits: curious\n- Tone: friendly";
 
-fn billed(provider: Provider, model: &str, input: u64, output: u64) -> i64 {
-    let price = price_for(provider, model).expect("a priced model");
-    cost_of(
-        price,
-        Usage {
-            input_tokens: input,
-            output_tokens: output,
-        },
-        20,
-    )
-    .billed_micros
-}
-
 #[test]
 fn openai_run_sends_the_exact_request_and_bills_the_usage() {
     let _turn = fake_turn();
@@ -71,10 +56,11 @@ fn openai_run_sends_the_exact_request_and_bills_the_usage() {
     assert_eq!(execution["output"], "Hello there");
     assert_eq!(execution["usage"]["input_tokens"], 1200);
     assert_eq!(execution["usage"]["output_tokens"], 400);
-    assert_eq!(
-        execution["cost"]["billed_micros"],
-        billed(Provider::OpenAi, "gpt-4o-mini", 1200, 400)
-    );
+    // gpt-4o-mini at $0.15/M input and $0.60/M output, the default 20% markup:
+    // 1200 × 0.15 + 400 × 0.60 = 180 + 240 = 420 µ$; × 1.2 → 504.
+    assert_eq!(execution["cost"]["base_micros"], 420);
+    assert_eq!(execution["cost"]["billed_micros"], 504);
+    assert_eq!(execution["cost"]["billed"], "0.000504");
     assert_eq!(execution["cost"]["pricing_missing"], false);
     let sent = requests();
     assert_eq!(sent.len(), 1);
@@ -219,11 +205,12 @@ fn tool_calls_round_trip_and_every_round_counts() {
     assert_eq!(execution["usage"]["input_tokens"], 250);
     assert_eq!(execution["usage"]["output_tokens"], 30);
     assert_eq!(execution["usage"]["provider_calls"], 2);
-    assert_eq!(
-        execution["cost"]["billed_micros"],
-        billed(Provider::OpenAi, "gpt-4o-mini", 100, 20)
-            + billed(Provider::OpenAi, "gpt-4o-mini", 150, 10)
-    );
+    // Each round is a call priced on its own (gpt-4o-mini, $0.15/M in, $0.60/M
+    // out, 20% markup, each amount rounded half up):
+    // 100 × 0.15 + 20 × 0.60 = 15 + 12 = 27 µ$, × 1.2 = 32.4 → 32;
+    // 150 × 0.15 + 10 × 0.60 = 22.5 + 6 = 28.5 → 29 µ$, × 1.2 = 34.8 → 35.
+    assert_eq!(execution["cost"]["base_micros"], 27 + 29);
+    assert_eq!(execution["cost"]["billed_micros"], 32 + 35);
     let sent = requests();
     assert_eq!(sent[0].body["tools"][0]["function"]["name"], "calculator");
     let followup = sent[1].body["messages"].as_array().unwrap();
@@ -404,11 +391,26 @@ fn rate_limited_then_successful_call_is_billed_once() {
     assert_eq!(execution["status"], "completed");
     assert_eq!(execution["usage"]["provider_calls"], 2);
     assert_eq!(execution["usage"]["input_tokens"], 100);
-    assert_eq!(
-        execution["cost"]["billed_micros"],
-        billed(Provider::OpenAi, "gpt-4o-mini", 100, 50)
-    );
+    // 100 × $0.15/M + 50 × $0.60/M = 15 + 30 = 45 µ$; +20% markup → 54.
+    assert_eq!(execution["cost"]["billed_micros"], 54);
     assert_eq!(requests().len(), 2);
+    // Billed once: the refused call's record is failed and costs nothing.
+    let records = target.usage_records(
+        &org,
+        &format!("agent_execution_id={}", execution["id"].as_str().unwrap()),
+    );
+    let billed: Vec<(&Value, &Value)> = records
+        .iter()
+        .map(|r| (&r["status"], &r["billed_cost_micros"]))
+        .collect();
+    assert_eq!(
+        billed,
+        [
+            (&json!("failed"), &json!(0)),
+            (&json!("succeeded"), &json!(54))
+        ],
+        "{records:?}"
+    );
 }
 
 #[test]
@@ -739,10 +741,16 @@ fn agents_are_listed_filtered_sorted_and_paged() {
         (2, vec!["Gamma".into(), "Alpha".into()])
     );
     assert_eq!(list("?search=bet"), (1, vec!["Beta".into()]));
-    assert_eq!(
-        list("?search=does%20things&limit=1&offset=1&sort_by=name&sort_order=asc"),
-        (3, vec!["Beta".into()])
-    );
+    // Pages of one, page after page: each agent once, then an empty page.
+    let page = |offset: u32| {
+        list(&format!(
+            "?search=does%20things&limit=1&offset={offset}&sort_by=name&sort_order=asc"
+        ))
+    };
+    assert_eq!(page(0), (3, vec!["Alpha".into()]));
+    assert_eq!(page(1), (3, vec!["Beta".into()]));
+    assert_eq!(page(2), (3, vec!["Gamma".into()]));
+    assert_eq!(page(3), (3, vec![]));
     assert_eq!(
         list("?search=100%25").0,
         0,

@@ -125,7 +125,7 @@ fn fan_out_of_three_joins_once() {
                 {"id": "start", "type": "trigger", "config": {}},
                 node("a"), node("b"), node("c"),
                 {"id": "join", "type": "transform", "config": {"template": ["{{ steps.a.output }}", "{{ steps.b.output }}", "{{ steps.c.output }}"]}},
-                {"id": "done", "type": "output", "config": {"value": "{{ steps.join.output | length }}"}}
+                {"id": "done", "type": "output", "config": {"value": "{{ steps.join.output }}"}}
             ],
             "edges": [
                 {"source": "start", "target": "a"}, {"source": "start", "target": "b"}, {"source": "start", "target": "c"},
@@ -137,8 +137,30 @@ fn fan_out_of_three_joins_once() {
     let id = target.start_run(&org, &workflow, json!({}));
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
-    assert_eq!(run["output"], 3);
-    assert_eq!(step(&run, "join")["attempts"], 1, "the join ran once");
+    let joins: Vec<&Value> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node_id"] == "join")
+        .collect();
+    assert_eq!(joins.len(), 1, "one step row for the join: {run}");
+    assert_eq!(joins[0]["status"], "completed", "{run}");
+    assert_eq!(joins[0]["attempts"], 1, "the join ran once");
+    // It ran after all three branches: it holds each one's own answer.
+    let branches: Vec<&Value> = ["a", "b", "c"]
+        .iter()
+        .map(|id| &step(&run, id)["output"])
+        .collect();
+    assert_eq!(joins[0]["output"], json!(branches), "{run}");
+    assert_eq!(run["output"], joins[0]["output"]);
+    let distinct: std::collections::BTreeSet<String> =
+        branches.iter().map(|o| o.to_string()).collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "three answers of their own: {branches:?}"
+    );
+    assert!(branches.iter().all(|o| o.is_string()), "{branches:?}");
     assert_eq!(fake_llm().received().len(), 3);
 }
 
@@ -1079,6 +1101,16 @@ fn an_http_node_timeout_fails_a_request_that_hangs() {
     assert_eq!(run["failed_node"], "call");
 }
 
+/// `[status, billed µ$]` of each usage record of `run`, in the order the calls were made.
+fn billed_records(target: &Target, org: &Org, run: &Value) -> Value {
+    let id = run["id"].as_str().unwrap();
+    target
+        .usage_records(org, &format!("execution_id={id}"))
+        .iter()
+        .map(|r| json!([r["status"], r["billed_cost_micros"]]))
+        .collect()
+}
+
 #[test]
 fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
     let _turn = fake_turn();
@@ -1111,6 +1143,13 @@ fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
     );
     assert_eq!(log[1]["status"], "succeeded");
     assert_eq!(draft["attempts"], 2);
+    // Billed once: 12 × $0.15/M + 4 × $0.60/M = 1.8 + 2.4 = 4.2 → 4 µ$; × 1.2 = 4.8 → 5,
+    // on the run and on the one succeeded usage record; the 429's record costs nothing.
+    assert_eq!(run["cost"]["billed_micros"], 5, "{run}");
+    assert_eq!(
+        billed_records(target, &org, &run),
+        json!([["failed", 0], ["succeeded", 5]])
+    );
 
     // No `retry` on the node: an agent node's default policy, 3 attempts.
     for _ in 0..3 {
@@ -1131,6 +1170,11 @@ fn provider_faults_in_a_run_are_retried_billed_once_or_recorded_on_the_node() {
     let statuses: Vec<_> = log.iter().map(|a| a["status"].clone()).collect();
     assert_eq!(statuses, ["failed", "failed", "failed"], "{draft}");
     assert!(log[2]["retry_in_ms"].is_null(), "the last attempt is final");
+    assert_eq!(
+        billed_records(target, &org, &run),
+        json!([["failed", 0], ["failed", 0], ["failed", 0]]),
+        "three calls recorded, none billed"
+    );
 
     fake_llm().push(Reply::malformed());
     let run = run_once("garbled");
@@ -1440,19 +1484,12 @@ fn a_run_whose_host_dies_mid_step_is_finished_after_a_restart_and_billed_once() 
     assert_eq!(run["output"]["text"], "written after the restart");
     assert_eq!(step(&run, "draft")["attempts"], 2, "{run}");
     assert_eq!(fake_llm().received().len(), 2);
-    let records = target
-        .call("GET", "/api/v1/usage/records", Some(&org.owner_key), None)
-        .json();
-    let succeeded: Vec<&Value> = records["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["status"] == "succeeded")
-        .collect();
-    assert_eq!(succeeded.len(), 1, "billed once: {records}");
+    // Billed once, for the call that answered: 8 × $0.15/M + 4 × $0.60/M = 1.2 + 2.4
+    // = 3.6 → 4 µ$; × 1.2 = 4.8 → 5. The call cut by the restart left no record.
+    assert_eq!(run["cost"]["billed_micros"], 5, "{run}");
     assert_eq!(
-        run["cost"]["billed_micros"], succeeded[0]["billed_cost_micros"],
-        "{run} {records}"
+        billed_records(&target, &org, &run),
+        json!([["succeeded", 5]])
     );
 }
 
@@ -1525,6 +1562,11 @@ mod host_faults {
             fake_llm().received().len(),
             1,
             "the provider was called once"
+        );
+        assert_eq!(
+            billed_records(&target, &org, &run),
+            json!([["succeeded", run["cost"]["billed_micros"]]]),
+            "and billed once"
         );
     }
 
@@ -1681,6 +1723,11 @@ mod host_faults {
             fake_llm().received().len(),
             1,
             "the provider was called once"
+        );
+        assert_eq!(
+            billed_records(&target, &org, &run),
+            json!([["succeeded", run["cost"]["billed_micros"]]]),
+            "and billed once"
         );
         let again = target
             .request("POST", &path, &[("x-spindle-dispatch", &token)], None)

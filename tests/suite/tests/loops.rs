@@ -269,7 +269,7 @@ fn agent_steps_in_a_loop_run_once_per_item_and_are_billed_per_call() {
     let target = shared();
     let org = target.create_org("loop-agents");
     let agent = target.create_agent(&org);
-    for (text, tokens) in [("one", 10), ("two", 20), ("three", 30)] {
+    for (text, tokens) in [("one", 10), ("two", 20), ("three", 40)] {
         fake_llm().push(Reply::text(text).tokens(tokens, 1));
     }
     let run = run_to_end(
@@ -284,7 +284,55 @@ fn agent_steps_in_a_loop_run_once_per_item_and_are_billed_per_call() {
         prompts(),
         ["Item 0: tides", "Item 1: moons", "Item 2: orbits"]
     );
-    assert_eq!(run["usage"]["input_tokens"], 60);
+    assert_eq!(run["usage"]["input_tokens"], 70);
+    // Each call priced on its own at $0.15/M input and $0.60/M output, × 1.2:
+    //   10 × 0.15 + 0.60 = 2.1 → 2 µ$, billed 2.4 → 2;
+    //   20 × 0.15 + 0.60 = 3.6 → 4 µ$, billed 4.8 → 5;
+    //   40 × 0.15 + 0.60 = 6.6 → 7 µ$, billed 8.4 → 8.
+    // (Priced as one call of 70 and 3 tokens it would be 12.3 → 12 µ$, billed 14.)
+    let iterations: Vec<Value> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node_id"] == "write")
+        .map(|s| json!([s["usage"]["input_tokens"], s["cost"]]))
+        .collect();
+    assert_eq!(
+        iterations,
+        [
+            json!([10, {"base_micros": 2, "billed_micros": 2}]),
+            json!([20, {"base_micros": 4, "billed_micros": 5}]),
+            json!([40, {"base_micros": 7, "billed_micros": 8}]),
+        ],
+        "{run}"
+    );
+    assert_eq!(
+        run["cost"],
+        json!({"base_micros": 2 + 4 + 7, "billed_micros": 2 + 5 + 8})
+    );
+    // One usage record per call, each with its own step and cost.
+    let records = target.usage_records(
+        &org,
+        &format!("execution_id={}", run["id"].as_str().unwrap()),
+    );
+    let billed: Vec<Value> = records
+        .iter()
+        .map(|r| json!([r["status"], r["input_tokens"], r["billed_cost_micros"]]))
+        .collect();
+    assert_eq!(
+        billed,
+        [
+            json!(["succeeded", 10, 2]),
+            json!(["succeeded", 20, 5]),
+            json!(["succeeded", 40, 8]),
+        ],
+        "{records:?}"
+    );
+    let steps: std::collections::BTreeSet<&str> = records
+        .iter()
+        .map(|r| r["step_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 3, "a step of its own per call: {records:?}");
 }
 
 #[test]
@@ -332,4 +380,19 @@ fn retry_of_a_loop_whose_body_failed_reuses_the_iterations_that_completed() {
         "the first item's call was not made again"
     );
     assert_eq!(run["usage"]["input_tokens"], 60, "each success billed once");
+    let records: Vec<Value> = target
+        .usage_records(&org, &format!("execution_id={id}"))
+        .iter()
+        .map(|r| json!([r["status"], r["input_tokens"]]))
+        .collect();
+    assert_eq!(
+        records,
+        [
+            json!(["succeeded", 10]),
+            json!(["failed", 0]),
+            json!(["succeeded", 20]),
+            json!(["succeeded", 30]),
+        ],
+        "one record per call: the refused one and each success once"
+    );
 }

@@ -13,12 +13,7 @@
 
 use fake_llm::{ReceivedRequest, Reply};
 use serde_json::{Value, json};
-use spindle_providers::Provider;
-use spindle_providers::pricing::{Cost, cost_of, price_for};
 use spindle_suite::{Org, Target, fake_llm, fake_turn, provider_key, shared, step};
-
-/// The markup the suite's app bills with (`billing_markup_percent` unset).
-const MARKUP_PERCENT: u32 = 20;
 
 /// An agent as the test defines it; knows the requests it should cause.
 struct AgentDef {
@@ -58,28 +53,6 @@ impl AgentDef {
         format!(
             "You are {}: {}\n\n{}",
             self.name, self.description, self.instructions
-        )
-    }
-
-    fn provider_enum(&self) -> Provider {
-        match self.provider {
-            "openai" => Provider::OpenAi,
-            "anthropic" => Provider::Anthropic,
-            "gemini" => Provider::Gemini,
-            other => panic!("no provider {other} in these tests"),
-        }
-    }
-
-    /// The cost of one call reporting these token counts.
-    fn cost(&self, input: u64, output: u64) -> Cost {
-        let price = price_for(self.provider_enum(), self.model).expect("a priced model");
-        cost_of(
-            price,
-            spindle_providers::Usage {
-                input_tokens: input,
-                output_tokens: output,
-            },
-            MARKUP_PERCENT,
         )
     }
 
@@ -252,17 +225,18 @@ fn assert_request_count(sent: &[ReceivedRequest], expected: usize) {
     );
 }
 
-/// Asserts each agent step's tokens and cost, that every other step cost
-/// nothing, and that the run's totals are the sums of its steps.
-fn assert_billing(run: &Value, calls: &[(&str, &AgentDef, u64, u64)]) {
+/// Asserts each agent step's tokens and cost (`(node, input tokens, output
+/// tokens, base µ$, billed µ$)`, the money worked out by hand in each test
+/// from the built-in table's prices), that every other step cost nothing,
+/// and that the run's totals are the sums of its steps.
+///
+/// A price of $P per million tokens is P µ$ a token; `base` is rounded half
+/// up to the µ$, then `billed` = base × 1.2 (the default 20% markup), rounded
+/// half up.
+fn assert_billing(run: &Value, calls: &[(&str, u64, u64, i64, i64)]) {
     let (mut tokens_in, mut tokens_out, mut base, mut billed) = (0, 0, 0, 0);
-    for (node, agent, input, output) in calls {
+    for (node, input, output, step_base, step_billed) in calls {
         let step = step(run, node);
-        let cost = agent.cost(*input, *output);
-        assert!(
-            cost.base_micros > 0 && cost.billed_micros > cost.base_micros,
-            "{node} costs something: {cost:?}"
-        );
         assert_eq!(
             step["usage"],
             json!({"input_tokens": input, "output_tokens": output}),
@@ -270,13 +244,13 @@ fn assert_billing(run: &Value, calls: &[(&str, &AgentDef, u64, u64)]) {
         );
         assert_eq!(
             step["cost"],
-            json!({"base_micros": cost.base_micros, "billed_micros": cost.billed_micros}),
+            json!({"base_micros": step_base, "billed_micros": step_billed}),
             "step {node}"
         );
         tokens_in += input;
         tokens_out += output;
-        base += cost.base_micros;
-        billed += cost.billed_micros;
+        base += step_base;
+        billed += step_billed;
     }
     for step in run["steps"].as_array().unwrap() {
         if calls.iter().any(|(node, ..)| step["node_id"] == *node) {
@@ -411,9 +385,12 @@ fn content_pipeline_drafts_optimises_and_distributes() {
     assert_billing(
         &run,
         &[
-            ("task_1", &WRITER, 60, 18),
-            ("task_2", &SEO, 140, 25),
-            ("task_3", &SOCIAL, 90, 30),
+            // gpt-4o-mini: 60 × $0.15/M + 18 × $0.6/M = 9 + 10.8 = 19.8 → 20 µ$; × 1.2 = 24
+            ("task_1", 60, 18, 20, 24),
+            // claude-3-5-haiku: 140 × $0.8/M + 25 × $4/M = 112 + 100 = 212 µ$; × 1.2 = 254.4 → 254
+            ("task_2", 140, 25, 212, 254),
+            // gemini-2.0-flash: 90 × $0.1/M + 30 × $0.4/M = 9 + 12 = 21 µ$; × 1.2 = 25.2 → 25
+            ("task_3", 90, 30, 21, 25),
         ],
     );
 }
@@ -458,9 +435,12 @@ fn content_pipeline_structured_task_inputs_reach_the_model_as_json() {
     assert_billing(
         &run,
         &[
-            ("task_1", &WRITER, 40, 18),
-            ("task_2", &SEO, 80, 25),
-            ("task_3", &SOCIAL, 70, 30),
+            // gpt-4o-mini: 40 × $0.15/M + 18 × $0.6/M = 6 + 10.8 = 16.8 → 17 µ$; × 1.2 = 20.4 → 20
+            ("task_1", 40, 18, 17, 20),
+            // claude-3-5-haiku: 80 × $0.8/M + 25 × $4/M = 64 + 100 = 164 µ$; × 1.2 = 196.8 → 197
+            ("task_2", 80, 25, 164, 197),
+            // gemini-2.0-flash: 70 × $0.1/M + 30 × $0.4/M = 7 + 12 = 19 µ$; × 1.2 = 22.8 → 23
+            ("task_3", 70, 30, 19, 23),
         ],
     );
 
@@ -688,10 +668,14 @@ fn sales_lead_processing_scores_records_proposes_and_follows_up() {
     assert_billing(
         &run,
         &[
-            ("score", &LEAD_SCORER, 420, 35),
-            ("crm", &CRM, 160, 14),
-            ("proposal", &PROPOSER, 130, 27),
-            ("email", &EMAILER, 75, 24),
+            // gpt-4o: 420 × $2.5/M + 35 × $10/M = 1050 + 350 = 1400 µ$; × 1.2 = 1680
+            ("score", 420, 35, 1400, 1680),
+            // claude-sonnet-4: 160 × $3/M + 14 × $15/M = 480 + 210 = 690 µ$; × 1.2 = 828
+            ("crm", 160, 14, 690, 828),
+            // gpt-4o-mini: 130 × $0.15/M + 27 × $0.6/M = 19.5 + 16.2 = 35.7 → 36 µ$; × 1.2 = 43.2 → 43
+            ("proposal", 130, 27, 36, 43),
+            // gemini-2.5-flash: 75 × $0.3/M + 24 × $2.5/M = 22.5 + 60 = 82.5 → 83 µ$; × 1.2 = 99.6 → 100
+            ("email", 75, 24, 83, 100),
         ],
     );
 }
@@ -863,10 +847,14 @@ fn it_incident_response_triages_diagnoses_and_writes_a_playbook() {
     assert_billing(
         &run,
         &[
-            ("triage", &TRIAGE, 150, 12),
-            ("metrics", &MONITORING, 70, 28),
-            ("diagnose", &DIAGNOSIS, 110, 20),
-            ("playbook", &REMEDIATION, 95, 40),
+            // claude-haiku-4-5: 150 × $1/M + 12 × $5/M = 150 + 60 = 210 µ$; × 1.2 = 252
+            ("triage", 150, 12, 210, 252),
+            // gemini-2.5-flash: 70 × $0.3/M + 28 × $2.5/M = 21 + 70 = 91 µ$; × 1.2 = 109.2 → 109
+            ("metrics", 70, 28, 91, 109),
+            // claude-sonnet-4: 110 × $3/M + 20 × $15/M = 330 + 300 = 630 µ$; × 1.2 = 756
+            ("diagnose", 110, 20, 630, 756),
+            // gpt-4.1-mini: 95 × $0.4/M + 40 × $1.6/M = 38 + 64 = 102 µ$; × 1.2 = 122.4 → 122
+            ("playbook", 95, 40, 102, 122),
         ],
     );
 }
@@ -1063,10 +1051,14 @@ fn legal_contract_review_extracts_assesses_checks_and_summarises() {
     assert_billing(
         &run,
         &[
-            ("extract", &EXTRACTOR, 160, 45),
-            ("risk", &RISK, 120, 22),
-            ("compliance", &COMPLIANCE, 100, 15),
-            ("summary", &SUMMARISER, 180, 48),
+            // gemini-2.5-pro: 160 × $1.25/M + 45 × $10/M = 200 + 450 = 650 µ$; × 1.2 = 780
+            ("extract", 160, 45, 650, 780),
+            // claude-3-7-sonnet: 120 × $3/M + 22 × $15/M = 360 + 330 = 690 µ$; × 1.2 = 828
+            ("risk", 120, 22, 690, 828),
+            // gpt-4o: 100 × $2.5/M + 15 × $10/M = 250 + 150 = 400 µ$; × 1.2 = 480
+            ("compliance", 100, 15, 400, 480),
+            // gpt-4.1: 180 × $2/M + 48 × $8/M = 360 + 384 = 744 µ$; × 1.2 = 892.8 → 893
+            ("summary", 180, 48, 744, 893),
         ],
     );
 }
@@ -1199,15 +1191,11 @@ fn lead_scoring_routes_on_the_structured_score() {
     assert_billing(
         &hot,
         &[
-            ("score_lead", &SCORER, 1200, 400),
-            ("high_value", &HIGH_VALUE, 90, 20),
+            // gpt-4o: 1200 × $2.5/M + 400 × $10/M = 3000 + 4000 = 7000 µ$; × 1.2 = 8400
+            ("score_lead", 1200, 400, 7000, 8400),
+            // claude-sonnet-4: 90 × $3/M + 20 × $15/M = 270 + 300 = 570 µ$; × 1.2 = 684
+            ("high_value", 90, 20, 570, 684),
         ],
-    );
-    // gpt-4o at $2.50 / $10 per million: 1200 in and 400 out cost $0.0070,
-    // billed $0.0084 with the 20% markup.
-    assert_eq!(
-        step(&hot, "score_lead")["cost"],
-        json!({"base_micros": 7000, "billed_micros": 8400})
     );
 
     // A cold lead goes to the other branch.
@@ -1252,8 +1240,10 @@ fn lead_scoring_routes_on_the_structured_score() {
     assert_billing(
         &cold,
         &[
-            ("score_lead", &SCORER, 300, 30),
-            ("nurture", &NURTURE, 70, 18),
+            // gpt-4o: 300 × $2.5/M + 30 × $10/M = 750 + 300 = 1050 µ$; × 1.2 = 1260
+            ("score_lead", 300, 30, 1050, 1260),
+            // gemini-2.0-flash: 70 × $0.1/M + 18 × $0.4/M = 7 + 7.2 = 14.2 → 14 µ$; × 1.2 = 16.8 → 17
+            ("nurture", 70, 18, 14, 17),
         ],
     );
     assert_eq!(fake_llm().remaining(), 0, "every scripted answer was used");

@@ -4,8 +4,6 @@
 
 use fake_llm::Reply;
 use serde_json::{Value, json};
-use spindle_providers::pricing::{Price, cost_of, price_for, pricing_table};
-use spindle_providers::{Provider, Usage};
 use spindle_suite::{Org, Target, fake_llm, fake_turn, shared, step};
 
 const PRICING: &str = "/api/v1/usage/pricing";
@@ -13,16 +11,97 @@ const SETTINGS: &str = "/api/v1/usage/settings";
 const ESTIMATE: &str = "/api/v1/usage/estimate";
 const MINI: &str = "/api/v1/usage/pricing/openai/gpt-4o-mini";
 
-fn billed(price: Price, input: u64, output: u64, markup: u32) -> i64 {
-    let usage = Usage {
-        input_tokens: input,
-        output_tokens: output,
-    };
-    cost_of(price, usage, markup).billed_micros
-}
+/// The built-in table (`provider`, `model`, input and output µ$ per million
+/// tokens, the page the figures were read from): each provider's published
+/// price per million tokens on 2026-11-25, written out here so that a wrong
+/// figure in the product's table fails.
+const BUILT_IN: [(&str, &str, i64, i64, &str); 17] = [
+    ("openai", "gpt-4o", 2_500_000, 10_000_000, OPENAI_PAGE),
+    ("openai", "gpt-4o-mini", 150_000, 600_000, OPENAI_PAGE),
+    ("openai", "gpt-4.1", 2_000_000, 8_000_000, OPENAI_PAGE),
+    ("openai", "gpt-4.1-mini", 400_000, 1_600_000, OPENAI_PAGE),
+    ("openai", "gpt-4.1-nano", 100_000, 400_000, OPENAI_PAGE),
+    ("openai", "o3-mini", 1_100_000, 4_400_000, OPENAI_PAGE),
+    (
+        "anthropic",
+        "claude-sonnet-4",
+        3_000_000,
+        15_000_000,
+        ANTHROPIC_PAGE,
+    ),
+    (
+        "anthropic",
+        "claude-opus-4",
+        15_000_000,
+        75_000_000,
+        ANTHROPIC_PAGE,
+    ),
+    (
+        "anthropic",
+        "claude-3-7-sonnet",
+        3_000_000,
+        15_000_000,
+        ANTHROPIC_PAGE,
+    ),
+    (
+        "anthropic",
+        "claude-3-5-haiku",
+        800_000,
+        4_000_000,
+        ANTHROPIC_PAGE,
+    ),
+    (
+        "anthropic",
+        "claude-haiku-4-5",
+        1_000_000,
+        5_000_000,
+        CLAUDE_MODELS_PAGE,
+    ),
+    ("gemini", "gemini-2.0-flash", 100_000, 400_000, GEMINI_PAGE),
+    (
+        "gemini",
+        "gemini-2.5-flash",
+        300_000,
+        2_500_000,
+        GEMINI_PAGE,
+    ),
+    (
+        "gemini",
+        "gemini-2.5-flash-lite",
+        100_000,
+        400_000,
+        GEMINI_PAGE,
+    ),
+    (
+        "gemini",
+        "gemini-2.5-pro",
+        1_250_000,
+        10_000_000,
+        GEMINI_PAGE,
+    ),
+    (
+        "groq",
+        "llama-3.3-70b-versatile",
+        590_000,
+        790_000,
+        GROQ_PAGE,
+    ),
+    ("groq", "llama-3.1-8b-instant", 50_000, 80_000, GROQ_PAGE),
+];
+const OPENAI_PAGE: &str = "https://platform.openai.com/docs/pricing";
+const ANTHROPIC_PAGE: &str = "https://docs.anthropic.com/en/docs/about-claude/pricing";
+const CLAUDE_MODELS_PAGE: &str = "https://platform.claude.com/docs/en/models/";
+const GEMINI_PAGE: &str = "https://ai.google.dev/gemini-api/docs/pricing";
+const GROQ_PAGE: &str = "https://groq.com/pricing";
 
-fn mini() -> Price {
-    price_for(Provider::OpenAi, "gpt-4o-mini").expect("a built-in price")
+/// What the bill says for a gpt-4o-mini call at its built-in price ($0.15/M
+/// input, $0.60/M output, so 0.15 and 0.60 µ$ a token) with `markup` percent,
+/// by README's rule: base rounded half up to the µ$, then billed = base ×
+/// (100 + markup) / 100 rounded half up. For token counts only the product
+/// knows (an estimate's); known counts are worked out by hand in the tests.
+fn mini_billed(input: i64, output: i64, markup: i64) -> i64 {
+    let base = (input * 150_000 + output * 600_000 + 500_000) / 1_000_000;
+    (base * (100 + markup) + 50) / 100
 }
 
 fn ok(reply: spindle_suite::Reply, status: u16) -> Value {
@@ -146,27 +225,19 @@ fn the_table_lists_every_built_in_price_with_its_source_and_date() {
     assert_eq!(table["markup_percent"], 20);
     assert_eq!(table["markup_source"], "default");
     assert_eq!(own_entries(&table), 0);
-    for built_in in pricing_table() {
-        let shown = entry(&table, built_in.provider.as_str(), built_in.model);
-        assert_eq!(
-            shown["input_micros_per_million"], built_in.price.input_micros_per_million,
-            "{shown}"
-        );
-        assert_eq!(
-            shown["output_micros_per_million"],
-            built_in.price.output_micros_per_million
-        );
-        assert_eq!(shown["source"], built_in.source);
-        assert!(shown["source"].as_str().unwrap().starts_with("https://"));
-        assert_eq!(shown["as_of"], built_in.as_of);
+    for (provider, model, input, output, page) in BUILT_IN {
+        let shown = entry(&table, provider, model);
+        assert_eq!(shown["input_micros_per_million"], input, "{shown}");
+        assert_eq!(shown["output_micros_per_million"], output, "{shown}");
+        let source = shown["source"].as_str().unwrap_or_default();
+        assert!(source.starts_with(page), "{model}: {source}");
+        assert_eq!(shown["as_of"], "2026-11-25", "{shown}");
         assert_eq!(shown["updated_at"], Value::Null);
     }
     let gpt4o = entry(&table, "openai", "gpt-4o");
     assert_eq!(gpt4o["input_per_million"], "2.500000");
-    assert_eq!(
-        table["data"].as_array().unwrap().len(),
-        pricing_table().len()
-    );
+    assert_eq!(gpt4o["output_per_million"], "10.000000");
+    assert_eq!(table["data"].as_array().unwrap().len(), BUILT_IN.len());
 }
 
 #[test]
@@ -175,14 +246,12 @@ fn an_own_price_bills_the_next_call_and_earlier_records_keep_their_cost() {
     let target = shared();
     let org = target.create_org("pricing-override");
     let agent = target.create_agent(&org);
+    let built_in_entry = entry(&pricing(target, &org.owner_key), "openai", "gpt-4o-mini");
     let before = call_agent(target, &org, &agent, 1000, 500);
-    let built_in_cost = billed(mini(), 1000, 500, 20);
+    // Built-in: 1000 × $0.15/M + 500 × $0.60/M = 150 + 300 = 450 µ$; × 1.2 = 540.
+    let built_in_cost = 540;
     assert_eq!(before["cost"]["billed_micros"], built_in_cost);
 
-    let negotiated = Price {
-        input_micros_per_million: 1_000_000,
-        output_micros_per_million: 4_000_000,
-    };
     let set = ok(
         target.call(
             "PUT",
@@ -204,8 +273,8 @@ fn an_own_price_bills_the_next_call_and_earlier_records_keep_their_cost() {
     assert_eq!(shown["updated_at"], updated_at);
 
     let after = call_agent(target, &org, &agent, 1000, 500);
-    let negotiated_cost = billed(negotiated, 1000, 500, 20);
-    assert_ne!(negotiated_cost, built_in_cost);
+    // Own price: 1000 × $1/M + 500 × $4/M = 1000 + 2000 = 3000 µ$; × 1.2 = 3600.
+    let negotiated_cost = 3600;
     assert_eq!(after["cost"]["billed_micros"], negotiated_cost);
     // The earlier call keeps the price it was made at, on its execution and its usage record.
     let before_id = before["id"].as_str().unwrap();
@@ -215,18 +284,14 @@ fn an_own_price_bills_the_next_call_and_earlier_records_keep_their_cost() {
     );
     let record = usage_record(target, &org, before_id);
     assert_eq!(record["billed_cost_micros"], built_in_cost);
-    assert_eq!(record["base_cost_micros"], billed(mini(), 1000, 500, 0));
+    assert_eq!(record["base_cost_micros"], 450);
     let record = usage_record(target, &org, after["id"].as_str().unwrap());
     assert_eq!(record["billed_cost_micros"], negotiated_cost);
 
     // DELETE goes back to the built-in price, for the next call only.
     ok(target.call("DELETE", MINI, Some(&org.owner_key), None), 204);
     let shown = entry(&pricing(target, &org.owner_key), "openai", "gpt-4o-mini");
-    let built_in = pricing_table()
-        .iter()
-        .find(|e| e.model == "gpt-4o-mini")
-        .unwrap();
-    assert_eq!(shown["source"], built_in.source);
+    assert_eq!(shown, built_in_entry, "the built-in entry as it was");
     assert_eq!(shown["built_in"], Value::Null);
     assert_eq!(shown["input_micros_per_million"], 150_000);
     let restored = call_agent(target, &org, &agent, 1000, 500);
@@ -292,11 +357,10 @@ fn a_markup_change_applies_to_the_next_call_only() {
         settings,
         json!({"markup_percent": 20, "markup_source": "default", "default_markup_percent": 20, "updated_at": null})
     );
+    // Every call here: 2000 × $0.15/M + 1000 × $0.60/M = 300 + 600 = 900 µ$ base,
+    // billed 900 × (100 + markup) / 100.
     let first = call_agent(target, &org, &agent, 2000, 1000);
-    assert_eq!(
-        first["cost"]["billed_micros"],
-        billed(mini(), 2000, 1000, 20)
-    );
+    assert_eq!(first["cost"]["billed_micros"], 1080, "900 × 1.2");
 
     let set = ok(
         target.call(
@@ -315,16 +379,10 @@ fn a_markup_change_applies_to_the_next_call_only() {
     assert_eq!(pricing(target, &viewer)["markup_percent"], 50);
 
     let second = call_agent(target, &org, &agent, 2000, 1000);
-    assert_eq!(
-        second["cost"]["billed_micros"],
-        billed(mini(), 2000, 1000, 50)
-    );
+    assert_eq!(second["cost"]["billed_micros"], 1350, "900 × 1.5");
     let first_record = usage_record(target, &org, first["id"].as_str().unwrap());
     assert_eq!(first_record["markup_percent"], 20);
-    assert_eq!(
-        first_record["billed_cost_micros"],
-        billed(mini(), 2000, 1000, 20)
-    );
+    assert_eq!(first_record["billed_cost_micros"], 1080);
     let second_record = usage_record(target, &org, second["id"].as_str().unwrap());
     assert_eq!(second_record["markup_percent"], 50);
 
@@ -339,7 +397,7 @@ fn a_markup_change_applies_to_the_next_call_only() {
         200,
     );
     let free = call_agent(target, &org, &agent, 2000, 1000);
-    assert_eq!(free["cost"]["billed_micros"], billed(mini(), 2000, 1000, 0));
+    assert_eq!(free["cost"]["billed_micros"], 900, "the base alone");
     let reset = ok(
         target.call(
             "PUT",
@@ -352,13 +410,10 @@ fn a_markup_change_applies_to_the_next_call_only() {
     assert_eq!(reset["markup_source"], "default");
     assert_eq!(reset["markup_percent"], 20);
     let third = call_agent(target, &org, &agent, 2000, 1000);
-    assert_eq!(
-        third["cost"]["billed_micros"],
-        billed(mini(), 2000, 1000, 20)
-    );
+    assert_eq!(third["cost"]["billed_micros"], 1080);
     assert_eq!(
         stored_execution_cost(target, &org, &agent, second["id"].as_str().unwrap()),
-        billed(mini(), 2000, 1000, 50)
+        1350
     );
     assert!(actions(target, &org).contains(&"pricing.markup_set".to_string()));
 }
@@ -410,6 +465,8 @@ fn invalid_prices_and_settings_are_refused_and_change_nothing() {
     let target = shared();
     let org = target.create_org("pricing-invalid");
     let key = Some(org.owner_key.as_str());
+    let table_before = pricing(target, &org.owner_key);
+    let settings_before = ok(target.call("GET", SETTINGS, key, None), 200);
     let good = json!({"input_micros_per_million": 1, "output_micros_per_million": 2});
     target
         .call(
@@ -495,11 +552,12 @@ fn invalid_prices_and_settings_are_refused_and_change_nothing() {
             .assert_error(status, code);
     }
     let table = pricing(target, &org.owner_key);
-    assert_eq!(own_entries(&table), 0, "nothing was stored");
+    assert_eq!(table, table_before, "nothing was stored");
+    assert_eq!(own_entries(&table), 0);
     assert_eq!(table["markup_source"], "default");
     assert_eq!(
-        entry(&table, "openai", "gpt-4o-mini")["input_micros_per_million"],
-        150_000
+        ok(target.call("GET", SETTINGS, key, None), 200),
+        settings_before
     );
     assert!(
         !actions(target, &org)
@@ -545,10 +603,8 @@ fn another_organisation_does_not_see_or_pay_an_override() {
         .assert_error(404, "not_found");
     let agent = target.create_agent(&other);
     let execution = call_agent(target, &other, &agent, 1000, 500);
-    assert_eq!(
-        execution["cost"]["billed_micros"],
-        billed(mini(), 1000, 500, 20)
-    );
+    // The built-in price and markup: 1000 × $0.15/M + 500 × $0.60/M = 450 µ$; × 1.2 = 540.
+    assert_eq!(execution["cost"]["billed_micros"], 540);
     assert_eq!(
         entry(&pricing(target, &acme.owner_key), "openai", "gpt-4o-mini")["source"],
         "organisation"
@@ -641,29 +697,40 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
     assert_eq!(draft["provider"], "openai");
     assert_eq!(draft["model"], "gpt-4o-mini");
     let draft_in = rule("Describe tidal power in one careful line for a reader new to it");
+    // 8 + ceil(47 / 4) + ceil(63 / 4) = 8 + 12 + 16.
+    assert_eq!(draft_in, 36);
     assert_eq!(draft["estimated_input_tokens"], draft_in);
     // The agent's max_tokens, capped at the typical 500 for the expectation.
     assert_eq!(draft["max_output_tokens"], 300);
     assert_eq!(draft["estimated_output_tokens"], 300);
     assert_eq!(draft["output_estimate"], "default");
-    assert_eq!(
-        charged(&draft["cost"], "min"),
-        billed(mini(), draft_in, 0, 20)
-    );
-    assert_eq!(
-        charged(&draft["cost"], "expected"),
-        billed(mini(), draft_in, 300, 20)
-    );
-    assert_eq!(
-        charged(&draft["cost"], "worst_case"),
-        billed(mini(), draft_in, 300, 20)
-    );
+    // min: 36 × $0.15/M = 5.4 → 5 µ$; × 1.2 = 6.
+    assert_eq!(charged(&draft["cost"], "min"), 6);
+    // expected and worst case: 36 × 0.15 + 300 × 0.60 = 5.4 + 180 = 185.4 → 185 µ$;
+    // × 1.2 = 222.
+    assert_eq!(charged(&draft["cost"], "expected"), 222);
+    assert_eq!(charged(&draft["cost"], "worst_case"), 222);
     let review = node(&by_id, "review");
     assert_eq!(
         review["max_output_tokens"], 100,
         "the node's max_tokens wins"
     );
     assert_eq!(review["estimated_output_tokens"], 100);
+    // Its prompt holds the draft's output, not known before the run, so its
+    // input tokens are the estimate's own; the money follows from them.
+    let review_in = int(&review["estimated_input_tokens"]);
+    assert_eq!(
+        charged(&review["cost"], "min"),
+        mini_billed(review_in, 0, 20)
+    );
+    assert_eq!(
+        charged(&review["cost"], "expected"),
+        mini_billed(review_in, 100, 20)
+    );
+    assert_eq!(
+        charged(&review["cost"], "worst_case"),
+        mini_billed(review_in, 100, 20)
+    );
     let totals = &by_id["totals"];
     for case in ["min", "expected", "worst_case"] {
         assert_eq!(
@@ -725,7 +792,8 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
         );
     }
     let expected = charged(&again["totals"], "expected");
-    let allowance = billed(mini(), margin_tokens as u64, 0, 20) + 2;
+    // The margin's input tokens at 0.15 µ$ a token × 1.2, plus a µ$ of rounding per call.
+    let allowance = mini_billed(margin_tokens, 0, 20) + 2;
     assert!(
         (expected - real_cost).abs() <= allowance,
         "expected {expected}, real {real_cost}, allowance {allowance}"
@@ -743,17 +811,21 @@ fn an_estimate_reports_the_history_mean_and_p95() {
         "/api/v1/workflows",
         &json!({"name": "One step", "tasks": [{"agent": agent, "input": "Summarise {{ trigger.text }}"}]}),
     );
-    let mut costs = Vec::new();
-    for (input, output) in [(100, 10), (1000, 100), (300, 40)] {
+    // (input, output, billed µ$) of each run, at $0.15/M and $0.60/M, × 1.2:
+    let runs = [
+        // 100 × 0.15 + 10 × 0.60 = 15 + 6 = 21 µ$; × 1.2 = 25.2 → 25.
+        (100, 10, 25),
+        // 1000 × 0.15 + 100 × 0.60 = 150 + 60 = 210 µ$; × 1.2 = 252.
+        (1000, 100, 252),
+        // 300 × 0.15 + 40 × 0.60 = 45 + 24 = 69 µ$; × 1.2 = 82.8 → 83.
+        (300, 40, 83),
+    ];
+    for (input, output, billed) in runs {
         fake_llm().push(Reply::text("done").tokens(input, output));
         let id = target.start_run(&org, &workflow, json!({"text": "a note"}));
         let run = target.finished(&org, &id);
         assert_eq!(run["status"], "completed", "{run}");
-        assert_eq!(
-            int(&run["cost"]["billed_micros"]),
-            billed(mini(), input, output, 20)
-        );
-        costs.push(int(&run["cost"]["billed_micros"]));
+        assert_eq!(int(&run["cost"]["billed_micros"]), billed);
     }
     let result = estimate(
         target,
@@ -762,14 +834,13 @@ fn an_estimate_reports_the_history_mean_and_p95() {
     );
     let history = &result["history"];
     assert_eq!(history["runs"], 3);
-    let sum: i64 = costs.iter().sum();
-    assert_eq!(int(&history["mean_micros"]), (2 * sum + 3) / 6);
+    // (25 + 252 + 83) / 3 = 360 / 3.
+    assert_eq!(history["mean_micros"], 120);
+    assert_eq!(history["mean"], "0.000120");
     assert_eq!(
-        int(&history["p95_micros"]),
-        *costs.iter().max().unwrap(),
+        history["p95_micros"], 252,
         "the nearest-rank p95 of three runs is the dearest"
     );
-    assert_eq!(history["mean"].as_str().unwrap().len(), 8);
     let agent_nodes = result["agent_nodes"].as_array().unwrap();
     assert_eq!(agent_nodes.len(), 1);
     // Mean output of the node: (10 + 100 + 40) / 3 = 50.
@@ -805,12 +876,15 @@ fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
     assert_eq!(score["loops"], json!(["each"]));
     assert_eq!(score["runs"], json!({"expected": 3, "max": 5}));
     assert_eq!(score["model_turns"], json!({"expected": 1, "max": 5}));
-    let input = int(&score["estimated_input_tokens"]) as u64;
-    assert!(input > rule("Score ada"), "tool definitions count as input");
+    let input = int(&score["estimated_input_tokens"]);
+    assert!(
+        input > rule("Score ada") as i64,
+        "tool definitions count as input"
+    );
     assert_eq!(score["estimated_output_tokens"], 50);
     assert_eq!(
         charged(&score["cost"], "expected"),
-        3 * billed(mini(), input, 50, 20),
+        3 * mini_billed(input, 50, 20),
         "each iteration is a call of its own"
     );
     // Worst case: 5 iterations × 5 turns, each turn reading the earlier answers.
@@ -819,8 +893,8 @@ fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
         score["worst_case_tokens"],
         json!({"input": worst_input, "output": 5 * 250})
     );
-    let worst_turns: i64 = (0..5u64)
-        .map(|turn| billed(mini(), input + turn * 50, 50, 20))
+    let worst_turns: i64 = (0..5)
+        .map(|turn| mini_billed(input + turn * 50, 50, 20))
         .sum();
     assert_eq!(charged(&score["cost"], "worst_case"), 5 * worst_turns);
     let unpriced = node(&result, "local");
@@ -867,12 +941,13 @@ fn an_estimate_counts_loops_tools_and_the_organisations_prices() {
     assert_eq!(local_node["pricing_missing"], false);
     assert_eq!(local_node["price"]["source"], "organisation");
     let local_in = int(&local_node["estimated_input_tokens"]);
+    // $1/M is 1 µ$ a token, with no markup: input tokens plus 500 expected output tokens.
     assert_eq!(charged(&local_node["cost"], "expected"), local_in + 500);
     assert_eq!(priced["totals"]["pricing_missing"], false);
     assert_eq!(priced["markup_percent"], 0);
     assert_eq!(
         charged(&node(&priced, "score")["cost"], "expected"),
-        3 * billed(mini(), input, 50, 0)
+        3 * mini_billed(input, 50, 0)
     );
 }
 
@@ -946,10 +1021,6 @@ fn an_estimate_shows_base_markup_and_billed_and_the_bill_of_a_run_is_its_expecta
     let org = target.create_org("estimate-billed");
     // $1 per million input tokens and $1.50 per million output tokens: 9
     // output tokens cost 13.5 micro-dollars, so every call is rounded.
-    let price = Price {
-        input_micros_per_million: 1_000_000,
-        output_micros_per_million: 1_500_000,
-    };
     ok(
         target.call(
             "PUT",
@@ -988,40 +1059,34 @@ fn an_estimate_shows_base_markup_and_billed_and_the_bill_of_a_run_is_its_expecta
     assert_eq!(estimated["markup_percent"], 15);
     let draft = node(&estimated, "draft");
     let score = node(&estimated, "score");
-    let draft_in = int(&draft["estimated_input_tokens"]) as u64;
-    let score_in = int(&score["estimated_input_tokens"]) as u64;
+    // 8 + ceil(47 / 4) + ceil(14 / 4) = 8 + 12 + 4 and 8 + 12 + ceil(9 / 4) = 8 + 12 + 3.
+    let (draft_in, score_in) = (rule("Describe tides"), rule("Score ada"));
+    assert_eq!((draft_in, score_in), (24, 23));
+    assert_eq!(draft["estimated_input_tokens"], draft_in);
+    assert_eq!(score["estimated_input_tokens"], score_in);
     assert_eq!(draft["estimated_output_tokens"], 300);
     assert_eq!(score["estimated_output_tokens"], 9);
-    let call = |input: u64, output: u64| {
-        let usage = Usage {
-            input_tokens: input,
-            output_tokens: output,
-        };
-        let cost = cost_of(price, usage, 15);
-        (
-            cost.base_micros,
-            cost.billed_micros - cost.base_micros,
-            cost.billed_micros,
-        )
-    };
-    let times =
-        |(base, markup, billed): (i64, i64, i64), n: i64| (base * n, markup * n, billed * n);
-    // Per node: each provider call priced as the bill prices it, then added up.
-    assert_eq!(amounts(&draft["cost"], "min"), call(draft_in, 0));
-    assert_eq!(amounts(&draft["cost"], "expected"), call(draft_in, 300));
-    assert_eq!(amounts(&draft["cost"], "worst_case"), call(draft_in, 300));
-    assert_eq!(amounts(&score["cost"], "min"), times(call(score_in, 0), 3));
+    // Per node: each provider call priced as the bill prices it, then added up;
+    // (base, markup, billed) µ$, billed = base × 1.15 rounded half up.
+    // draft, min: 24 × $1/M = 24 µ$; × 1.15 = 27.6 → 28.
+    assert_eq!(amounts(&draft["cost"], "min"), (24, 4, 28));
+    // draft, expected = worst case: 24 + 300 × $1.50/M = 24 + 450 = 474 µ$;
+    // × 1.15 = 545.1 → 545.
+    assert_eq!(amounts(&draft["cost"], "expected"), (474, 71, 545));
+    assert_eq!(amounts(&draft["cost"], "worst_case"), (474, 71, 545));
+    // score, min: 23 µ$ a call; × 1.15 = 26.45 → 26; three calls.
+    assert_eq!(amounts(&score["cost"], "min"), (3 * 23, 3 * 3, 3 * 26));
+    // score, expected = worst case: 23 + 9 × 1.5 = 36.5 → 37 µ$ a call;
+    // × 1.15 = 42.55 → 43; three calls, each rounded on its own (not 3 × 36.5 = 109.5).
     assert_eq!(
         amounts(&score["cost"], "expected"),
-        times(call(score_in, 9), 3),
+        (3 * 37, 3 * 6, 3 * 43),
         "three calls of their own, each rounded"
     );
     assert_eq!(
         amounts(&score["cost"], "worst_case"),
-        times(call(score_in, 9), 3)
+        (3 * 37, 3 * 6, 3 * 43)
     );
-    let (base, markup, billed) = amounts(&score["cost"], "expected");
-    assert!(base > 0 && markup > 0 && billed > base);
     // Totals: each amount of each case is the sum over the nodes.
     let totals = &estimated["totals"];
     assert_eq!(totals["pricing_missing"], false);

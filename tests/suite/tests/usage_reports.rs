@@ -6,8 +6,6 @@
 use chrono::{DateTime, Datelike, Utc};
 use fake_llm::Reply;
 use serde_json::{Value, json};
-use spindle_providers::pricing::{cost_of, format_micros, price_for};
-use spindle_providers::{Provider, Usage};
 use spindle_suite::{Org, Target, fake_llm, fake_turn, shared};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
@@ -15,18 +13,15 @@ use std::time::Duration;
 
 const OPENAI_MODEL: &str = "gpt-4o-mini";
 const ANTHROPIC_MODEL: &str = "claude-sonnet-4";
-/// The billing markup the suite's app runs with (the default).
-const MARKUP_PERCENT: u32 = 20;
+// The money in these tests is worked out by hand from the built-in table's
+// prices (README, "Pricing"): gpt-4o-mini $0.15/M input and $0.60/M output,
+// claude-sonnet-4 $3/M and $15/M. $P per million tokens is P µ$ a token; a
+// call's base is rounded half up to the µ$, then billed = base × 1.2 (the
+// default 20% markup), rounded half up.
 
-/// `(base, billed)` micro-dollars of a call, from the built-in price table.
-fn cost(provider: Provider, model: &str, input: u64, output: u64) -> (i64, i64) {
-    let price = price_for(provider, model).expect("a priced model");
-    let usage = Usage {
-        input_tokens: input,
-        output_tokens: output,
-    };
-    let cost = cost_of(price, usage, MARKUP_PERCENT);
-    (cost.base_micros, cost.billed_micros)
+/// Micro-dollars as README's dollar string: `504` → `"0.000504"`.
+fn dollars(micros: i64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 fn rfc3339(at: DateTime<Utc>) -> String {
@@ -102,7 +97,7 @@ fn assert_totals_are_the_records(totals: &Value, records: &[Value]) {
     }
     assert_eq!(
         totals["billed_cost"],
-        format_micros(sum(records, "billed_cost_micros"))
+        dollars(sum(records, "billed_cost_micros"))
     );
 }
 
@@ -162,13 +157,12 @@ fn build_fixture() -> Fixture {
         "/api/v1/agents",
         &json!({"name": "Critic", "model_config": {"provider": "anthropic", "model": ANTHROPIC_MODEL}}),
     );
-    let call = |agent: &str, key: &str, input: i64, output: i64, failed: bool| {
-        let (provider, model, priced) = if agent == critic {
-            ("anthropic", ANTHROPIC_MODEL, Provider::Anthropic)
+    let call = |agent: &str, key: &str, (input, output), (base, billed), failed: bool| {
+        let (provider, model) = if agent == critic {
+            ("anthropic", ANTHROPIC_MODEL)
         } else {
-            ("openai", OPENAI_MODEL, Provider::OpenAi)
+            ("openai", OPENAI_MODEL)
         };
-        let (base, billed) = cost(priced, model, input as u64, output as u64);
         Call {
             provider,
             model,
@@ -184,10 +178,14 @@ fn build_fixture() -> Fixture {
         }
     };
     let mut calls = vec![
-        call(&writer, &owner_id, 1000, 200, false),
-        call(&writer, &owner_id, 0, 0, true),
-        call(&writer, &member_id, 500, 100, false),
-        call(&critic, &member_id, 300, 50, false),
+        // 1000 × 0.15 + 200 × 0.60 = 150 + 120 = 270 µ$; × 1.2 = 324.
+        call(&writer, &owner_id, (1000, 200), (270, 324), false),
+        // A refused call is recorded, and costs nothing.
+        call(&writer, &owner_id, (0, 0), (0, 0), true),
+        // 500 × 0.15 + 100 × 0.60 = 75 + 60 = 135 µ$; × 1.2 = 162.
+        call(&writer, &member_id, (500, 100), (135, 162), false),
+        // claude-sonnet-4: 300 × 3 + 50 × 15 = 900 + 750 = 1650 µ$; × 1.2 = 1980.
+        call(&critic, &member_id, (300, 50), (1650, 1980), false),
     ];
     let mut agent_runs = Vec::new();
     for (i, token) in [&org.owner_key, &org.owner_key, &member, &member]
@@ -226,7 +224,8 @@ fn build_fixture() -> Fixture {
     let id = target.start_run(&org, &workflow, json!({}));
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
-    let mut in_workflow = call(&writer, &owner_id, 200, 40, false);
+    // 200 × 0.15 + 40 × 0.60 = 30 + 24 = 54 µ$; × 1.2 = 64.8 → 65.
+    let mut in_workflow = call(&writer, &owner_id, (200, 40), (54, 65), false);
     in_workflow.workflow = Some(workflow.clone());
     calls.push(in_workflow);
 
@@ -337,11 +336,11 @@ fn reported_groups(summary: &Value, names: &[&str]) -> BTreeMap<String, [i64; 7]
         .map(|group| {
             assert_eq!(
                 group["billed_cost"],
-                format_micros(group["billed_cost_micros"].as_i64().unwrap())
+                dollars(group["billed_cost_micros"].as_i64().unwrap())
             );
             assert_eq!(
                 group["base_cost"],
-                format_micros(group["base_cost_micros"].as_i64().unwrap())
+                dollars(group["base_cost_micros"].as_i64().unwrap())
             );
             let key: Vec<Value> = names.iter().map(|n| group["key"][n].clone()).collect();
             assert_eq!(group["key"].as_object().unwrap().len(), names.len());
@@ -356,12 +355,6 @@ fn the_summary_groups_by_each_dimension_and_period_with_exact_numbers() {
     let fx = fixture();
     // The numbers the calls were scripted with, written out once.
     let by_model = fx.summary("group_by=model");
-    let writer = OPENAI_MODEL;
-    let (_, b1) = cost(Provider::OpenAi, writer, 1000, 200);
-    let (_, b3) = cost(Provider::OpenAi, writer, 500, 100);
-    let (_, b5) = cost(Provider::OpenAi, writer, 200, 40);
-    let (_, b4) = cost(Provider::Anthropic, ANTHROPIC_MODEL, 300, 50);
-    assert!(b1 > 0 && b3 > 0 && b4 > 0 && b5 > 0);
     let groups = by_model["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{by_model}");
     // Sorted by key: claude before gpt.
@@ -369,19 +362,23 @@ fn the_summary_groups_by_each_dimension_and_period_with_exact_numbers() {
     assert_eq!(groups[0]["calls"], 1);
     assert_eq!(groups[0]["input_tokens"], 300);
     assert_eq!(groups[0]["output_tokens"], 50);
-    assert_eq!(groups[0]["billed_cost_micros"], b4);
+    assert_eq!(groups[0]["base_cost_micros"], 1650);
+    assert_eq!(groups[0]["billed_cost_micros"], 1980);
     assert_eq!(groups[1]["key"], json!({"model": OPENAI_MODEL}));
     assert_eq!(groups[1]["calls"], 4);
     assert_eq!(groups[1]["failed_calls"], 1);
     assert_eq!(groups[1]["input_tokens"], 1700);
     assert_eq!(groups[1]["output_tokens"], 340);
     assert_eq!(groups[1]["total_tokens"], 2040);
-    assert_eq!(groups[1]["billed_cost_micros"], b1 + b3 + b5);
+    assert_eq!(groups[1]["base_cost_micros"], 270 + 135 + 54);
+    assert_eq!(groups[1]["billed_cost_micros"], 324 + 162 + 65);
     let totals = &by_model["totals"];
     assert_eq!(totals["calls"], 5);
     assert_eq!(totals["failed_calls"], 1);
-    assert_eq!(totals["billed_cost_micros"], b1 + b3 + b4 + b5);
-    assert_eq!(totals["billed_cost"], format_micros(b1 + b3 + b4 + b5));
+    // 324 + 162 + 1980 + 65 = 2531 µ$.
+    assert_eq!(totals["base_cost_micros"], 2109);
+    assert_eq!(totals["billed_cost_micros"], 2531);
+    assert_eq!(totals["billed_cost"], "0.002531");
     assert_eq!(by_model["group_by"], json!(["model"]));
     assert_eq!(by_model["from"], fx.from);
     assert_eq!(by_model["to"], fx.to);
@@ -835,7 +832,7 @@ fn assert_stats(stats: &Value, values: &[i64]) {
     assert_eq!(stats["p50_micros"], nearest_rank(&sorted, 50), "{stats}");
     assert_eq!(stats["p95_micros"], nearest_rank(&sorted, 95), "{stats}");
     assert_eq!(stats["max_micros"], *sorted.last().unwrap(), "{stats}");
-    assert_eq!(stats["mean"], format_micros(mean(&sorted)));
+    assert_eq!(stats["mean"], dollars(mean(&sorted)));
 }
 
 #[test]
@@ -869,10 +866,18 @@ fn workflow_costs_give_per_run_and_per_node_statistics() {
         }),
     );
     // Three runs with different token counts, then one whose draft fails.
-    let scripted = [(100, 10, 200, 20), (400, 40, 100, 10), (1000, 100, 50, 5)];
+    // Each is (draft tokens, draft billed µ$, review tokens, review billed µ$).
+    let scripted = [
+        // 100 × 0.15 + 10 × 0.60 = 21 µ$ → 25.2 → 25; 200 × 3 + 20 × 15 = 900 → 1080.
+        ((100, 10), 25, (200, 20), 1080),
+        // 400 × 0.15 + 40 × 0.60 = 84 µ$ → 100.8 → 101; 100 × 3 + 10 × 15 = 450 → 540.
+        ((400, 40), 101, (100, 10), 540),
+        // 1000 × 0.15 + 100 × 0.60 = 210 µ$ → 252; 50 × 3 + 5 × 15 = 225 → 270.
+        ((1000, 100), 252, (50, 5), 270),
+    ];
     let (mut drafts, mut reviews, mut runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut run_ids = Vec::new();
-    for (draft_in, draft_out, review_in, review_out) in scripted {
+    for ((draft_in, draft_out), draft, (review_in, review_out), review) in scripted {
         fake_llm().push_for_model(
             OPENAI_MODEL,
             Reply::text("draft").tokens(draft_in, draft_out),
@@ -884,8 +889,6 @@ fn workflow_costs_give_per_run_and_per_node_statistics() {
         let id = target.start_run(&org, &workflow, json!({}));
         let run = target.finished(&org, &id);
         assert_eq!(run["status"], "completed", "{run}");
-        let draft = cost(Provider::OpenAi, OPENAI_MODEL, draft_in, draft_out).1;
-        let review = cost(Provider::Anthropic, ANTHROPIC_MODEL, review_in, review_out).1;
         assert_eq!(run["cost"]["billed_micros"], draft + review);
         drafts.push(draft);
         reviews.push(review);

@@ -470,6 +470,15 @@ fn lists_search_filter_and_page() {
         names("?sort_by=name&sort_order=asc&limit=2"),
         (3, vec!["Alpha".into(), "Beta".into()])
     );
+    // The next page holds the rest, and the one after it nothing.
+    assert_eq!(
+        names("?sort_by=name&sort_order=asc&limit=2&offset=2"),
+        (3, vec!["Gamma".into()])
+    );
+    assert_eq!(
+        names("?sort_by=name&sort_order=asc&limit=2&offset=4"),
+        (3, vec![])
+    );
     assert_eq!(names("?is_active=false"), (1, vec!["Beta".into()]));
     assert_eq!(names("?search=amm"), (1, vec!["Gamma".into()]));
     target
