@@ -279,33 +279,25 @@ fn a_stream_resumes_after_last_event_id_without_repeats() {
     assert_eq!(ids(until_complete(&mut both)), expected);
 }
 
-#[test]
-fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
-    let target = shared();
-    let org = target.create_org("logs-live");
-    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
-    let id = target.start_run(&org, &workflow, json!({}));
-    let mut stream = open_events(target, &org, &id, "", &[]);
-
-    // What happened before the signal arrives on the open stream first.
+/// Reads `stream` until an event of `name` for node `node` and returns every
+/// event up to it; panics if the stream completes or ends first.
+fn until_event(stream: &mut SseStream, name: &str, node: &str) -> Vec<SseEvent> {
     let mut seen = Vec::new();
-    while !seen
-        .iter()
-        .any(|e: &SseEvent| e.event == "step.completed" && e.json()["node_id"] == "start")
-    {
+    loop {
         let event = stream
             .next_event()
-            .unwrap_or_else(|| panic!("the stream ended early after {seen:?}"));
-        assert_ne!(
-            event.event, "complete",
-            "the run is still waiting: {seen:?}"
-        );
+            .unwrap_or_else(|| panic!("the stream ended before {name} after {seen:?}"));
+        assert_ne!(event.event, "complete", "the run ended early: {seen:?}");
+        let found = event.event == name && event.json()["node_id"] == node;
         seen.push(event);
+        if found {
+            return seen;
+        }
     }
-    assert_eq!(seen[0].event, "run.started");
-    assert_eq!(target.execution(&org, &id)["status"], "running");
+}
 
-    // Then the signal: what it causes arrives on the same stream.
+/// Sends signal `go` to the waiting run `id`; panics unless it is taken.
+fn signal_go(target: &Target, org: &Org, id: &str) {
     let reply = target.call(
         "POST",
         &format!("/api/v1/executions/{id}/signals/go"),
@@ -318,8 +310,12 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let later = until_complete(&mut stream);
-    let names: Vec<&str> = later.iter().map(|e| e.event.as_str()).collect();
+}
+
+/// Asserts what a stream of [`waiting`] carries once its signal arrived:
+/// the gate's and the output's steps, the run's end, then `complete`.
+fn assert_the_rest_after_the_signal(events: &[SseEvent]) {
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -328,11 +324,30 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
             "run.completed",
             "complete"
         ],
-        "{later:?}"
+        "{events:?}"
     );
-    assert_eq!(later[0].json()["node_id"], "gate");
-    assert_eq!(later[1].json()["node_id"], "done");
-    assert_eq!(later[3].json()["status"], "completed");
+    assert_eq!(events[0].json()["node_id"], "gate");
+    assert_eq!(events[1].json()["node_id"], "done");
+    assert_eq!(events[3].json()["status"], "completed");
+}
+
+#[test]
+fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
+    let target = shared();
+    let org = target.create_org("logs-live");
+    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
+    let id = target.start_run(&org, &workflow, json!({}));
+    let mut stream = open_events(target, &org, &id, "", &[]);
+
+    // What happened before the signal arrives on the open stream first.
+    let seen = until_event(&mut stream, "step.completed", "start");
+    assert_eq!(seen[0].event, "run.started");
+    assert_eq!(target.execution(&org, &id)["status"], "running");
+
+    // Then the signal: what it causes arrives on the same stream.
+    signal_go(target, &org, &id);
+    let later = until_complete(&mut stream);
+    assert_the_rest_after_the_signal(&later);
     // Ids go on from where the stream was, each entry once.
     let all: Vec<i64> = seen
         .iter()
@@ -340,24 +355,6 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
         .map(|e| e.id.as_deref().unwrap().parse().unwrap())
         .collect();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
-}
-
-/// Reads `stream` until an event of `name` for node `node` (`None`: any
-/// node) and returns every event up to it; panics if the stream completes or
-/// ends first.
-fn until_event(stream: &mut SseStream, name: &str, node: Option<&str>) -> Vec<SseEvent> {
-    let mut seen = Vec::new();
-    loop {
-        let event = stream
-            .next_event()
-            .unwrap_or_else(|| panic!("the stream ended before {name} after {seen:?}"));
-        assert_ne!(event.event, "complete", "the run ended early: {seen:?}");
-        let found = event.event == name && node.is_none_or(|node| event.json()["node_id"] == node);
-        seen.push(event);
-        if found {
-            return seen;
-        }
-    }
 }
 
 #[test]
@@ -370,7 +367,7 @@ fn a_stream_resumed_with_last_event_id_while_the_run_waits_goes_on_without_repea
     // A first connection sees the run up to its wait, then drops, as a
     // client losing its network would.
     let mut first = open_events(target, &org, &id, "", &[]);
-    let before = until_event(&mut first, "step.completed", Some("start"));
+    let before = until_event(&mut first, "step.completed", "start");
     drop(first);
     assert_eq!(before[0].event, "run.started");
     let last_seen = before.last().unwrap().id.clone().expect("entries have ids");
@@ -379,32 +376,9 @@ fn a_stream_resumed_with_last_event_id_while_the_run_waits_goes_on_without_repea
     // It reconnects with Last-Event-ID while the run is still waiting: the
     // stream stays open, repeats nothing, and carries what happens next.
     let mut resumed = open_events(target, &org, &id, "", &[("last-event-id", &last_seen)]);
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/signals/go"),
-        Some(&org.owner_key),
-        Some(&json!({"payload": {"by": "Ada"}})),
-    );
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    signal_go(target, &org, &id);
     let after = until_complete(&mut resumed);
-    let names: Vec<&str> = after.iter().map(|e| e.event.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "step.completed",
-            "step.completed",
-            "run.completed",
-            "complete"
-        ],
-        "{after:?}"
-    );
-    assert_eq!(after[0].json()["node_id"], "gate");
-    assert_eq!(after[3].json()["status"], "completed");
+    assert_the_rest_after_the_signal(&after);
 
     // Together the two connections carried every entry of the log once, in order.
     let streamed: Vec<String> = before
