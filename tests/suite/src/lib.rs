@@ -70,6 +70,29 @@ pub fn fixture(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock, the one the
+/// app under test stamps its times with.
+pub fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_millis(),
+    )
+    .expect("a time that fits in i64 ms")
+}
+
+/// An API timestamp (RFC 3339) in ms since the epoch; panics, showing it,
+/// when it is not one.
+pub fn timestamp_ms(timestamp: &Value) -> i64 {
+    let text = timestamp
+        .as_str()
+        .unwrap_or_else(|| panic!("not a timestamp: {timestamp}"));
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text}: {e}"))
+        .timestamp_millis()
+}
+
 /// The step of node `node` in `run` (a `GET /api/v1/executions/:id` body);
 /// panics, showing the run, when it has none.
 pub fn step<'a>(run: &'a Value, node: &str) -> &'a Value {

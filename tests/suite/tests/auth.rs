@@ -3,8 +3,8 @@
 use jwt_simple::prelude::*;
 use serde_json::{Value, json};
 use spindle_suite::{
-    ADMIN_KEY, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, Reply, Target, configured, fixture, shared,
-    suite_variables,
+    ADMIN_KEY, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, Reply, Target, configured, fixture, now_ms,
+    shared, suite_variables, timestamp_ms,
 };
 use std::collections::HashMap;
 
@@ -315,17 +315,6 @@ fn expired_key_is_refused() {
     assert_eq!(reply.json()["error"]["details"][0]["path"], "expires_at");
 }
 
-/// Milliseconds since the Unix epoch on this machine's clock.
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
-
 /// An RFC 3339 UTC timestamp with milliseconds, as the API writes them.
 fn rfc3339_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -466,9 +455,7 @@ fn last_used_at_is_written_on_first_use_and_not_again_within_the_minute() {
     assert_eq!(current_org(target, &secret).status, 200);
     let after = now_ms();
     let first = last_used();
-    let at = chrono::DateTime::parse_from_rfc3339(first.as_str().expect("a timestamp"))
-        .unwrap()
-        .timestamp_millis();
+    let at = timestamp_ms(&first);
     assert!((before..=after).contains(&at), "{first} is the first use");
     // Two more uses: whatever minute boundary they cross, the value stays
     // unless a whole minute has passed since the first use (the unit test

@@ -7,32 +7,11 @@ use serde_json::{Value, json};
 use spin_test_host::{Fault, Invocation};
 use spindle_suite::{
     Org, STEP_LEASE_MS, Target, await_provider_call, configured, configured_with_faults, fake_llm,
-    fake_turn, find_step, fresh, shared, step, suite_variables,
+    fake_turn, find_step, fresh, now_ms, shared, step, suite_variables, timestamp_ms,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// A timestamp of the API (RFC 3339) in ms since the epoch.
-fn ms(timestamp: &Value) -> i64 {
-    let text = timestamp
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {timestamp}"));
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-        .timestamp_millis()
-}
-
-/// The clock the app stamps its times with (the same machine's), in ms.
-fn now_ms() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
-}
 
 fn linear(agent: &str) -> Value {
     json!({
@@ -370,7 +349,7 @@ fn a_delay_parks_the_run_until_the_tick_resumes_it() {
     // Nothing but the tick resumes it: past its time, untouched, it is still
     // parked (a sleep that only lets the time pass; waiting longer cannot
     // make this fail).
-    let due = ms(&parked["created_at"]) + 1500;
+    let due = timestamp_ms(&parked["created_at"]) + 1500;
     std::thread::sleep(Duration::from_millis(
         u64::try_from(due + 200 - now_ms()).unwrap_or(0),
     ));
@@ -381,7 +360,7 @@ fn a_delay_parks_the_run_until_the_tick_resumes_it() {
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "later");
     assert!(
-        ms(&step(&run, "pause")["started_at"]) >= due,
+        timestamp_ms(&step(&run, "pause")["started_at"]) >= due,
         "the delay ran no earlier than its 1.5 s: {run}"
     );
 }
@@ -643,7 +622,7 @@ fn a_wait_node_without_its_signal_times_out_on_the_tick() {
     let approval = step(&run, "approval");
     assert_eq!(approval["outcome"], "timeout");
     assert!(
-        ms(&approval["finished_at"]) >= ms(&run["created_at"]) + 300,
+        timestamp_ms(&approval["finished_at"]) >= timestamp_ms(&run["created_at"]) + 300,
         "timed out no earlier than its 300 ms: {run}"
     );
     assert_eq!(step(&run, "go")["status"], "skipped");
@@ -1337,7 +1316,7 @@ fn a_wait_without_a_timeout_edge_fails_the_run_when_it_times_out() {
     let approval = step(&run, "approval");
     assert_eq!(approval["status"], "failed");
     assert!(
-        ms(&approval["finished_at"]) >= ms(&run["created_at"]) + 300,
+        timestamp_ms(&approval["finished_at"]) >= timestamp_ms(&run["created_at"]) + 300,
         "timed out no earlier than its 300 ms: {run}"
     );
     let done_ran = run["steps"]
@@ -1546,8 +1525,8 @@ mod host_faults {
             fake_llm().received().is_empty(),
             "the dead instance called nobody"
         );
-        let lease_ends =
-            ms(&step(&claimed, "draft")["started_at"]) + i64::try_from(STEP_LEASE_MS).unwrap();
+        let lease_ends = timestamp_ms(&step(&claimed, "draft")["started_at"])
+            + i64::try_from(STEP_LEASE_MS).unwrap();
         // Every tick before the lease lapses leaves the step alone; one after hands it on.
         tick_until_redispatched(&target);
         let run = target.finished(&org, &id);
@@ -1555,7 +1534,7 @@ mod host_faults {
         let draft = step(&run, "draft");
         assert_eq!(draft["attempts"], 2);
         assert!(
-            ms(&draft["finished_at"]) >= lease_ends,
+            timestamp_ms(&draft["finished_at"]) >= lease_ends,
             "handed on only once its lease had lapsed: {run}"
         );
         assert_eq!(

@@ -6,6 +6,7 @@ use fake_llm::Reply;
 use serde_json::{Value, json};
 use spindle_suite::{
     Org, Target, await_provider_call, configured, fake_llm, fake_turn, step, suite_variables,
+    timestamp_ms,
 };
 use std::time::{Duration, Instant};
 
@@ -49,19 +50,10 @@ fn a_delay_ends_with_nobody_calling_the_tick() {
     assert_eq!(run["output"], "woke up");
     // The delay's step ran no earlier than 1 s after the run began.
     assert!(
-        ms(&step(&run, "pause")["started_at"]) >= ms(&run["created_at"]) + 1_000,
+        timestamp_ms(&step(&run, "pause")["started_at"])
+            >= timestamp_ms(&run["created_at"]) + 1_000,
         "the delay was kept: {run}"
     );
-}
-
-/// A timestamp of the API (RFC 3339) in ms since the epoch.
-fn ms(timestamp: &Value) -> i64 {
-    let text = timestamp
-        .as_str()
-        .unwrap_or_else(|| panic!("not a timestamp: {timestamp}"));
-    chrono::DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("{text}: {e}"))
-        .timestamp_millis()
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //! and the tick that starts due runs, at most once per due time.
 
 use serde_json::{Value, json};
-use spindle_suite::{Org, Target, shared};
+use spindle_suite::{Org, Target, now_ms, shared};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Tests that tick take turns, so one test's due schedule is never started
 /// by another's tick while it counts what its own ticks started.
@@ -63,16 +63,6 @@ impl Drop for Cleanup<'_> {
             &json!({"schedules": []}),
         );
     }
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis(),
-    )
-    .unwrap()
 }
 
 /// UTC ms of the API's RFC 3339 times (`2026-01-01T08:00:00.000Z`).
