@@ -1136,7 +1136,7 @@ fn render_string(s: &str, context: &Value) -> Result<serde_json::Value, Template
 pub fn check_template_syntax(s: &str) -> Result<(), String> {
     for segment in split_template(s).map_err(|e| e.to_string())? {
         if let Segment::Expression(e) = segment {
-            compile(e).map_err(|e| e.to_string())?;
+            check_compiles(e).map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -1144,7 +1144,18 @@ pub fn check_template_syntax(s: &str) -> Result<(), String> {
 
 /// Checks that a bare expression (a condition, switch selector or loop expression) parses.
 pub fn check_expression_syntax(expression: &str) -> Result<(), String> {
-    compile(expression).map(|_| ()).map_err(|e| e.to_string())
+    check_compiles(expression).map_err(|e| e.to_string())
+}
+
+/// Parses `expression` and compiles what it is rewritten to, as [`run`] does: a few
+/// texts minijinja's parser accepts rewrite to source it refuses (` and /not |not `),
+/// and the check must refuse what would fail at run time for its syntax.
+fn check_compiles(expression: &str) -> Result<(), TemplateError> {
+    let compiled = compile(expression)?;
+    environment()
+        .compile_expression(&compiled.source)
+        .map(|_| ())
+        .map_err(|e| TemplateError::Syntax(describe(&e)))
 }
 
 /// The node ids a template string reads as `steps.<id>` or `steps["<id>"]`, deduplicated.
