@@ -161,8 +161,17 @@ fn check_len(s: &str) -> Result<(), TemplateError> {
 
 /// An expression parsed and rewritten to Spindle's semantics, plus the steps
 /// and the top-level context names it reads.
-struct Compiled {
+struct Rewritten {
     source: String,
+    step_references: Vec<String>,
+    names: HashSet<String>,
+}
+
+/// A rewritten expression compiled by minijinja, ready to run: what a syntax check
+/// accepts, reference lists read and a run evaluates is this one thing, since a few
+/// texts minijinja's parser accepts rewrite to source it refuses (` and /not |not `).
+struct Compiled {
+    program: minijinja::Expression<'static, 'static>,
     step_references: Vec<String>,
     names: HashSet<String>,
 }
@@ -268,17 +277,29 @@ fn check_depth(expression: &str) -> Result<(), TemplateError> {
     Ok(())
 }
 
-fn compile(expression: &str) -> Result<Compiled, TemplateError> {
+fn rewrite(expression: &str) -> Result<Rewritten, TemplateError> {
     check_len(expression)?;
     check_depth(expression)?;
     let parsed = minijinja::machinery::parse_expr(expression)
         .map_err(|e| TemplateError::Syntax(describe(&e)))?;
     let mut rewriter = Rewriter::default();
     rewriter.expr(&parsed);
-    Ok(Compiled {
+    Ok(Rewritten {
         source: rewriter.out,
         step_references: rewriter.step_references,
         names: rewriter.names,
+    })
+}
+
+fn compile(expression: &str) -> Result<Compiled, TemplateError> {
+    let rewritten = rewrite(expression)?;
+    let program = environment()
+        .compile_expression_owned(rewritten.source)
+        .map_err(|e| TemplateError::Syntax(describe(&e)))?;
+    Ok(Compiled {
+        program,
+        step_references: rewritten.step_references,
+        names: rewritten.names,
     })
 }
 
@@ -290,7 +311,9 @@ fn describe(e: &Error) -> String {
 }
 
 /// Prints an expression AST back to minijinja source, fully parenthesised, with
-/// comparisons, `in` and `*` replaced by calls to Spindle's helper functions.
+/// comparisons, `in` and `*` replaced by calls to Spindle's helper functions,
+/// arithmetic results checked to be finite and every filter's result made
+/// concrete (see `finite` and `concrete`).
 #[derive(Default)]
 struct Rewriter {
     out: String,
@@ -361,14 +384,14 @@ impl Rewriter {
                 self.out.push(')');
             }
             Expr::Filter(f) => {
-                self.out.push('(');
+                self.out.push_str("__value((");
                 if let Some(inner) = &f.expr {
                     self.paren(inner);
                 }
                 self.out.push_str(" | ");
                 self.out.push_str(f.name);
                 self.args(&f.args);
-                self.out.push(')');
+                self.out.push_str("))");
             }
             Expr::Test(t) => {
                 self.out.push('(');
@@ -472,22 +495,34 @@ impl Rewriter {
             BinOpKind::Gt => return self.call("__order", left, right, Some(">")),
             BinOpKind::Gte => return self.call("__order", left, right, Some(">=")),
             BinOpKind::In => return self.call("__in", left, right, None),
-            BinOpKind::Mul => return self.call("__mul", left, right, None),
+            BinOpKind::Mul => {
+                self.out.push_str("__finite(");
+                self.call("__mul", left, right, None);
+                self.out.push(')');
+                return;
+            }
             BinOpKind::ScAnd => " and ",
             BinOpKind::ScOr => " or ",
+            BinOpKind::Concat => " ~ ",
             BinOpKind::Add => " + ",
             BinOpKind::Sub => " - ",
             BinOpKind::Div => " / ",
             BinOpKind::FloorDiv => " // ",
             BinOpKind::Rem => " % ",
             BinOpKind::Pow => " ** ",
-            BinOpKind::Concat => " ~ ",
         };
+        let arithmetic = !matches!(op, BinOpKind::ScAnd | BinOpKind::ScOr | BinOpKind::Concat);
+        if arithmetic {
+            self.out.push_str("__finite(");
+        }
         self.out.push('(');
         self.paren(left);
         self.out.push_str(symbol);
         self.paren(right);
         self.out.push(')');
+        if arithmetic {
+            self.out.push(')');
+        }
     }
 
     fn args(&mut self, args: &[CallArg<'_>]) {
@@ -683,7 +718,13 @@ fn multiply(a: Value, b: Value) -> Result<Value, Error> {
             return Ok(Value::from(s.repeat(count)));
         }
         let items: Vec<Value> = seq.try_iter()?.collect();
-        let repeated: Vec<Value> = (0..count).flat_map(|_| items.iter().cloned()).collect();
+        // Bounded by the items to build, not by `count`: `[] * 10**18` builds nothing.
+        let repeated: Vec<Value> = items
+            .iter()
+            .cloned()
+            .cycle()
+            .take(items.len() * count)
+            .collect();
         Ok(Value::from(repeated))
     };
     match (a.kind(), b.kind()) {
@@ -828,6 +869,36 @@ fn value_size(v: &Value, limit: usize) -> Option<usize> {
     walk(v, &mut used, limit).then_some(used)
 }
 
+/// A filter's result as a concrete value. `chain` and `zip` can answer a lazy
+/// iterable, which serialises to a list but is true whatever it holds (its length
+/// is unknown), so `not (none | chain)` was false while the value it gives, `[]`,
+/// is false to a condition; collected into a list, it is true exactly when the
+/// JSON is.
+fn concrete(v: Value) -> Result<Value, Error> {
+    if v.kind() != ValueKind::Iterable {
+        return finite(v);
+    }
+    if value_size(&v, MAX_VALUE_SIZE).is_none() {
+        return Err(too_large("the value"));
+    }
+    Ok(Value::from(v.try_iter()?.collect::<Vec<_>>()))
+}
+
+/// An arithmetic or filter result, refused when it is a float that is not finite
+/// (`1 / 0`, `1e308 * 10`): JSON has no such number, so the value would be `null`
+/// while, inside the expression, it is true to `not` and unequal to itself.
+fn finite(v: Value) -> Result<Value, Error> {
+    if v.kind() == ValueKind::Number
+        && !v.is_integer()
+        && f64::try_from(v.clone()).is_ok_and(|f| !f.is_finite())
+    {
+        return Err(invalid(
+            "the result is not a finite number (a division by zero or an overflow)".into(),
+        ));
+    }
+    Ok(v)
+}
+
 fn too_large(what: &str) -> Error {
     invalid(format!(
         "{what} would be larger than {MAX_VALUE_SIZE} (bytes of text plus one per value)"
@@ -928,6 +999,8 @@ fn environment() -> &'static Environment<'static> {
         env.add_function("__in", contains);
         env.add_function("__mul", multiply);
         env.add_function("__slice", slice);
+        env.add_function("__value", concrete);
+        env.add_function("__finite", finite);
         env.add_filter("length", length);
         env.add_filter("count", length);
         env.add_filter("json", json_text);
@@ -954,10 +1027,8 @@ fn environment() -> &'static Environment<'static> {
 }
 
 fn run(compiled: &Compiled, context: &Value) -> Result<serde_json::Value, TemplateError> {
-    let expression = environment()
-        .compile_expression(&compiled.source)
-        .map_err(|e| TemplateError::Syntax(describe(&e)))?;
-    let value = expression
+    let value = compiled
+        .program
         .eval(context)
         .map_err(|e| TemplateError::Evaluation(describe(&e)))?;
     to_json(&value)
@@ -989,9 +1060,9 @@ fn template_names(template: &serde_json::Value, names: &mut HashSet<String>) {
         serde_json::Value::String(s) => {
             for segment in split_template(s).into_iter().flatten() {
                 if let Segment::Expression(e) = segment
-                    && let Ok(compiled) = compile(e)
+                    && let Ok(rewritten) = rewrite(e)
                 {
-                    names.extend(compiled.names);
+                    names.extend(rewritten.names);
                 }
             }
         }
@@ -1136,7 +1207,7 @@ fn render_string(s: &str, context: &Value) -> Result<serde_json::Value, Template
 pub fn check_template_syntax(s: &str) -> Result<(), String> {
     for segment in split_template(s).map_err(|e| e.to_string())? {
         if let Segment::Expression(e) = segment {
-            check_compiles(e).map_err(|e| e.to_string())?;
+            compile(e).map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -1144,18 +1215,7 @@ pub fn check_template_syntax(s: &str) -> Result<(), String> {
 
 /// Checks that a bare expression (a condition, switch selector or loop expression) parses.
 pub fn check_expression_syntax(expression: &str) -> Result<(), String> {
-    check_compiles(expression).map_err(|e| e.to_string())
-}
-
-/// Parses `expression` and compiles what it is rewritten to, as [`run`] does: a few
-/// texts minijinja's parser accepts rewrite to source it refuses (` and /not |not `),
-/// and the check must refuse what would fail at run time for its syntax.
-fn check_compiles(expression: &str) -> Result<(), TemplateError> {
-    let compiled = compile(expression)?;
-    environment()
-        .compile_expression(&compiled.source)
-        .map(|_| ())
-        .map_err(|e| TemplateError::Syntax(describe(&e)))
+    compile(expression).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// The node ids a template string reads as `steps.<id>` or `steps["<id>"]`, deduplicated.

@@ -21,8 +21,8 @@ use proptest::test_runner::TestCaseError;
 use serde_json::{Map, Value, json};
 use spindle_definition::{
     NODE_TYPES, TemplateError, check_expression_syntax, check_template_syntax, evaluate,
-    expression_step_references, parse_definition, referenced_agents, render, step_references,
-    validate,
+    expression_step_references, is_truthy, parse_definition, referenced_agents, render,
+    step_references, validate,
 };
 
 /// Pieces of template and expression syntax, glued together at random.
@@ -658,6 +658,10 @@ proptest! {
         if let (Ok(a), Ok(b)) = (&rendered, &evaluated) {
             prop_assert_eq!(a, b);
         }
+        // `not` reads a value's truthiness as conditions do (JSON truthiness).
+        if let (Ok(value), Ok(negated)) = (&evaluated, evaluate(&format!("not ({e})"), &ctx)) {
+            prop_assert_eq!(negated, json!(!is_truthy(value)), "{}", e);
+        }
         check_string(&format!("[{{{{ {e} }}}}] and {{{{ {e} }}}}"), &ctx)?;
     }
 }
@@ -977,4 +981,75 @@ fn an_expression_that_parses_but_rewrites_to_invalid_source_fails_the_syntax_che
     ));
     assert!(check_expression_syntax(e).is_err());
     assert!(check_template_syntax(&format!("{{{{{e}}}}}")).is_err());
+    // Nor does such an expression read a step: validation must not order the graph
+    // by references of a condition it refuses.
+    let e = "steps.a==not ";
+    assert!(check_expression_syntax(e).is_err());
+    assert_eq!(expression_step_references(e), Vec::<String>::new());
+}
+
+#[test]
+fn a_lazy_filter_result_is_as_true_as_the_json_it_gives() {
+    // Found by the `not` property: minijinja's `chain` of values that are not all
+    // lists or all maps answers a lazy iterable, true whatever it holds, while the
+    // JSON it gives is `[]`, false to a condition.
+    let ctx = json!({"steps": {"a": {"output": null}}});
+    for e in [
+        "steps.a.output | chain",
+        "((steps.a.output)[steps.a.output]) | chain",
+        "'' | chain('')",
+        "[] | zip(steps.a.output | chain)",
+    ] {
+        assert_eq!(evaluate(e, &ctx), Ok(json!([])), "{e}");
+        assert_eq!(
+            evaluate(&format!("not ({e})"), &ctx),
+            Ok(json!(true)),
+            "{e}"
+        );
+        assert_eq!(
+            evaluate(&format!("({e}) or 'empty'"), &ctx),
+            Ok(json!("empty")),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        evaluate("'ab' | chain([1])", &ctx),
+        Ok(json!(["a", "b", 1]))
+    );
+}
+
+#[test]
+fn arithmetic_without_a_finite_result_fails_instead_of_turning_null() {
+    // Found by the `not` property: `0 / 0` was NaN inside the expression (true to
+    // `not`) and `null` once written as JSON.
+    let ctx = json!({});
+    for e in [
+        "0 / 0",
+        "-(1 / 0)",
+        "1e308 * 10",
+        "1e308 + 1e308",
+        "-1e308 - 1e308",
+        "10.0 ** 400",
+        "not (0 / 0)",
+        "[1 / 0]",
+        "'inf' | float",
+    ] {
+        assert!(
+            matches!(evaluate(e, &ctx), Err(TemplateError::Evaluation(m)) if m.contains("finite")),
+            "{e}: {:?}",
+            evaluate(e, &ctx)
+        );
+    }
+    assert_eq!(evaluate("1 / 4", &ctx), Ok(json!(0.25)));
+    assert_eq!(evaluate("1e300 * 10", &ctx), Ok(json!(1e301)));
+}
+
+#[test]
+fn repeating_an_empty_list_many_times_answers_at_once() {
+    // Found by the grammar property: repeating walked the count even with nothing to
+    // repeat, so `[] * 7471179321279025051` kept a step busy for ever.
+    let ctx = json!({});
+    assert_eq!(evaluate("[] * 7471179321279025051", &ctx), Ok(json!([])));
+    assert_eq!(evaluate("'' * 7471179321279025051", &ctx), Ok(json!("")));
+    assert_eq!(evaluate("[1, 2] * 2", &ctx), Ok(json!([1, 2, 1, 2])));
 }
