@@ -31,6 +31,11 @@ pub trait Backends {
     }
     /// Waits `ms` milliseconds (backoff between provider retries).
     fn sleep_ms(&self, ms: u64);
+    /// The time now, in milliseconds since the Unix epoch: the system clock,
+    /// unless a test's backends move time themselves.
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
 }
 
 /// The shortest key Spindle accepts in a Spin variable (32 characters: a
@@ -224,6 +229,12 @@ impl RequestContext {
             (held.renew)(self);
         }
         next_ms
+    }
+
+    /// The host's time now (ms since the Unix epoch), by which the engine
+    /// measures how long an invocation has been working.
+    pub fn now_ms(&self) -> i64 {
+        self.backends.now_ms()
     }
 
     /// A uniformly random number in `[0, 1)`, for jitter.

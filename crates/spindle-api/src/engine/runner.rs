@@ -473,7 +473,7 @@ pub(super) fn advance(
     ran: Option<Ran>,
 ) -> Result<(), ApiError> {
     let db = ctx.db()?;
-    let started = now_ms();
+    let started = ctx.now_ms();
     // Only a step's own invocation (after its response) goes on to run a chain.
     let chain = ran.is_some();
     let mut ran = ran;
@@ -502,7 +502,7 @@ pub(super) fn advance(
             let began = now_ms();
             for _ in 0..UNITS_PER_COMMIT {
                 run.status = run_status(db, &run.org_id, &run.id)?;
-                let chain = chain && now_ms() - started < CHAIN_BUDGET_MS;
+                let chain = chain && ctx.now_ms() - started < CHAIN_BUDGET_MS;
                 match plan_scope(ctx, db, &run, &key, hops, chain, started)? {
                     Progress::Again => {}
                     Progress::Scope(next) => key = next,
@@ -641,7 +641,7 @@ fn plan_scope(
     };
     let steps = load_steps(db, run, key)?;
     let plan = plan_graph(&scope.nodes, &scope.edges, &node_states(&steps));
-    let now = now_ms();
+    let now = ctx.now_ms();
     let mut progressed = false;
     for node in &plan.skip {
         progressed |= insert_step(ctx, db, place, node, StepStatus::Skipped, None)?.is_some();
@@ -1509,4 +1509,346 @@ fn complete_run(
         }
         add_totals(db, run)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::Backends;
+    use spindle_auth::Role;
+    use spindle_definition::parse_definition;
+    use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
+    use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb};
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    /// Where a self request that hands a step on goes.
+    const DISPATCH_URL: &str = "http://self.alt/internal/steps/";
+
+    /// How long each `http` node's request takes, by URL, in the host's time.
+    type Durations = Rc<RefCell<HashMap<String, i64>>>;
+
+    /// SQLite in memory, a clock that moves only while an `http` node's
+    /// request is answered (by as long as that URL is set to take), and
+    /// every outgoing request's URL recorded: a self request is a step
+    /// handed on, any other URL a node that ran here.
+    struct Host {
+        start: i64,
+        elapsed: Rc<Cell<i64>>,
+        durations: Durations,
+        sent: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Backends for Host {
+        fn open_db(&self) -> Result<Box<dyn Db>, DbError> {
+            Ok(Box::new(RusqliteDb::memory()))
+        }
+        fn open_kv(&self) -> Result<Box<dyn KvStore>, KvError> {
+            Ok(Box::new(MemoryKv::default()))
+        }
+        fn variable(&self, name: &str) -> Option<String> {
+            (name == "internal_key").then(|| "unit-test-internal-key-of-32-characters".into())
+        }
+        fn random_bytes(&self, buffer: &mut [u8]) {
+            getrandom::fill(buffer).expect("the OS's random source");
+        }
+        fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+            self.sent.borrow_mut().push(request.url.clone());
+            let status = if request.url.starts_with(DISPATCH_URL) {
+                202
+            } else {
+                let takes = self.durations.borrow().get(&request.url).copied();
+                self.elapsed.set(self.elapsed.get() + takes.unwrap_or(0));
+                200
+            };
+            Ok(OutboundResponse {
+                status,
+                headers: Vec::new(),
+                body: b"{\"ok\": true}".to_vec(),
+            })
+        }
+        fn sleep_ms(&self, _: u64) {}
+        fn now_ms(&self) -> i64 {
+            self.start + self.elapsed.get()
+        }
+    }
+
+    /// One run of a workflow on a [`Host`].
+    struct Harness {
+        ctx: RequestContext,
+        durations: Durations,
+        sent: Rc<RefCell<Vec<String>>>,
+        execution_id: String,
+    }
+
+    /// An `http` node `id` that GETs `http://api.test/<id>`.
+    fn http(id: &str) -> Json {
+        json!({"id": id, "type": "http", "config": {"method": "GET", "url": url(id)}})
+    }
+
+    fn url(node_id: &str) -> String {
+        format!("http://api.test/{node_id}")
+    }
+
+    impl Harness {
+        /// Starts a run of the workflow with `nodes` and `edges` (as
+        /// `[source, target]`), the trigger's successors queued and handed on.
+        fn start(nodes: Vec<Json>, edges: &[(&str, &str)]) -> Self {
+            let edges: Vec<Json> = edges
+                .iter()
+                .map(|(s, t)| json!({"source": s, "target": t}))
+                .collect();
+            let definition = parse_definition(&json!({"nodes": nodes, "edges": edges}))
+                .expect("a valid definition");
+            let host = Host {
+                start: crate::now_ms(),
+                elapsed: Rc::new(Cell::new(0)),
+                durations: Rc::default(),
+                sent: Rc::default(),
+            };
+            let (durations, sent) = (host.durations.clone(), host.sent.clone());
+            let ctx = RequestContext::new(Box::new(host));
+            let db = ctx.db().unwrap();
+            db.execute(
+                "INSERT INTO organizations (id, name, created_at, updated_at) VALUES ('o1', 'one', 0, 0)",
+                &[],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO workflows (id, org_id, name, webhook_secret, created_at, updated_at) \
+                 VALUES ('w1', 'o1', 'flow', 'whsec_x', 0, 0)",
+                &[],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO workflow_versions (org_id, workflow_id, version, definition, created_at) \
+                 VALUES ('o1', 'w1', 1, ?, 0)",
+                &[Value::Text(serde_json::to_string(&definition).unwrap())],
+            )
+            .unwrap();
+            let caller = Caller {
+                org_id: "o1".into(),
+                subject: "test".into(),
+                role: Role::Member,
+                api_key_id: None,
+            };
+            let start = RunStart {
+                workflow_id: "w1",
+                version: 1,
+                definition: &definition,
+                inputs: json!({}),
+                trigger_kind: "api",
+                idempotency: None,
+                reuse: &[],
+            };
+            let execution_id = start_run(&ctx, &caller, start).unwrap();
+            ctx.run_deferred();
+            Self {
+                ctx,
+                durations,
+                sent,
+                execution_id,
+            }
+        }
+
+        /// Makes the request of `http` node `node_id` take `ms` of the host's time.
+        fn takes(&self, node_id: &str, ms: i64) {
+            self.durations.borrow_mut().insert(url(node_id), ms);
+        }
+
+        /// The URLs sent since the last call.
+        fn sent(&self) -> Vec<String> {
+            self.sent.borrow_mut().drain(..).collect()
+        }
+
+        /// `node_id`'s step: its id and status, if it has one.
+        fn step(&self, node_id: &str) -> Option<(String, String)> {
+            let rows = self
+                .ctx
+                .db()
+                .unwrap()
+                .execute(
+                    "SELECT id, status FROM steps WHERE execution_id = ? AND node_id = ?",
+                    &[
+                        Value::from(self.execution_id.as_str()),
+                        Value::from(node_id),
+                    ],
+                )
+                .unwrap();
+            rows.into_first().map(|row| {
+                let text = |i: usize| row[i].as_str().unwrap().to_string();
+                (text(0), text(1))
+            })
+        }
+
+        fn status(&self, node_id: &str) -> Option<String> {
+            self.step(node_id).map(|(_, status)| status)
+        }
+
+        /// The self request that hands `node_id`'s step to a new invocation.
+        fn dispatch_of(&self, node_id: &str) -> String {
+            let (id, _) = self.step(node_id).expect("the node has a step");
+            format!("{DISPATCH_URL}{id}")
+        }
+
+        /// Does what `POST /internal/steps/:id` does for `node_id`'s queued
+        /// step: claims it, runs it and what follows it, then what it left
+        /// for after its response (the self requests).
+        fn invocation_of(&self, node_id: &str) {
+            let (step_id, _) = self.step(node_id).expect("the node has a step");
+            let db = self.ctx.db().unwrap();
+            let lease = claim(&self.ctx, db, &step_id, self.ctx.now_ms())
+                .unwrap()
+                .expect("the step is queued and due");
+            run_step(&self.ctx, &step_id, &lease, 0).unwrap();
+            self.ctx.run_deferred();
+        }
+
+        fn run_status(&self) -> RunStatus {
+            run_status(self.ctx.db().unwrap(), "o1", &self.execution_id).unwrap()
+        }
+    }
+
+    /// trigger → a → b → c, three `http` nodes (no cheap node after them,
+    /// whose own 5 s budget would hand it on).
+    fn chain_of_three() -> Harness {
+        let harness = Harness::start(
+            vec![
+                json!({"id": "start", "type": "trigger"}),
+                http("a"),
+                http("b"),
+                http("c"),
+            ],
+            &[("start", "a"), ("a", "b"), ("b", "c")],
+        );
+        // The run's own request hands the first step on.
+        assert_eq!(harness.sent(), [harness.dispatch_of("a")]);
+        harness
+    }
+
+    /// The budget README gives a step's invocation to go on with a chain.
+    const CHAIN_BUDGET: i64 = 10_000;
+
+    #[test]
+    fn a_chain_step_runs_the_next_one_itself_while_its_invocation_has_worked_under_ten_seconds() {
+        let harness = chain_of_three();
+        harness.takes("b", CHAIN_BUDGET - 1);
+        harness.invocation_of("a");
+        // b ran at once; b took just under the budget, so c ran here too.
+        assert_eq!(harness.sent(), [url("a"), url("b"), url("c")]);
+        for node in ["a", "b", "c"] {
+            assert_eq!(harness.status(node).as_deref(), Some("completed"), "{node}");
+        }
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    #[test]
+    fn a_chain_hands_the_next_step_to_a_new_invocation_after_ten_seconds() {
+        let harness = chain_of_three();
+        harness.takes("b", CHAIN_BUDGET);
+        harness.invocation_of("a");
+        // b ran here; after it the invocation had worked 10 s, so c goes by self request.
+        assert_eq!(
+            harness.sent(),
+            [url("a"), url("b"), harness.dispatch_of("c")]
+        );
+        assert_eq!(harness.status("b").as_deref(), Some("completed"));
+        assert_eq!(harness.status("c").as_deref(), Some("queued"));
+        assert_eq!(harness.run_status(), RunStatus::Running);
+        // The new invocation runs c and finishes the run.
+        harness.invocation_of("c");
+        assert_eq!(harness.sent(), [url("c")]);
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    /// README: "A step's invocation goes on to run the next step itself while
+    /// … it has been working for less than 10 s". The budget is counted from
+    /// when the invocation starts advancing the run, after its own step ran,
+    /// so a first step of 10 s or more is still followed by one step inline.
+    #[test]
+    #[ignore = "README and code disagree: the invocation's own step does not count against the 10 s chain budget"]
+    fn a_step_that_took_ten_seconds_hands_the_next_one_on() {
+        let harness = chain_of_three();
+        harness.takes("a", CHAIN_BUDGET);
+        harness.invocation_of("a");
+        assert_eq!(harness.sent(), [url("a"), harness.dispatch_of("b")]);
+    }
+
+    #[test]
+    fn a_fan_out_hands_each_branch_to_an_invocation_of_its_own() {
+        let harness = Harness::start(
+            vec![
+                json!({"id": "start", "type": "trigger"}),
+                http("a"),
+                http("left"),
+                http("right"),
+            ],
+            &[("start", "a"), ("a", "left"), ("a", "right")],
+        );
+        assert_eq!(harness.sent(), [harness.dispatch_of("a")]);
+        harness.invocation_of("a");
+        let mut sent = harness.sent();
+        sent.sort();
+        let mut expected = vec![
+            url("a"),
+            harness.dispatch_of("left"),
+            harness.dispatch_of("right"),
+        ];
+        expected.sort();
+        assert_eq!(sent, expected, "neither branch ran here");
+        assert_eq!(harness.status("left").as_deref(), Some("queued"));
+        assert_eq!(harness.status("right").as_deref(), Some("queued"));
+    }
+
+    /// trigger → a → b → shape → done: two `http` nodes, then two cheap ones.
+    fn cheap_after_a_chain() -> Harness {
+        let harness = Harness::start(
+            vec![
+                json!({"id": "start", "type": "trigger"}),
+                http("a"),
+                http("b"),
+                json!({"id": "shape", "type": "transform", "config": {"template": {"ok": "{{ steps.b.output.body.ok }}"}}}),
+                json!({"id": "done", "type": "output", "config": {"value": "{{ steps.shape.output }}"}}),
+            ],
+            &[
+                ("start", "a"),
+                ("a", "b"),
+                ("b", "shape"),
+                ("shape", "done"),
+            ],
+        );
+        assert_eq!(harness.sent(), [harness.dispatch_of("a")]);
+        harness
+    }
+
+    #[test]
+    fn cheap_nodes_run_inline_while_the_invocation_has_worked_under_five_seconds() {
+        let harness = cheap_after_a_chain();
+        harness.takes("b", 4_000);
+        harness.invocation_of("a");
+        assert_eq!(harness.sent(), [url("a"), url("b")]);
+        assert_eq!(harness.status("shape").as_deref(), Some("completed"));
+        assert_eq!(harness.status("done").as_deref(), Some("completed"));
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    #[test]
+    fn a_cheap_node_after_five_seconds_of_work_goes_to_a_new_invocation() {
+        let harness = cheap_after_a_chain();
+        harness.takes("b", 6_000);
+        harness.invocation_of("a");
+        // Still inside the chain's budget, but past the inline budget: the
+        // cheap node is queued and handed on, not run here.
+        assert_eq!(
+            harness.sent(),
+            [url("a"), url("b"), harness.dispatch_of("shape")]
+        );
+        assert_eq!(harness.status("shape").as_deref(), Some("queued"));
+        assert_eq!(harness.status("done"), None);
+        // The new invocation runs it, and the cheap node after it inline.
+        harness.invocation_of("shape");
+        assert_eq!(harness.sent(), Vec::<String>::new());
+        assert_eq!(harness.status("done").as_deref(), Some("completed"));
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
 }

@@ -465,6 +465,25 @@ mod tests {
     }
 
     #[test]
+    fn without_an_internal_key_a_due_schedule_is_not_claimed() {
+        let fixture = Fixture::new("no-key");
+        let workflow = fixture.workflow(true, false);
+        let schedule = fixture.schedule(&workflow, "* * * * *", NOW - MINUTE);
+        // The same database, seen by an instance that has no internal_key.
+        let keyless =
+            RequestContext::new(Box::new(TestBackends::file(fixture.dir.join("spindle.db"))));
+        assert_eq!(start_due(&keyless, NOW, 10).unwrap(), 0);
+        assert!(fixture.runs(&workflow).is_empty());
+        assert_eq!(fixture.state(&schedule), (1, Some(NOW - MINUTE), None));
+        // The due time is still there for an instance that has the key.
+        assert_eq!(start_due(&fixture.context(), NOW, 10).unwrap(), 1);
+        assert_eq!(
+            fixture.state(&schedule),
+            (1, Some(NOW + MINUTE), Some(NOW - MINUTE))
+        );
+    }
+
+    #[test]
     fn the_due_query_scans_only_the_partial_index() {
         let fixture = Fixture::new("plan");
         let ctx = fixture.context();

@@ -849,6 +849,9 @@ mod tests {
     use super::*;
     use crate::test_backends::TestBackends;
     use spindle_http::Method;
+    use spindle_store::Db;
+    use std::cell::Cell;
+    use std::rc::Rc;
 
     const JAN_5_2026: i64 = 1_767_571_200_000; // a Monday, 00:00 UTC
 
@@ -1036,6 +1039,12 @@ mod tests {
     /// `created_at` are exercised), and one record of org `o2`.
     fn with_records(n: usize) -> RequestContext {
         let ctx = RequestContext::new(Box::new(TestBackends::memory()));
+        insert_records(&ctx, n);
+        ctx
+    }
+
+    /// The records of [`with_records`], in `ctx`'s database.
+    fn insert_records(ctx: &RequestContext, n: usize) {
         let db = ctx.db().unwrap();
         for org in ["o1", "o2"] {
             db.execute(
@@ -1067,7 +1076,6 @@ mod tests {
             insert("o1", id, JAN_5_2026 + (i / 3) as i64, model, 2);
         }
         insert("o2", "other".into(), JAN_5_2026, "plain", 1000);
-        ctx
     }
 
     fn filters() -> Filters {
@@ -1116,6 +1124,131 @@ mod tests {
         })
         .unwrap();
         assert_eq!(writes, 1);
+    }
+
+    /// A database whose reads of usage records fail after the first
+    /// `allowed`, counting every read.
+    struct FailingReads {
+        inner: spindle_store::RusqliteDb,
+        reads: Rc<Cell<usize>>,
+        allowed: usize,
+    }
+
+    impl Db for FailingReads {
+        fn execute(
+            &self,
+            sql: &str,
+            params: &[Value],
+        ) -> Result<spindle_store::Rows, spindle_store::DbError> {
+            if sql.starts_with(&format!("SELECT {RECORD_COLUMNS} FROM usage_records")) {
+                self.reads.set(self.reads.get() + 1);
+                if self.reads.get() > self.allowed {
+                    return Err(spindle_store::DbError::from_message("disk I/O error"));
+                }
+            }
+            self.inner.execute(sql, params)
+        }
+
+        fn transaction(&self) -> &spindle_store::TransactionState {
+            self.inner.transaction()
+        }
+    }
+
+    /// SQLite in memory behind [`FailingReads`]; nothing else can fail.
+    struct FlakyStorage {
+        reads: Rc<Cell<usize>>,
+        allowed: usize,
+    }
+
+    impl crate::Backends for FlakyStorage {
+        fn open_db(&self) -> Result<Box<dyn Db>, spindle_store::DbError> {
+            Ok(Box::new(FailingReads {
+                inner: spindle_store::RusqliteDb::memory(),
+                reads: self.reads.clone(),
+                allowed: self.allowed,
+            }))
+        }
+        fn open_kv(&self) -> Result<Box<dyn spindle_store::KvStore>, spindle_store::KvError> {
+            Ok(Box::new(spindle_store::MemoryKv::default()))
+        }
+        fn variable(&self, _: &str) -> Option<String> {
+            None
+        }
+        fn random_bytes(&self, buffer: &mut [u8]) {
+            getrandom::fill(buffer).expect("the OS's random source");
+        }
+        fn send(
+            &self,
+            _: &spindle_http::OutboundRequest,
+        ) -> Result<spindle_http::OutboundResponse, spindle_http::OutboundError> {
+            Err(spindle_http::OutboundError::Denied("no network".into()))
+        }
+        fn sleep_ms(&self, _: u64) {}
+    }
+
+    #[test]
+    fn a_csv_export_whose_storage_fails_midway_ends_after_what_it_sent() {
+        const SECRET: &str = "sk_unitTestSecretOfFortyThreeBase62Characters00";
+        let reads = Rc::new(Cell::new(0));
+        let ctx = RequestContext::new(Box::new(FlakyStorage {
+            reads: reads.clone(),
+            allowed: 1,
+        }));
+        // One full batch, then a second batch whose read fails.
+        let n = CSV_BATCH as usize + 7;
+        insert_records(&ctx, n);
+        ctx.db()
+            .unwrap()
+            .execute(
+                "INSERT INTO api_keys (id, org_id, name, role, prefix, key_hash, created_at) \
+                 VALUES ('k1', 'o1', 'ci', 'viewer', 'sk_unitTest', ?, 0)",
+                &[Value::Text(spindle_auth::hash_api_key(SECRET))],
+            )
+            .unwrap();
+        let mut request = ApiRequest::new(
+            Method::Get,
+            "/api/v1/usage/records?from=2026-01-04&to=2026-01-06",
+        );
+        request.headers.extend([
+            ("accept".to_string(), "text/csv".to_string()),
+            ("authorization".to_string(), format!("Bearer {SECRET}")),
+        ]);
+        let mut response = records(&ctx, &request, &Params::default()).unwrap();
+        // The head is answered before any record is read.
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.header("content-type"),
+            Some("text/csv; charset=utf-8")
+        );
+        assert!(response.body.is_empty());
+        assert_eq!(reads.get(), 0);
+        let mut chunks = Vec::new();
+        response
+            .stream
+            .take()
+            .expect("a streamed body")
+            .run(&ctx, &mut |chunk: &[u8]| {
+                chunks.push(String::from_utf8(chunk.to_vec()).unwrap());
+                true
+            });
+        // The second read failed, and the body simply ended there: the
+        // header, the first batch, no error body.
+        assert_eq!(reads.get(), 2);
+        assert_eq!(chunks.len(), 2, "the header and one batch");
+        assert_eq!(chunks[0], format!("{}\r\n", CSV_HEADER.join(",")));
+        let lines: Vec<&str> = chunks[1].split_terminator("\r\n").collect();
+        assert!(chunks[1].ends_with("\r\n"), "no line is cut short");
+        // The first CSV_BATCH records in (created_at, id) order: ids descend
+        // within each millisecond of three, so each group is read backwards.
+        let mut expected: Vec<(usize, String)> =
+            (0..n).map(|i| (i / 3, format!("r{:05}", n - i))).collect();
+        expected.sort();
+        let expected: Vec<&str> = expected[..CSV_BATCH as usize]
+            .iter()
+            .map(|(_, id)| id.as_str())
+            .collect();
+        let ids: Vec<&str> = lines.iter().map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(ids, expected);
     }
 
     #[test]
