@@ -21,7 +21,7 @@ use crate::context::RequestContext;
 use crate::{json_column, now_ms, timestamp};
 use chrono::{Datelike, NaiveDate};
 use serde_json::{Map, Value as Json, json};
-use spindle_auth::Role;
+use spindle_auth::{Caller, Role};
 use spindle_http::{ApiError, ApiRequest, ApiResponse, ErrorDetail, Params};
 use spindle_providers::pricing::{Price, cost_of, format_micros};
 use spindle_providers::{ChatRequest, Provider, Usage};
@@ -584,67 +584,8 @@ pub(super) fn put(
         });
     };
     let (scope, scope_id) = path_key(params, &caller.org_id).ok_or_else(|| no_budget(params))?;
-    let now = now_ms();
-    let created = in_transaction(ctx.db()?, |db| -> Result<bool, ApiError> {
-        let org = OrgScoped::new(db, &caller.org_id);
-        require_scope_target(&org, scope, &scope_id)?;
-        let thresholds = json!(spec.thresholds).to_string();
-        let existing = find(&org, scope, &scope_id)?;
-        let id = match &existing {
-            Some(row) => {
-                let id = row[0].as_str().unwrap_or_default().to_string();
-                org.execute(
-                    "UPDATE budgets SET period = ?2, limit_micros = ?3, action = ?4, thresholds = ?5, \
-                     updated_at = ?6 WHERE org_id = ?1 AND id = ?7",
-                    &[
-                        Value::from(spec.period.as_str()),
-                        Value::Integer(spec.limit),
-                        Value::from(spec.action),
-                        Value::from(thresholds.as_str()),
-                        Value::Integer(now),
-                        Value::from(id.as_str()),
-                    ],
-                )?;
-                if row[3].as_str() != Some(spec.period.as_str()) {
-                    // Another period: its spend is counted afresh.
-                    forget(&org, &id)?;
-                    seed(db, &caller.org_id, &id, scope, &scope_id, spec.period, now)?;
-                }
-                id
-            }
-            None => {
-                let id = ctx.new_id();
-                db.execute(
-                    "INSERT INTO budgets (id, org_id, scope, scope_id, period, limit_micros, action, \
-                     thresholds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    &[
-                        Value::from(id.as_str()),
-                        Value::from(caller.org_id.as_str()),
-                        Value::from(scope),
-                        Value::from(scope_id.as_str()),
-                        Value::from(spec.period.as_str()),
-                        Value::Integer(spec.limit),
-                        Value::from(spec.action),
-                        Value::from(thresholds.as_str()),
-                        Value::Integer(now),
-                        Value::Integer(now),
-                    ],
-                )?;
-                seed(db, &caller.org_id, &id, scope, &scope_id, spec.period, now)?;
-                id
-            }
-        };
-        record_activity(
-            ctx,
-            db,
-            &caller.org_id,
-            &caller.subject,
-            "budget.set",
-            ("budget", &id),
-            &json!({"scope": scope, "scope_id": scope_id, "period": spec.period.as_str(),
-                    "limit_micros": spec.limit, "action": spec.action, "thresholds": spec.thresholds}),
-        )?;
-        Ok(existing.is_none())
+    let created = in_transaction(ctx.db()?, |db| {
+        store_budget(ctx, db, &caller, scope, &scope_id, &spec, now_ms())
     })?;
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     let row = find(&org, scope, &scope_id)?.ok_or_else(|| no_budget(params))?;
@@ -652,6 +593,81 @@ pub(super) fn put(
         if created { 201 } else { 200 },
         &budget_json(&org, &row, now_ms())?,
     ))
+}
+
+/// Creates or replaces, at `now` (UTC ms) and inside the caller's
+/// transaction, the budget of `scope`/`scope_id`; true when it was created. A
+/// new budget, or one whose period changes, starts from what its scope was
+/// billed so far in the period holding `now`; a replacement in the same
+/// period keeps its counter and fired thresholds.
+fn store_budget(
+    ctx: &RequestContext,
+    db: &dyn Db,
+    caller: &Caller,
+    scope: &str,
+    scope_id: &str,
+    spec: &BudgetSpec,
+    now: i64,
+) -> Result<bool, ApiError> {
+    let org = OrgScoped::new(db, &caller.org_id);
+    require_scope_target(&org, scope, scope_id)?;
+    let thresholds = json!(spec.thresholds).to_string();
+    let existing = find(&org, scope, scope_id)?;
+    let id = match &existing {
+        Some(row) => {
+            let id = row[0].as_str().unwrap_or_default().to_string();
+            org.execute(
+                "UPDATE budgets SET period = ?2, limit_micros = ?3, action = ?4, thresholds = ?5, \
+                 updated_at = ?6 WHERE org_id = ?1 AND id = ?7",
+                &[
+                    Value::from(spec.period.as_str()),
+                    Value::Integer(spec.limit),
+                    Value::from(spec.action),
+                    Value::from(thresholds.as_str()),
+                    Value::Integer(now),
+                    Value::from(id.as_str()),
+                ],
+            )?;
+            if row[3].as_str() != Some(spec.period.as_str()) {
+                // Another period: its spend is counted afresh.
+                forget(&org, &id)?;
+                seed(db, &caller.org_id, &id, scope, scope_id, spec.period, now)?;
+            }
+            id
+        }
+        None => {
+            let id = ctx.new_id();
+            db.execute(
+                "INSERT INTO budgets (id, org_id, scope, scope_id, period, limit_micros, action, \
+                 thresholds, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                &[
+                    Value::from(id.as_str()),
+                    Value::from(caller.org_id.as_str()),
+                    Value::from(scope),
+                    Value::from(scope_id),
+                    Value::from(spec.period.as_str()),
+                    Value::Integer(spec.limit),
+                    Value::from(spec.action),
+                    Value::from(thresholds.as_str()),
+                    Value::Integer(now),
+                    Value::Integer(now),
+                ],
+            )?;
+            seed(db, &caller.org_id, &id, scope, scope_id, spec.period, now)?;
+            id
+        }
+    };
+    record_activity(
+        ctx,
+        db,
+        &caller.org_id,
+        &caller.subject,
+        "budget.set",
+        ("budget", &id),
+        &json!({"scope": scope, "scope_id": scope_id, "period": spec.period.as_str(),
+                "limit_micros": spec.limit, "action": spec.action, "thresholds": spec.thresholds}),
+    )?;
+    Ok(existing.is_none())
 }
 
 /// `DELETE /api/v1/usage/budgets/:scope/:id` (admin): removes the budget
@@ -1239,6 +1255,32 @@ mod tests {
     }
 
     #[test]
+    fn a_call_in_flight_when_a_budget_is_created_does_not_count_against_it() {
+        let fixture = Fixture::new("in-flight");
+        let ctx = fixture.context();
+        // Reserved while no budget applied: nothing is held for it.
+        let in_flight = reserve_at(&ctx, &scope("a1"), 100, T0, 60_000).unwrap();
+        assert!(!in_flight.held);
+        fixture.budget("agent", "a1", "month", 1_000, "block");
+        assert_eq!(
+            settle(&ctx, &scope("a1"), &in_flight, 100).unwrap(),
+            Vec::new()
+        );
+        assert_eq!(
+            fixture.scalar("SELECT COALESCE(SUM(spent_micros), 0) FROM budget_periods"),
+            0
+        );
+        // A call reserved after the budget was made counts.
+        let next = reserve_at(&ctx, &scope("a1"), 100, T0 + 1, 60_000).unwrap();
+        assert!(next.held);
+        settle(&ctx, &scope("a1"), &next, 50).unwrap();
+        assert_eq!(
+            fixture.scalar("SELECT spent_micros FROM budget_periods"),
+            50
+        );
+    }
+
+    #[test]
     fn a_threshold_fires_once_per_period_and_alert_budgets_never_block() {
         let fixture = Fixture::new("thresholds");
         let budget = fixture.budget("agent", "a1", "month", 1_000, "alert");
@@ -1287,5 +1329,88 @@ mod tests {
         assert_eq!(payload["data"]["threshold"], 50);
         assert_eq!(payload["data"]["spent_micros"], 500);
         assert_eq!(payload["data"]["period_start"], "2026-06-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_put_that_changes_the_period_counts_it_afresh_and_one_that_keeps_it_keeps_the_count() {
+        let fixture = Fixture::new("period-change");
+        let ctx = fixture.context();
+        let db = ctx.db().unwrap();
+        // Billed 300 three days before T0 and 200 on T0's day: both in June.
+        for (id, at, billed) in [("r1", T0 - 72 * HOUR, 300), ("r2", T0 - HOUR, 200)] {
+            db.execute(
+                "INSERT INTO usage_records (id, org_id, provider, model, status, input_tokens, \
+                 output_tokens, total_tokens, base_cost_micros, billed_cost_micros, created_at) \
+                 VALUES (?, 'o1', 'openai', 'm', 'succeeded', 1, 1, 2, ?, ?, ?)",
+                &[
+                    Value::from(id),
+                    Value::Integer(billed),
+                    Value::Integer(billed),
+                    Value::Integer(at),
+                ],
+            )
+            .unwrap();
+        }
+        let admin = Caller {
+            org_id: "o1".into(),
+            subject: "key:admin".into(),
+            role: Role::Admin,
+            api_key_id: None,
+        };
+        let spec = |period: Period, limit: i64| BudgetSpec {
+            period,
+            limit,
+            action: "alert",
+            thresholds: vec![50, 100],
+        };
+        let put = |spec: BudgetSpec| {
+            in_transaction(db, |db| {
+                store_budget(&ctx, db, &admin, "org", "o1", &spec, T0)
+            })
+            .unwrap()
+        };
+        let shown = || {
+            let org = OrgScoped::new(db, "o1");
+            budget_json(&org, &find(&org, "org", "o1").unwrap().unwrap(), T0).unwrap()
+        };
+
+        assert!(put(spec(Period::Month, 1_000)), "created");
+        assert_eq!(shown()["spent_micros"], 500);
+        // A settled call (100) takes the month to 600: past 50 %.
+        let reservation = reserve_at(&ctx, &org_scope(), 100, T0, 60_000).unwrap();
+        let crossed = settle(&ctx, &org_scope(), &reservation, 100).unwrap();
+        assert_eq!(
+            crossed.iter().map(|c| c.threshold).collect::<Vec<_>>(),
+            [50]
+        );
+        assert_eq!(shown()["spent_micros"], 600);
+
+        // Same period, another limit: the counter and the fired 50 % stay
+        // (the usage records alone would say 500).
+        assert!(!put(spec(Period::Month, 2_000)), "replaced");
+        assert_eq!(shown()["spent_micros"], 600);
+        assert_eq!(shown()["thresholds_reached"], json!([50]));
+
+        // Another period: counted afresh from the usage records of T0's day,
+        // and no threshold is reached in it yet.
+        assert!(!put(spec(Period::Day, 1_000)), "replaced");
+        assert_eq!(shown()["period"], "day");
+        assert_eq!(shown()["period_start"], "2026-06-15T00:00:00.000Z");
+        assert_eq!(shown()["spent_micros"], 200);
+        assert_eq!(shown()["thresholds_reached"], json!([]));
+        assert_eq!(
+            fixture.scalar("SELECT COUNT(*) FROM budget_alerts"),
+            0,
+            "the month's fired thresholds are gone"
+        );
+    }
+
+    fn org_scope() -> ChargeScope<'static> {
+        ChargeScope {
+            org_id: "o1",
+            api_key_id: None,
+            workflow_id: None,
+            agent_id: None,
+        }
     }
 }
