@@ -312,13 +312,7 @@ pub(super) fn estimate(
                 .collect(),
         ));
     }
-    let context = json!({
-        "trigger": inputs,
-        "steps": {},
-        "previous_output": null,
-        "variables": definition.variables,
-        "execution": {"id": null},
-    });
+    let context = context_before_the_run(inputs, &definition.variables);
     let mut walk = Walk {
         calls: Vec::new(),
         node_count: 0,
@@ -413,7 +407,7 @@ pub(super) fn estimate(
     let mut assumptions = vec![
         "input tokens per call: ceil(characters / 4) of the system prompt, of the prompt rendered with \
          these inputs and the definition's variables (earlier steps' outputs are not known yet and \
-         render as empty) and of the tool definitions, plus 4 per message"
+         render as `null`) and of the tool definitions, plus 4 per message"
             .to_string(),
         format!(
             "output tokens per call: the node's mean over the workflow's last {HISTORY_RUNS} completed \
@@ -445,6 +439,20 @@ pub(super) fn estimate(
 
 /// The workflow's last [`HISTORY_RUNS`] completed runs: `{runs, mean, p95}`
 /// of their billed cost, and each node's mean output tokens per run of it.
+/// The context an estimate renders prompts in: the run's inputs and the
+/// definition's variables. Nothing has run yet, so `steps` is empty and
+/// `previous_output` and `execution.id` are null: a template naming an earlier
+/// output renders `null` there (4 characters in mixed text).
+fn context_before_the_run(inputs: impl Into<Json>, variables: &Map<String, Json>) -> Json {
+    json!({
+        "trigger": inputs.into(),
+        "steps": {},
+        "previous_output": null,
+        "variables": variables,
+        "execution": {"id": null},
+    })
+}
+
 fn history(
     org: &OrgScoped,
     workflow_id: &str,
@@ -662,7 +670,7 @@ mod tests {
 
     fn walk(definition: Json, inputs: Json) -> Walk {
         let definition = parse_definition(&definition).unwrap();
-        let context = json!({"trigger": inputs, "steps": {}, "variables": definition.variables});
+        let context = context_before_the_run(inputs, &definition.variables);
         let mut walk = Walk {
             calls: Vec::new(),
             node_count: 0,
@@ -670,6 +678,46 @@ mod tests {
         };
         walk.graph(&definition.nodes, &context, &[], (1, 1));
         walk
+    }
+
+    #[test]
+    fn nested_loops_multiply_their_max_iterations_in_the_worst_case() {
+        let walk = walk(
+            json!({
+                "nodes": [
+                    {"id": "start", "type": "trigger"},
+                    {"id": "rows", "type": "loop", "config": {"mode": "for_each", "items": "trigger.rows", "max_iterations": 3,
+                        "body": {"nodes": [
+                            {"id": "cells", "type": "loop", "config": {"mode": "repeat_until", "until": "true", "max_iterations": 4,
+                                "body": {"nodes": [{"id": "cell", "type": "agent", "config": {"agent_id": "x", "prompt": "p"}}], "edges": []}}}
+                        ], "edges": []}}}
+                ],
+                "edges": [{"source": "start", "target": "rows"}]
+            }),
+            json!({"rows": [1, 2]}),
+        );
+        let cell = &walk.calls[0];
+        assert_eq!(cell.node_id, "cell");
+        // Expected: 2 rows × 1 iteration; worst: 3 × 4.
+        assert_eq!((cell.expected_runs, cell.max_runs), (2, 12));
+        assert_eq!(cell.loops, ["rows", "cells"]);
+    }
+
+    #[test]
+    fn earlier_outputs_render_as_null_before_the_run() {
+        let walk = walk(
+            json!({
+                "nodes": [
+                    {"id": "start", "type": "trigger"},
+                    {"id": "a", "type": "agent", "config": {"agent_id": "x", "prompt": "First"}},
+                    {"id": "b", "type": "agent", "config": {"agent_id": "x",
+                        "prompt": "Shorten {{ steps.a.output }} and {{ previous_output }} of {{ execution.id }}"}}
+                ],
+                "edges": [{"source": "start", "target": "a"}, {"source": "a", "target": "b"}]
+            }),
+            json!({}),
+        );
+        assert_eq!(walk.calls[1].prompt, "Shorten null and null of null");
     }
 
     #[test]
