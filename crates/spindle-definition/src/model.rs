@@ -1458,6 +1458,9 @@ mod tests {
         assert_eq!(iso_duration_ms("P1W"), Ok(604_800_000));
         assert_eq!(iso_duration_ms("pt2m"), Ok(120_000));
         assert_eq!(iso_duration_ms("PT0S"), Ok(0));
+        // A fraction of a millisecond is dropped, not rounded.
+        assert_eq!(iso_duration_ms("PT0.0015S"), Ok(1));
+        assert_eq!(iso_duration_ms("PT1.9999S"), Ok(1_999));
         for bad in ["30s", "PT", "P1M", "P1Y", "-PT5S", "", "PT5X"] {
             assert!(iso_duration_ms(bad).is_err(), "{bad:?} is refused");
         }

@@ -489,6 +489,29 @@ mod tests {
     }
 
     #[test]
+    fn day_names_last_day_nth_weekday_and_nicknames_are_understood() {
+        // 2026-07-17 is a Friday: the next weekday morning is Monday the 20th.
+        assert_eq!(
+            next("0 9 * * MON-FRI", "UTC", "2026-07-17T12:00:00Z"),
+            "2026-07-20T09:00:00.000Z"
+        );
+        // February 2026 has 28 days.
+        assert_eq!(
+            next("0 9 L * *", "UTC", "2026-02-10T00:00:00Z"),
+            "2026-02-28T09:00:00.000Z"
+        );
+        // July 2026 starts on a Wednesday: its Mondays are the 6th and the 13th.
+        assert_eq!(
+            next("0 9 * * MON#2", "UTC", "2026-07-01T00:00:00Z"),
+            "2026-07-13T09:00:00.000Z"
+        );
+        assert_eq!(
+            next("@daily", "UTC", "2026-07-15T12:00:00Z"),
+            "2026-07-16T00:00:00.000Z"
+        );
+    }
+
+    #[test]
     fn the_next_occurrence_is_strictly_after_the_given_time() {
         assert_eq!(
             next("*/10 * * * * *", "UTC", "2026-01-01T12:00:10Z"),
