@@ -357,6 +357,92 @@ mod tests {
     }
 
     #[test]
+    fn one_past_each_documented_bound_is_refused_at_its_path() {
+        // README: `name` 1–200 characters, `max_tokens` 1–200000,
+        // `max_history` 1–200, `context_window_tokens` 256–2000000.
+        let cases = [
+            (json!({"name": "n".repeat(201)}), "name"),
+            // Characters, not bytes: 201 two-byte characters.
+            (json!({"name": "é".repeat(201)}), "name"),
+            (
+                json!({"model_config": {"max_tokens": 200_001}}),
+                "model_config.max_tokens",
+            ),
+            (
+                json!({"memory": {"max_history": 201}}),
+                "memory.max_history",
+            ),
+            (
+                json!({"memory": {"context_window_tokens": 255}}),
+                "memory.context_window_tokens",
+            ),
+            (
+                json!({"memory": {"context_window_tokens": 2_000_001}}),
+                "memory.context_window_tokens",
+            ),
+        ];
+        for (extra, path) in cases {
+            let Err(error) = spec(extra.clone()) else {
+                panic!("{extra} is accepted");
+            };
+            assert_eq!(paths(error), [path], "{extra}");
+        }
+    }
+
+    #[test]
+    fn each_documented_bound_itself_is_accepted() {
+        let longest = "é".repeat(200);
+        let at_the_top = spec(json!({
+            "name": longest,
+            "model_config": {"max_tokens": 200_000},
+            "memory": {"enabled": true, "max_history": 200, "context_window_tokens": 2_000_000}
+        }))
+        .expect("the upper bounds are in");
+        assert_eq!(at_the_top.name, longest);
+        assert_eq!(at_the_top.model_config.max_tokens, Some(200_000));
+        assert_eq!(
+            at_the_top.memory,
+            MemoryConfig {
+                enabled: true,
+                max_history: 200,
+                context_window_tokens: 2_000_000
+            }
+        );
+        let at_the_bottom = spec(json!({
+            "name": "n",
+            "model_config": {"max_tokens": 1},
+            "memory": {"max_history": 1, "context_window_tokens": 256}
+        }))
+        .expect("the lower bounds are in");
+        assert_eq!(at_the_bottom.model_config.max_tokens, Some(1));
+        assert_eq!(at_the_bottom.memory.max_history, 1);
+        assert_eq!(at_the_bottom.memory.context_window_tokens, 256);
+    }
+
+    #[test]
+    fn memory_defaults_are_off_20_messages_and_8000_tokens() {
+        // No memory at all, an empty one, and one naming only `enabled`.
+        for (extra, enabled) in [
+            (json!({}), false),
+            (json!({"memory": {}}), false),
+            (json!({"memory": {"enabled": true}}), true),
+        ] {
+            let memory = spec(extra.clone())
+                .unwrap_or_else(|e| panic!("{extra}: {e:?}"))
+                .memory;
+            assert_eq!(memory.enabled, enabled, "{extra}");
+            assert_eq!(memory.max_history, 20, "{extra}");
+            assert_eq!(memory.context_window_tokens, 8000, "{extra}");
+        }
+        // And that is what the stored definition reads back as.
+        let stored = serde_json::to_value(spec(json!({})).unwrap()).unwrap();
+        assert_eq!(
+            stored["memory"],
+            json!({"enabled": false, "max_history": 20, "context_window_tokens": 8000})
+        );
+    }
+
+    #[test]
     fn wrong_types_and_unknown_fields_are_a_bad_request_at_their_path() {
         let at = |body: Json| match AgentSpec::from_json(body).unwrap_err() {
             ApiError::BadRequest { details, .. } => details[0].path.clone(),
