@@ -4,8 +4,10 @@
 use fake_llm::{ReceivedRequest, Reply};
 use serde_json::{Value, json};
 use spindle_suite::{
-    Org, Target, configured, fake_llm, fake_turn, provider_key, shared, suite_variables,
+    Org, Target, configured, fake_llm, fake_turn, find_step, now_ms, provider_key, shared, step,
+    suite_variables, timestamp_ms,
 };
+use std::time::{Duration, Instant};
 
 fn execute(target: &Target, org: &Org, agent: &str, body: Value) -> Value {
     let reply = target.call(
@@ -913,4 +915,411 @@ fn invalid_execution_requests_are_refused_before_any_call() {
         None,
     );
     assert_eq!(runs.json()["total"], 0);
+}
+
+// --- listings, recent executions, deletion -------------------------------------
+
+/// Waits until this machine's clock has passed `created_at` (an API
+/// timestamp), so that what is made next is newer by the clock and not only
+/// by its id.
+fn after(created_at: &Value) {
+    let at = timestamp_ms(created_at);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while now_ms() <= at {
+        assert!(Instant::now() < deadline, "the clock never passed {at}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `GET path` as the org's owner; panics unless 200.
+fn get(target: &Target, org: &Org, path: &str) -> Value {
+    let reply = target.call("GET", path, Some(&org.owner_key), None);
+    assert_eq!(
+        reply.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// The `field` of each element of `body["data"]`.
+fn column(body: &Value, field: &str) -> Vec<Value> {
+    body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {body}"))
+        .iter()
+        .map(|item| item[field].clone())
+        .collect()
+}
+
+#[test]
+fn agent_lists_default_to_20_newest_first_cap_limit_at_100_and_echo_the_page() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("agents-page-size");
+    // 21 agents, each newer than the last; three of them OFFLINE.
+    let mut created = Vec::new();
+    for i in 0..21 {
+        let mut definition = scout("openai", "gpt-4o-mini");
+        definition["name"] = json!(format!("Agent {i:02}"));
+        if [3, 8, 15].contains(&i) {
+            definition["status"] = json!("OFFLINE");
+        }
+        let reply = target.call(
+            "POST",
+            "/api/v1/agents",
+            Some(&org.owner_key),
+            Some(&definition),
+        );
+        assert_eq!(reply.status, 201);
+        let agent = reply.json();
+        after(&agent["created_at"]);
+        created.push(agent["id"].clone());
+    }
+    let newest_first: Vec<Value> = created.iter().rev().cloned().collect();
+
+    let default = get(target, &org, "/api/v1/agents");
+    let mut fields: Vec<&String> = default.as_object().unwrap().keys().collect();
+    fields.sort();
+    assert_eq!(fields, ["data", "limit", "offset", "total"], "{default}");
+    assert_eq!(default["total"], 21);
+    assert_eq!(default["limit"], 20);
+    assert_eq!(default["offset"], 0);
+    assert_eq!(
+        column(&default, "id"),
+        newest_first[..20],
+        "created_at, newest first: the oldest is on the next page"
+    );
+    let page = get(target, &org, "/api/v1/agents?limit=5&offset=3");
+    assert_eq!((&page["limit"], &page["offset"]), (&json!(5), &json!(3)));
+    assert_eq!(page["total"], 21);
+    assert_eq!(column(&page, "id"), newest_first[3..8]);
+    let oldest_first = get(target, &org, "/api/v1/agents?sort_order=asc&limit=100");
+    assert_eq!(oldest_first["limit"], 100);
+    assert_eq!(column(&oldest_first, "id"), created);
+    for bad in ["?limit=101", "?limit=0"] {
+        let reply = target.call(
+            "GET",
+            &format!("/api/v1/agents{bad}"),
+            Some(&org.owner_key),
+            None,
+        );
+        reply.assert_error(400, "bad_request");
+        let path = reply.json()["error"]["details"][0]["path"].clone();
+        assert!(
+            path.as_str().is_some_and(|p| p.ends_with("limit")),
+            "{bad}: the problem names limit, at {path}"
+        );
+    }
+
+    // `status=` keeps only the agents of that status.
+    let offline = get(target, &org, "/api/v1/agents?status=OFFLINE&sort_order=asc");
+    assert_eq!(offline["total"], 3);
+    assert_eq!(
+        column(&offline, "id"),
+        [&created[3], &created[8], &created[15]].map(Clone::clone)
+    );
+    assert!(
+        column(&offline, "status").iter().all(|s| s == "OFFLINE"),
+        "{offline}"
+    );
+    assert_eq!(get(target, &org, "/api/v1/agents?status=IDLE")["total"], 18);
+
+    // `sort_by=execution_count`: agent 05 ran twice, agent 10 once, the rest never.
+    for (index, runs) in [(5, 2), (10, 1)] {
+        for _ in 0..runs {
+            execute(
+                target,
+                &org,
+                created[index].as_str().unwrap(),
+                json!({"task": "go"}),
+            );
+        }
+    }
+    let busiest = get(
+        target,
+        &org,
+        "/api/v1/agents?sort_by=execution_count&limit=100",
+    );
+    let ids = column(&busiest, "id");
+    assert_eq!(ids[..2], [created[5].clone(), created[10].clone()]);
+    let counts: Vec<u64> = busiest["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["metrics"]["execution_count"].as_u64().unwrap())
+        .collect();
+    let mut expected = vec![2, 1];
+    expected.extend([0; 19]);
+    assert_eq!(counts, expected, "{busiest}");
+    let idlest = get(
+        target,
+        &org,
+        "/api/v1/agents?sort_by=execution_count&sort_order=asc&limit=100",
+    );
+    assert_eq!(
+        column(&idlest, "id")[19..],
+        [created[10].clone(), created[5].clone()]
+    );
+}
+
+#[test]
+fn an_agent_shows_its_10_most_recent_executions_newest_first() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("recent-executions");
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
+    let mut runs = Vec::new();
+    for i in 0..11 {
+        fake_llm().push(Reply::text(format!("answer {i}")));
+        let execution = execute(target, &org, &agent, json!({"task": format!("task {i}")}));
+        assert_eq!(execution["status"], "completed", "{execution}");
+        after(&execution["created_at"]);
+        runs.push(execution["id"].clone());
+    }
+    let detail = get(target, &org, &format!("/api/v1/agents/{agent}"));
+    assert_eq!(detail["metrics"]["execution_count"], 11);
+    let recent: Vec<Value> = detail["recent_executions"]
+        .as_array()
+        .expect("recent_executions")
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    let expected: Vec<Value> = runs[1..].iter().rev().cloned().collect();
+    assert_eq!(recent, expected, "the ten newest, newest first");
+    let outputs: Vec<&Value> = detail["recent_executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["output"])
+        .collect();
+    assert_eq!(outputs[0], "answer 10");
+    assert_eq!(outputs[9], "answer 1");
+}
+
+#[test]
+fn agent_executions_are_listed_newest_first_paged_and_filtered_by_status() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("agent-executions");
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::text("one"));
+    fake_llm().push(Reply::error(400, "refused"));
+    fake_llm().push(Reply::text("three"));
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let execution = execute(target, &org, &agent, json!({"task": format!("task {i}")}));
+        after(&execution["created_at"]);
+        runs.push(execution);
+    }
+    let statuses: Vec<&Value> = runs.iter().map(|r| &r["status"]).collect();
+    assert_eq!(statuses, ["completed", "failed", "completed"]);
+    let id = |i: usize| runs[i]["id"].clone();
+    let path = format!("/api/v1/agents/{agent}/executions");
+    let all = get(target, &org, &path);
+    assert_eq!(all["total"], 3);
+    assert_eq!(column(&all, "id"), [id(2), id(1), id(0)], "newest first");
+    let skipped = get(target, &org, &format!("{path}?offset=1"));
+    assert_eq!(skipped["total"], 3);
+    assert_eq!(
+        column(&skipped, "id"),
+        [id(1), id(0)],
+        "offset 1 skips the newest"
+    );
+    let newest = get(target, &org, &format!("{path}?limit=1"));
+    assert_eq!(column(&newest, "id"), [id(2)]);
+    let second = get(target, &org, &format!("{path}?limit=1&offset=1"));
+    assert_eq!(column(&second, "id"), [id(1)]);
+    let failed = get(target, &org, &format!("{path}?status=failed"));
+    assert_eq!(failed["total"], 1);
+    assert_eq!(column(&failed, "id"), [id(1)]);
+    let completed = get(target, &org, &format!("{path}?status=completed"));
+    assert_eq!(completed["total"], 2);
+    assert_eq!(column(&completed, "id"), [id(2), id(0)]);
+    let later = get(target, &org, &format!("{path}?status=completed&offset=1"));
+    assert_eq!(column(&later, "id"), [id(0)]);
+}
+
+#[test]
+fn a_deleted_agents_executions_and_usage_stay() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("deleted-agent-usage");
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
+    let other = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
+    fake_llm().push(Reply::text("kept").tokens(1200, 400));
+    fake_llm().push(Reply::text("also kept").tokens(100, 50));
+    fake_llm().push(Reply::text("the other").tokens(10, 10));
+    let first = execute(target, &org, &agent, json!({"task": "a"}));
+    let second = execute(target, &org, &agent, json!({"task": "b"}));
+    execute(target, &org, &other, json!({"task": "c"}));
+
+    let records = target.usage_records(&org, &format!("agent_id={agent}"));
+    let executions: Vec<&Value> = records.iter().map(|r| &r["agent_execution_id"]).collect();
+    assert_eq!(executions, [&first["id"], &second["id"]], "{records:?}");
+    // 1200 × $0.15/M + 400 × $0.60/M = 420 µ$, × 1.2 = 504; 100 × 0.15 + 50 × 0.60
+    // = 45 µ$, × 1.2 = 54.
+    let billed: Vec<&Value> = records.iter().map(|r| &r["billed_cost_micros"]).collect();
+    assert_eq!(billed, [&json!(504), &json!(54)]);
+    let summary_path = format!("/api/v1/usage/summary?agent_id={agent}");
+    let summary = get(target, &org, &summary_path);
+    assert_eq!(summary["totals"]["calls"], 2, "{summary}");
+    assert_eq!(
+        summary["totals"]["billed_cost_micros"],
+        504 + 54,
+        "{summary}"
+    );
+    let by_agent = get(target, &org, "/api/v1/usage/summary?group_by=agent");
+
+    let path = format!("/api/v1/agents/{agent}");
+    let deleted = target.call("DELETE", &path, Some(&org.owner_key), None);
+    assert_eq!(deleted.status, 204);
+    assert!(deleted.body.is_empty());
+    target
+        .call("GET", &path, Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
+    let listed = get(target, &org, "/api/v1/agents");
+    assert_eq!(column(&listed, "id"), [json!(other)]);
+
+    // Its executions are still the records' executions, billed as before.
+    assert_eq!(
+        target.usage_records(&org, &format!("agent_id={agent}")),
+        records
+    );
+    for execution in [&first, &second] {
+        let id = execution["id"].as_str().unwrap();
+        let of_execution = target.usage_records(&org, &format!("agent_execution_id={id}"));
+        assert_eq!(of_execution.len(), 1, "{id}: {of_execution:?}");
+        assert_eq!(of_execution[0]["agent_id"], json!(agent));
+    }
+    // The same figures (the default range, ending now, has moved on).
+    let counted = |summary: &Value| (summary["totals"].clone(), summary["groups"].clone());
+    assert_eq!(
+        counted(&get(target, &org, &summary_path)),
+        counted(&summary)
+    );
+    let by_agent_after = get(target, &org, "/api/v1/usage/summary?group_by=agent");
+    assert_eq!(
+        counted(&by_agent_after),
+        counted(&by_agent),
+        "the summary by agent still counts the deleted agent's calls"
+    );
+    let groups = by_agent_after["groups"].as_array().unwrap();
+    let of_deleted = groups
+        .iter()
+        .find(|g| g["key"]["agent"] == json!(agent))
+        .unwrap_or_else(|| panic!("a group for the deleted agent: {by_agent_after}"));
+    assert_eq!(of_deleted["calls"], 2);
+    assert_eq!(of_deleted["billed_cost_micros"], 504 + 54);
+}
+
+#[test]
+fn a_model_asking_for_tools_turn_after_turn_fails_after_exactly_5_calls() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("tool-rounds");
+    let mut definition = scout("openai", "gpt-4o-mini");
+    definition["tools"] = json!(["calculator"]);
+    let agent = target.create(&org, "/api/v1/agents", &definition);
+    // More tool calls than the limit, so a sixth turn would get one too.
+    for i in 0..7 {
+        fake_llm().push(
+            Reply::tool_call("calculator", json!({"expression": format!("{i} + 1")})).tokens(10, 5),
+        );
+    }
+    let execution = execute(target, &org, &agent, json!({"task": "loop forever"}));
+    assert_eq!(execution["status"], "failed", "{execution}");
+    assert_eq!(
+        execution["error"]["code"], "tool_round_limit",
+        "{execution}"
+    );
+    assert!(execution["output"].is_null(), "{execution}");
+    assert_eq!(requests().len(), 5, "five model turns, no sixth");
+    assert_eq!(fake_llm().remaining(), 2);
+    assert_eq!(execution["usage"]["provider_calls"], 5);
+    assert_eq!(execution["usage"]["input_tokens"], 5 * 10);
+    assert_eq!(execution["usage"]["output_tokens"], 5 * 5);
+    // Each turn's tool call was run and answered, turns 1 to 5.
+    let rounds: Vec<&Value> = execution["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["round"])
+        .collect();
+    assert_eq!(
+        rounds,
+        [1, 2, 3, 4, 5].map(|r| json!(r)).iter().collect::<Vec<_>>()
+    );
+    let results: Vec<&Value> = execution["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["result"])
+        .collect();
+    assert_eq!(results, ["1", "2", "3", "4", "5"]);
+    // The fifth request carries the four earlier turns and their results.
+    let last = &requests()[4].body["messages"];
+    let tool_results = last
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "tool")
+        .count();
+    assert_eq!(tool_results, 4, "{last}");
+    let records = target.usage_records(
+        &org,
+        &format!("agent_execution_id={}", execution["id"].as_str().unwrap()),
+    );
+    assert_eq!(
+        records.len(),
+        5,
+        "one record per provider call: {records:?}"
+    );
+}
+
+#[test]
+fn a_structured_agent_node_whose_answer_is_not_json_fails_with_invalid_structured_output() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("structured-not-json");
+    let agent = target.create(&org, "/api/v1/agents", &scout("openai", "gpt-4o-mini"));
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({"name": "Score", "nodes": [
+            {"id": "start", "type": "trigger", "config": {}},
+            {"id": "score", "type": "agent", "config": {"agent_id": agent, "prompt": "Score it",
+                "output_schema": {"type": "object", "properties": {"score": {"type": "number"}}}}},
+            {"id": "done", "type": "output", "config": {"value": "{{ steps.score.output }}"}}
+        ], "edges": [
+            {"source": "start", "target": "score"},
+            {"source": "score", "target": "done"}
+        ]}),
+    );
+    // The same node parses JSON, also in a Markdown fence: the control.
+    fake_llm().push(Reply::text("```json\n{\"score\": 7}\n```"));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], json!({"score": 7}));
+
+    fake_llm().push(Reply::text("Sure! It scores 7 out of 10."));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "failed", "{run}");
+    let score = step(&run, "score");
+    assert_eq!(score["status"], "failed", "{score}");
+    assert_eq!(
+        score["error"]["code"], "invalid_structured_output",
+        "{score}"
+    );
+    assert_eq!(run["failed_node"], "score", "{run}");
+    assert_eq!(run["error"]["code"], "invalid_structured_output", "{run}");
+    assert!(
+        find_step(&run, "done").is_none_or(|done| done["status"] != "completed"),
+        "nothing runs after the failed node: {run}"
+    );
+    // The call itself was made and answered: the answer, not the provider, failed.
+    assert_eq!(requests().len(), 2);
 }

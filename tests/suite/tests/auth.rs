@@ -738,3 +738,324 @@ fn misconfigured_settings_are_a_clear_fault_not_a_panic() {
     let reply = target.call("GET", "/api/v1/orgs/current", Some("sk_whatever"), None);
     assert_misconfigured(&reply, "jwt_secret");
 }
+
+// --- listings and the shapes README shows ----------------------------------------
+
+/// The key names of a JSON object, sorted; panics, showing it, when `value`
+/// is not an object.
+fn key_set(value: &Value) -> Vec<String> {
+    let mut keys: Vec<String> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .cloned()
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// `names`, sorted, as owned strings.
+fn sorted(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    names.sort();
+    names
+}
+
+/// The fields of an API key as README shows it, without its secret.
+const KEY_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "role",
+    "prefix",
+    "rate_limit_per_minute",
+    "created_by",
+    "created_at",
+    "last_used_at",
+    "expires_at",
+    "revoked_at",
+];
+
+/// Creates a key of `role` named `name` with `token`; waits until this
+/// machine's clock has passed its `created_at` first, so that a key created
+/// next is newer by the clock and not only by its id. Returns the 201 body.
+fn create_key_after(target: &Target, token: &str, name: &str, role: &str) -> Value {
+    let reply = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(token),
+        Some(&json!({"name": name, "role": role})),
+    );
+    assert_eq!(
+        reply.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let key = reply.json();
+    let created = timestamp_ms(&key["created_at"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while now_ms() <= created {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock never passed {created}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    key
+}
+
+#[test]
+fn revoked_keys_are_listed_with_their_revocation_newest_first() {
+    let target = shared();
+    let org = target.create_org("key-listing");
+    let owner_id = keys(target, &org.owner_key)[0]["id"].clone();
+    // The owner key's created_at is in the past too before the next ones.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while now_ms() <= timestamp_ms(&keys(target, &org.owner_key)[0]["created_at"]) {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let first = create_key_after(target, &org.owner_key, "first", "member");
+    let second = create_key_after(target, &org.owner_key, "second", "viewer");
+    let revoked = target.call(
+        "DELETE",
+        &format!("/api/v1/api-keys/{}", first["id"].as_str().unwrap()),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(revoked.status, 200);
+    let revoked_at = revoked.json()["revoked_at"].clone();
+    assert!(revoked_at.is_string(), "{}", revoked.json());
+
+    let reply = target.call("GET", "/api/v1/api-keys", Some(&org.owner_key), None);
+    assert_eq!(reply.status, 200);
+    let raw = String::from_utf8_lossy(&reply.body).into_owned();
+    let body = reply.json();
+    assert_eq!(key_set(&body), sorted(&["data", "total"]), "{body}");
+    assert_eq!(body["total"], 3);
+    let listed = body["data"].as_array().unwrap();
+    let ids: Vec<&Value> = listed.iter().map(|k| &k["id"]).collect();
+    assert_eq!(
+        ids,
+        [&second["id"], &first["id"], &owner_id],
+        "newest first, the revoked key included: {body}"
+    );
+    let created: Vec<i64> = listed
+        .iter()
+        .map(|k| timestamp_ms(&k["created_at"]))
+        .collect();
+    assert!(created.windows(2).all(|w| w[0] > w[1]), "{created:?}");
+    let revocations: Vec<&Value> = listed.iter().map(|k| &k["revoked_at"]).collect();
+    assert_eq!(revocations, [&Value::Null, &revoked_at, &Value::Null]);
+    assert_eq!(listed[1]["name"], "first");
+    assert_eq!(listed[1]["role"], "member");
+    // Never a secret: no key carries one, and neither secret is anywhere.
+    for key in listed {
+        assert_eq!(key_set(key), sorted(KEY_FIELDS), "{key}");
+    }
+    for secret in [&first["secret"], &second["secret"]] {
+        let secret = secret.as_str().unwrap();
+        assert!(secret.starts_with("sk_"), "{secret}");
+        assert!(!raw.contains(secret), "the list shows {secret}");
+    }
+    assert!(
+        !raw.contains(&org.owner_key),
+        "the list shows the owner's secret"
+    );
+}
+
+#[test]
+fn a_token_lives_900_seconds_by_default_and_60_to_3600_when_asked() {
+    let target = shared();
+    let org = target.create_org("token-ttl");
+    let (_, member) = target.create_key(&org.owner_key, "member");
+    let exp_of = |token: &str| {
+        HS256Key::from_bytes(JWT_SECRET.as_bytes())
+            .verify_token::<OrgClaims>(token, None)
+            .expect("a token signed with the jwt_secret")
+            .expires_at
+            .expect("an exp claim")
+            .as_secs()
+    };
+    // No body at all, and an empty object: the default.
+    for body in [None, Some(json!({}))] {
+        let before = now();
+        let reply = target.call("POST", "/api/v1/auth/token", Some(&member), body.as_ref());
+        let after = now();
+        assert_eq!(
+            reply.status,
+            200,
+            "{body:?}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let minted = reply.json();
+        assert_eq!(minted["expires_in"], 900, "{body:?}: {minted}");
+        let exp = exp_of(minted["access_token"].as_str().unwrap());
+        assert!(
+            (before + 900..=after + 900).contains(&exp),
+            "{body:?}: exp {exp} is 900 s after issue ({before}..={after})"
+        );
+    }
+    // The bounds are in; one past either is refused, naming the field.
+    for ttl in [60, 3600] {
+        let reply = target.call(
+            "POST",
+            "/api/v1/auth/token",
+            Some(&member),
+            Some(&json!({"ttl_seconds": ttl})),
+        );
+        assert_eq!(reply.status, 200, "{ttl}");
+        assert_eq!(reply.json()["expires_in"], ttl);
+    }
+    for ttl in [0, 59, 3601] {
+        let reply = target.call(
+            "POST",
+            "/api/v1/auth/token",
+            Some(&member),
+            Some(&json!({"ttl_seconds": ttl})),
+        );
+        reply.assert_error(422, "validation_failed");
+        assert_eq!(
+            reply.json()["error"]["details"][0]["path"],
+            "ttl_seconds",
+            "{ttl}"
+        );
+    }
+}
+
+#[test]
+fn token_exchange_without_a_jwt_secret_is_403_feature_disabled() {
+    let mut variables = suite_variables();
+    variables.remove("jwt_secret");
+    let target = configured(variables);
+    let org = target.create_org("no-jwt-secret");
+    let before = activity(&target, &org.owner_key);
+    for body in [None, Some(json!({"ttl_seconds": 600}))] {
+        let reply = target.call(
+            "POST",
+            "/api/v1/auth/token",
+            Some(&org.owner_key),
+            body.as_ref(),
+        );
+        reply.assert_error(403, "feature_disabled");
+    }
+    // The key itself still works, and nothing was recorded.
+    assert_eq!(current_org(&target, &org.owner_key).status, 200);
+    assert_eq!(activity(&target, &org.owner_key), before);
+}
+
+#[test]
+fn org_key_and_token_responses_have_exactly_the_fields_readme_shows() {
+    let target = shared();
+    let reply = target.call(
+        "POST",
+        "/api/v1/orgs",
+        Some(ADMIN_KEY),
+        Some(&json!({"name": "Acme shapes", "owner_key_name": "ops"})),
+    );
+    assert_eq!(reply.status, 201);
+    let created = reply.json();
+    assert_eq!(
+        key_set(&created),
+        sorted(&["organization", "api_key"]),
+        "{created}"
+    );
+    let organization = &created["organization"];
+    assert_eq!(
+        key_set(organization),
+        sorted(&["id", "name", "created_at"]),
+        "{organization}"
+    );
+    // README: {"id", "name", "role": "owner", "prefix", "secret": "sk_…", …},
+    // the "…" being the rest of an API key.
+    let owner_key = &created["api_key"];
+    let mut with_secret = KEY_FIELDS.to_vec();
+    with_secret.push("secret");
+    assert_eq!(key_set(owner_key), sorted(&with_secret), "{owner_key}");
+    assert_eq!(owner_key["role"], "owner");
+    assert_eq!(owner_key["name"], "ops");
+    let secret = owner_key["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("sk_"), "{secret}");
+    assert_eq!(owner_key["prefix"], secret[..11], "{owner_key}");
+
+    let current = current_org(target, &secret).json();
+    assert_eq!(key_set(&current), sorted(&["id", "name", "created_at"]));
+    assert_eq!(&current, organization);
+
+    let page = target
+        .call(
+            "GET",
+            "/api/v1/orgs/current/activity?limit=10",
+            Some(&secret),
+            None,
+        )
+        .json();
+    assert_eq!(key_set(&page), sorted(&["data", "next_before"]), "{page}");
+    let entries = page["data"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{page}");
+    for entry in entries {
+        assert_eq!(
+            key_set(entry),
+            sorted(&[
+                "id",
+                "actor",
+                "action",
+                "resource_type",
+                "resource_id",
+                "details",
+                "created_at"
+            ]),
+            "{entry}"
+        );
+    }
+
+    let reply = target.call(
+        "POST",
+        "/api/v1/api-keys",
+        Some(&secret),
+        Some(&json!({"name": "ci", "role": "member", "expires_at": "2099-01-01T00:00:00Z", "rate_limit_per_minute": 120})),
+    );
+    assert_eq!(reply.status, 201);
+    let key = reply.json();
+    assert_eq!(key_set(&key), sorted(&with_secret), "{key}");
+    let id = key["id"].as_str().unwrap();
+    let one = target
+        .call(
+            "GET",
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&secret),
+            None,
+        )
+        .json();
+    assert_eq!(key_set(&one), sorted(KEY_FIELDS), "{one}");
+    let revoked = target
+        .call(
+            "DELETE",
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&secret),
+            None,
+        )
+        .json();
+    assert_eq!(key_set(&revoked), sorted(KEY_FIELDS), "{revoked}");
+    assert!(revoked["revoked_at"].is_string(), "{revoked}");
+
+    let token = target
+        .call(
+            "POST",
+            "/api/v1/auth/token",
+            Some(&secret),
+            Some(&json!({"ttl_seconds": 600})),
+        )
+        .json();
+    assert_eq!(
+        key_set(&token),
+        sorted(&["access_token", "token_type", "expires_in"]),
+        "{token}"
+    );
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["expires_in"], 600);
+    assert!(
+        token["access_token"].as_str().unwrap().starts_with("eyJ"),
+        "{token}"
+    );
+}

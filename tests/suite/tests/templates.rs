@@ -228,3 +228,67 @@ fn a_refused_use_creates_no_agent_and_no_workflow() {
     use_template(target, &org, "nope", None).assert_error(404, "not_found");
     assert_eq!(total(target, &org, "agents"), 1);
 }
+
+#[test]
+fn a_template_is_read_with_its_definition_whose_agent_nodes_name_roles() {
+    let target = shared();
+    let org = target.create_org("tpl-read");
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let get = |path: &str| {
+        let reply = target.call("GET", path, Some(&viewer), None);
+        assert_eq!(
+            reply.status,
+            200,
+            "GET {path}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
+    };
+    let template = get("/api/v1/templates/content-pipeline");
+    assert_eq!(template["id"], "content-pipeline");
+    assert_eq!(template["name"], "Content marketing pipeline");
+    let nodes = template["definition"]["nodes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a definition with nodes: {template}"));
+    let agent_nodes: Vec<(&str, &str)> = nodes
+        .iter()
+        .filter(|n| n["type"] == "agent")
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap(),
+                n["config"]["agent_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        agent_nodes,
+        [("draft", "$writer"), ("seo", "$seo"), ("social", "$social")],
+        "{template}"
+    );
+    assert!(template["definition"]["edges"].is_array(), "{template}");
+
+    // Every template: its agent nodes name exactly the roles it lists.
+    let listed = get("/api/v1/templates");
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(4), "{listed}");
+    for summary in listed["data"].as_array().unwrap() {
+        let id = summary["id"].as_str().unwrap();
+        let template = get(&format!("/api/v1/templates/{id}"));
+        let mut roles: Vec<String> = template["agents"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{id}: roles in {template}"))
+            .keys()
+            .map(|role| format!("${role}"))
+            .collect();
+        roles.sort();
+        let mut named: Vec<String> = template["definition"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["type"] == "agent")
+            .map(|n| n["config"]["agent_id"].as_str().unwrap().to_string())
+            .collect();
+        named.sort();
+        named.dedup();
+        assert_eq!(named, roles, "{id}");
+    }
+}

@@ -2,7 +2,8 @@
 //! templates, export/import, tenancy and limits.
 
 use serde_json::{Value, json};
-use spindle_suite::{Org, Reply, Target, shared};
+use spindle_suite::{Org, Reply, Target, now_ms, shared, timestamp_ms};
+use std::time::{Duration, Instant};
 
 /// A small valid graph: trigger → agent → condition → (transform | output) → output.
 fn graph(agent: &str) -> Value {
@@ -338,6 +339,69 @@ fn bulk_delete_is_all_or_nothing_within_the_organisation() {
         Some(&json!({"ids": [mine[0], foreign, mine[1]]})),
     );
     reply.assert_error(404, "not_found");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains(&foreign),
+        "names the foreign id: {message}"
+    );
+    assert!(
+        mine.iter().all(|id| !message.contains(id.as_str())),
+        "names only what is not ours: {message}"
+    );
+    assert_eq!(count(target, &ours), 2, "nothing was deleted");
+    assert_eq!(count(target, &theirs), 1);
+    // An id nothing has is named the same way.
+    let unknown = "00000000-0000-7000-8000-00000000b1d0";
+    let reply = target.call(
+        "POST",
+        "/api/v1/workflows/bulk-delete",
+        Some(&ours.owner_key),
+        Some(&json!({"ids": [mine[0], unknown]})),
+    );
+    reply.assert_error(404, "not_found");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains(unknown), "names the unknown id: {message}");
+    assert_eq!(count(target, &ours), 2, "nothing was deleted");
+    // 100 ids are taken (and checked: the unknown ones are named); 101 are
+    // refused before any is looked at. Neither deletes anything.
+    let unknowns = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|i| format!("00000000-0000-7000-8000-{i:012x}"))
+            .collect()
+    };
+    let mut hundred = mine.clone();
+    hundred.extend(unknowns(98));
+    let reply = target.call(
+        "POST",
+        "/api/v1/workflows/bulk-delete",
+        Some(&ours.owner_key),
+        Some(&json!({"ids": hundred})),
+    );
+    reply.assert_error(404, "not_found");
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&hundred[99]),
+        "{}",
+        reply.json()
+    );
+    let mut hundred_and_one = mine.clone();
+    hundred_and_one.extend(unknowns(99));
+    let reply = target.call(
+        "POST",
+        "/api/v1/workflows/bulk-delete",
+        Some(&ours.owner_key),
+        Some(&json!({"ids": hundred_and_one})),
+    );
+    reply.assert_error(422, "validation_failed");
+    assert_eq!(paths(&reply), ["ids"]);
     assert_eq!(count(target, &ours), 2, "nothing was deleted");
     assert_eq!(count(target, &theirs), 1);
     let reply = target.call(
@@ -552,4 +616,295 @@ fn templates_are_listed_and_usable() {
     target
         .call("GET", "/api/v1/templates/nope", Some(&org.owner_key), None)
         .assert_error(404, "not_found");
+}
+
+// --- listing order, settings patches, deletion, validation, bulk delete ----------
+
+/// Waits until this machine's clock has passed `at` (an API timestamp), so
+/// that what is made or changed next is newer by the clock, not only by id.
+fn after(at: &Value) {
+    let at = timestamp_ms(at);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while now_ms() <= at {
+        assert!(Instant::now() < deadline, "the clock never passed {at}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `GET path` as the org's owner; panics unless 200.
+fn get(target: &Target, org: &Org, path: &str) -> Value {
+    let reply = target.call("GET", path, Some(&org.owner_key), None);
+    assert_eq!(
+        reply.status,
+        200,
+        "GET {path}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()
+}
+
+/// The ids in `body["data"]`.
+fn ids(body: &Value) -> Vec<String> {
+    body["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no data in {body}"))
+        .iter()
+        .map(|item| item["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A trigger → output workflow named `name`: runs without a provider.
+fn echo(name: &str) -> Value {
+    json!({"name": name, "nodes": [
+        {"id": "start", "type": "trigger", "config": {}},
+        {"id": "done", "type": "output", "config": {"value": "hi"}}
+    ], "edges": [{"source": "start", "target": "done"}]})
+}
+
+#[test]
+fn workflow_lists_are_newest_first_echo_the_page_and_sort_by_updated_at() {
+    let target = shared();
+    let org = target.create_org("wf-list-order");
+    let mut created = Vec::new();
+    for name in ["First", "Second", "Third"] {
+        let reply = create(target, &org, &echo(name));
+        assert_eq!(reply.status, 201);
+        let workflow = reply.json();
+        after(&workflow["created_at"]);
+        created.push(workflow["id"].as_str().unwrap().to_string());
+    }
+    let newest_first: Vec<String> = created.iter().rev().cloned().collect();
+    let listed = get(target, &org, "/api/v1/workflows");
+    let mut fields: Vec<&String> = listed.as_object().unwrap().keys().collect();
+    fields.sort();
+    assert_eq!(fields, ["data", "limit", "offset", "total"], "{listed}");
+    assert_eq!(
+        (&listed["total"], &listed["limit"], &listed["offset"]),
+        (&json!(3), &json!(20), &json!(0))
+    );
+    assert_eq!(ids(&listed), newest_first, "created_at, newest first");
+    let page = get(target, &org, "/api/v1/workflows?limit=1&offset=1");
+    assert_eq!(
+        (&page["total"], &page["limit"], &page["offset"]),
+        (&json!(3), &json!(1), &json!(1))
+    );
+    assert_eq!(
+        ids(&page),
+        [newest_first[1].clone()],
+        "offset 1 skips the newest"
+    );
+    let rest = get(target, &org, "/api/v1/workflows?offset=1");
+    assert_eq!(ids(&rest), newest_first[1..]);
+    assert_eq!(
+        ids(&get(target, &org, "/api/v1/workflows?sort_order=asc")),
+        created
+    );
+
+    // Changing the oldest makes it the most recently updated.
+    let patched = target.call(
+        "PATCH",
+        &format!("/api/v1/workflows/{}", created[0]),
+        Some(&org.owner_key),
+        Some(&json!({"description": "touched"})),
+    );
+    assert_eq!(patched.status, 200);
+    let by_update = get(target, &org, "/api/v1/workflows?sort_by=updated_at");
+    assert_eq!(
+        ids(&by_update),
+        [created[0].clone(), created[2].clone(), created[1].clone()],
+        "{by_update}"
+    );
+    let by_update_asc = get(
+        target,
+        &org,
+        "/api/v1/workflows?sort_by=updated_at&sort_order=asc",
+    );
+    assert_eq!(
+        ids(&by_update_asc),
+        [created[1].clone(), created[2].clone(), created[0].clone()]
+    );
+    // Creation order is unmoved by the patch.
+    assert_eq!(
+        ids(&get(target, &org, "/api/v1/workflows?sort_by=created_at")),
+        newest_first
+    );
+    target
+        .call(
+            "GET",
+            "/api/v1/workflows?sort_by=execution_count",
+            Some(&org.owner_key),
+            None,
+        )
+        .assert_error(400, "bad_request");
+}
+
+#[test]
+fn patch_changes_only_the_settings_and_makes_no_version() {
+    let target = shared();
+    let org = target.create_org("wf-patch");
+    let agent = target.create_agent(&org);
+    let id = create(target, &org, &graph(&agent)).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/v1/workflows/{id}");
+    let read = || get(target, &org, &path);
+    let versions = || get(target, &org, &format!("{path}/versions"));
+    let patch = |body: &Value| target.call("PATCH", &path, Some(&org.owner_key), Some(body));
+    let (before, versions_before) = (read(), versions());
+    assert_eq!(before["webhook_scheme"], "standard", "{before}");
+
+    // The definition is not a setting: a patch naming it is refused whole,
+    // naming the field, even beside a setting that alone would be fine.
+    for (body, fields) in [
+        (json!({"nodes": []}), vec!["nodes"]),
+        (
+            json!({"name": "Renamed", "nodes": before["nodes"]}),
+            vec!["nodes"],
+        ),
+        (
+            json!({"edges": [], "variables": {}}),
+            vec!["edges", "variables"],
+        ),
+    ] {
+        let reply = patch(&body);
+        assert!(
+            reply.status >= 400,
+            "{body}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let mut named = paths(&reply);
+        named.sort();
+        assert_eq!(named, fields, "{body}");
+        assert_eq!(read(), before, "{body}: nothing changed");
+    }
+    for body in [
+        json!({"webhook_scheme": "x"}),
+        json!({"webhook_scheme": null}),
+        json!({"name": "Renamed", "webhook_scheme": "GitHub"}),
+    ] {
+        let reply = patch(&body);
+        reply.assert_error(422, "validation_failed");
+        let problems = paths(&reply);
+        assert_eq!(problems, ["webhook_scheme"], "{body}");
+        assert_eq!(read(), before, "{body}: nothing changed");
+    }
+    assert_eq!(versions(), versions_before);
+
+    let reply = patch(&json!({
+        "name": "Renamed", "description": "new words", "is_active": false, "webhook_scheme": "github"
+    }));
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let after_patch = read();
+    assert_eq!(reply.json(), after_patch);
+    assert_eq!(after_patch["name"], "Renamed");
+    assert_eq!(after_patch["description"], "new words");
+    assert_eq!(after_patch["is_active"], false);
+    assert_eq!(after_patch["webhook_scheme"], "github");
+    assert_eq!(after_patch["version"], 1, "no new version");
+    for key in ["nodes", "edges", "variables", "id", "created_at"] {
+        assert_eq!(after_patch[key], before[key], "{key}");
+    }
+    let versions_after = versions();
+    assert_eq!(versions_after, versions_before, "still one version");
+    assert_eq!(versions_after["current_version"], 1);
+    assert_eq!(versions_after["data"].as_array().unwrap().len(), 1);
+    // And back: `standard` is the other scheme a patch takes.
+    let reply = patch(&json!({"webhook_scheme": "standard"}));
+    assert_eq!(reply.status, 200);
+    assert_eq!(read()["webhook_scheme"], "standard");
+}
+
+#[test]
+fn a_deleted_workflows_runs_stay_readable_and_listed() {
+    let target = shared();
+    let org = target.create_org("wf-delete-runs");
+    let workflow = target.create(&org, "/api/v1/workflows", &echo("Soon gone"));
+    let run_id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &run_id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let listed_before = get(target, &org, "/api/v1/executions");
+    assert_eq!(ids(&listed_before), [run_id.as_str()]);
+
+    let path = format!("/api/v1/workflows/{workflow}");
+    let deleted = target.call("DELETE", &path, Some(&org.owner_key), None);
+    assert_eq!(deleted.status, 204);
+    assert!(deleted.body.is_empty());
+    target
+        .call("GET", &path, Some(&org.owner_key), None)
+        .assert_error(404, "not_found");
+    assert_eq!(count(target, &org), 0);
+
+    let reply = target.call(
+        "GET",
+        &format!("/api/v1/executions/{run_id}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(reply.json(), run, "the run is as it was");
+    assert_eq!(get(target, &org, "/api/v1/executions"), listed_before);
+    let of_workflow = get(
+        target,
+        &org,
+        &format!("/api/v1/executions?workflow_id={workflow}"),
+    );
+    assert_eq!(ids(&of_workflow), [run_id.as_str()]);
+    let logs = get(target, &org, &format!("/api/v1/executions/{run_id}/logs"));
+    assert!(
+        !logs["data"].as_array().unwrap().is_empty(),
+        "its logs stay: {logs}"
+    );
+}
+
+#[test]
+fn a_viewer_validates_and_a_body_over_2_mib_is_413() {
+    let target = shared();
+    let org = target.create_org("wf-validate-viewer");
+    let agent = target.create_agent(&org);
+    let (_, viewer) = target.create_key(&org.owner_key, "viewer");
+    let validate = |body: &Value| {
+        target.call(
+            "POST",
+            "/api/v1/workflows/validate",
+            Some(&viewer),
+            Some(body),
+        )
+    };
+    let ok = validate(&graph(&agent));
+    assert_eq!(ok.status, 200, "{}", String::from_utf8_lossy(&ok.body));
+    assert_eq!(ok.json(), json!({"valid": true}));
+    // A viewer may check, not store.
+    target
+        .call(
+            "POST",
+            "/api/v1/workflows",
+            Some(&viewer),
+            Some(&graph(&agent)),
+        )
+        .assert_error(403, "forbidden");
+    // Over the API's 2 MiB body limit: refused on its declared length, unread.
+    let head = format!(
+        "POST /api/v1/workflows/validate HTTP/1.1\r\nauthorization: Bearer {viewer}\r\n\
+         content-type: application/json\r\ncontent-length: {}",
+        2 * 1024 * 1024 + 1
+    );
+    target
+        .raw_exchange(&head, b"")
+        .assert_error(413, "payload_too_large");
+    // Under it, but a definition over 1 MiB: what a create answers.
+    let mut big = graph(&agent);
+    big["variables"]["padding"] = json!("x".repeat(1024 * 1024 + 1));
+    validate(&big).assert_error(413, "payload_too_large");
+    assert_eq!(count(target, &org), 0);
 }
