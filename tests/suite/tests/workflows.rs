@@ -755,7 +755,8 @@ fn patch_changes_only_the_settings_and_makes_no_version() {
     assert_eq!(before["webhook_scheme"], "standard", "{before}");
 
     // The definition is not a setting: a patch naming it is refused whole,
-    // naming the field, even beside a setting that alone would be fine.
+    // naming the field, even beside a setting that alone would be fine
+    // (its status: `a_patch_naming_the_definition_is_400_like_any_field_the_body_does_not_take`).
     for (body, fields) in [
         (json!({"nodes": []}), vec!["nodes"]),
         (
@@ -818,6 +819,29 @@ fn patch_changes_only_the_settings_and_makes_no_version() {
     let reply = patch(&json!({"webhook_scheme": "standard"}));
     assert_eq!(reply.status, 200);
     assert_eq!(read()["webhook_scheme"], "standard");
+}
+
+/// README's error table: a body "not of the expected shape" is `400
+/// bad_request` with details at the offending field, as an unknown field is
+/// for every other body (a new workflow, an agent's patch); `nodes` is not a
+/// field a settings patch takes.
+#[test]
+fn a_patch_naming_the_definition_is_400_like_any_field_the_body_does_not_take() {
+    let target = shared();
+    let org = target.create_org("wf-patch-shape");
+    let id = target.create(&org, "/api/v1/workflows", &echo("Shape"));
+    let path = format!("/api/v1/workflows/{id}");
+    let before = get(target, &org, &path);
+    // The same field refused by a create, for comparison.
+    let mut unknown = echo("Shape");
+    unknown["surprise"] = json!(1);
+    create(target, &org, &unknown).assert_error(400, "bad_request");
+    for body in [json!({"nodes": []}), json!({"surprise": 1})] {
+        let reply = target.call("PATCH", &path, Some(&org.owner_key), Some(&body));
+        reply.assert_error(400, "bad_request");
+        assert_eq!(paths(&reply).len(), 1, "{body}");
+        assert_eq!(get(target, &org, &path), before, "{body}: nothing changed");
+    }
 }
 
 #[test]
