@@ -397,14 +397,11 @@ fn a_short_internal_key_refuses_to_start_a_run_and_stores_none() {
     assert_eq!(runs["total"], 0, "{runs}");
 }
 
-// README ("Configuration") promises `503 misconfigured` at
-// `variables.billing_markup_percent` on the requests that need the markup,
-// with nothing half-applied. The usage component keeps it (`GET
-// /api/v1/usage/settings` answers so); a direct agent call does not: it
-// answers `200` with a stored `failed` execution, `provider_not_configured`
-// and no `details`. Run with `--ignored` to see it.
+/// README ("Configuration"): a malformed `billing_markup_percent` is `503
+/// misconfigured` at `variables.billing_markup_percent` on the requests that
+/// need the markup, with nothing half-applied: a direct agent call is
+/// refused before its execution is stored.
 #[test]
-#[ignore = "README promise not kept: an agent call with a malformed billing_markup_percent answers 200 failed/provider_not_configured, not 503 misconfigured"]
 fn a_billing_markup_that_is_not_a_number_is_misconfigured_on_an_agent_call() {
     let _turn = fake_turn();
     let target = misconfigured_app();

@@ -4,7 +4,9 @@ mod definition;
 mod run;
 
 pub use definition::{AgentSpec, merge_patch};
-pub use run::{AgentRun, MAX_TOOL_ROUNDS, RunInput, StepLink, StoredAgent, run_agent};
+pub use run::{
+    AgentRun, MAX_TOOL_ROUNDS, RunInput, StepLink, StoredAgent, check_call_settings, run_agent,
+};
 
 use crate::auth::{authenticate, record_activity};
 use crate::context::RequestContext;
@@ -254,6 +256,7 @@ fn execute_agent(
 ) -> Result<ApiResponse, ApiError> {
     let caller = authenticate(ctx, request)?;
     caller.require(Role::Member)?;
+    check_call_settings(ctx)?;
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     let id = params.get("id").unwrap_or_default();
     let (spec, _) = load(&org, id)?;

@@ -6,7 +6,6 @@ use crate::auth::record_activity;
 use crate::context::RequestContext;
 use crate::usage::admission::{Admission, admit, estimated_tokens, hold_off_ms, pause};
 use crate::usage::metrics::{ProviderCall, record_provider_call};
-use crate::usage::pricing::DEFAULT_MARKUP_PERCENT;
 use crate::usage::{budgets, pricing};
 use crate::{fetch_one, json_column, now_ms, timestamp};
 use serde_json::{Value as Json, json};
@@ -413,22 +412,40 @@ impl Endpoint {
             }
             .into());
         }
-        let number = |name: &str, default: u64| {
-            ctx.variable(name)
-                .map(|v| v.parse::<u64>())
-                .transpose()
-                .map_err(|_| not_configured(format!("variable {name} must be a whole number")))
-                .map(|v| v.unwrap_or(default))
-        };
-        let markup = number("billing_markup_percent", u64::from(DEFAULT_MARKUP_PERCENT))?;
+        // Requests that start a call check these first (`check_call_settings`);
+        // a workflow step started before the variable went bad fails here.
+        let settings = |error: ApiError| not_configured(error.to_string());
         Ok(Self {
             provider,
             base_url: base_url.trim_end_matches('/').to_string(),
             api_key,
-            timeout_ms: number("provider_timeout_ms", DEFAULT_PROVIDER_TIMEOUT_MS)?,
-            markup_percent: u32::try_from(markup.min(1000)).unwrap_or(DEFAULT_MARKUP_PERCENT),
+            timeout_ms: provider_timeout_ms(ctx).map_err(settings)?,
+            markup_percent: pricing::default_markup_percent(ctx).map_err(settings)?,
         })
     }
+}
+
+/// The `provider_timeout_ms` variable, else [`DEFAULT_PROVIDER_TIMEOUT_MS`].
+fn provider_timeout_ms(ctx: &RequestContext) -> Result<u64, ApiError> {
+    match ctx.variable("provider_timeout_ms") {
+        None => Ok(DEFAULT_PROVIDER_TIMEOUT_MS),
+        Some(value) => value.trim().parse::<u64>().map_err(|_| {
+            ApiError::misconfigured(
+                "provider_timeout_ms",
+                format!("is {value:?}, not a whole number of milliseconds"),
+            )
+        }),
+    }
+}
+
+/// Checks the app's variables every provider call reads
+/// (`billing_markup_percent`, `provider_timeout_ms`): a malformed one is
+/// `503 misconfigured` for a request that would make calls, before anything
+/// is stored for it.
+pub fn check_call_settings(ctx: &RequestContext) -> Result<(), ApiError> {
+    pricing::default_markup_percent(ctx)?;
+    provider_timeout_ms(ctx)?;
+    Ok(())
 }
 
 /// One provider call. Outside a workflow it is retried here on transient
@@ -939,4 +956,45 @@ pub fn execution_row_json(row: &[Value], pricing_missing: bool) -> Json {
         "created_at": row[15].as_i64().map(timestamp),
         "finished_at": row[16].as_i64().map(timestamp),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_backends::TestBackends;
+
+    fn with(name: &'static str, value: &str) -> RequestContext {
+        RequestContext::new(Box::new(TestBackends::memory().variable(name, value)))
+    }
+
+    fn misconfigured_variable(result: Result<(), ApiError>) -> String {
+        match result {
+            Err(ApiError::Misconfigured { variable, .. }) => variable,
+            other => panic!("not misconfigured: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_call_settings_are_misconfigured_and_good_ones_pass() {
+        let unset = RequestContext::new(Box::new(TestBackends::memory()));
+        assert!(check_call_settings(&unset).is_ok());
+        assert!(check_call_settings(&with("billing_markup_percent", "35")).is_ok());
+        assert!(check_call_settings(&with("provider_timeout_ms", "800")).is_ok());
+        for (name, value) in [
+            ("billing_markup_percent", "lots"),
+            ("billing_markup_percent", "-5"),
+            ("provider_timeout_ms", "1.5"),
+            ("provider_timeout_ms", "soon"),
+        ] {
+            assert_eq!(
+                misconfigured_variable(check_call_settings(&with(name, value))),
+                name,
+                "{name}={value}"
+            );
+        }
+        assert_eq!(
+            provider_timeout_ms(&RequestContext::new(Box::new(TestBackends::memory()))).unwrap(),
+            60_000
+        );
+    }
 }

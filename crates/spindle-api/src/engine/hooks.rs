@@ -67,6 +67,7 @@ pub(super) fn receive(
         check_inputs(&target.definition, fields)?;
     }
     internal_key(ctx)?;
+    crate::agents::check_call_settings(ctx)?;
     super::heartbeat::kick(ctx);
 
     let caller = Caller {

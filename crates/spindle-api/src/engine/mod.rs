@@ -111,6 +111,7 @@ fn execute_workflow(
     heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     internal_key(ctx)?;
+    crate::agents::check_call_settings(ctx)?;
     let workflow_id = params.get("id").unwrap_or_default();
     let body = request.json_object(&["inputs"])?;
     let inputs = match body.get("inputs") {
@@ -287,6 +288,7 @@ fn retry_execution(
     heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     internal_key(ctx)?;
+    crate::agents::check_call_settings(ctx)?;
     let id = params.get("id").unwrap_or_default();
     let org = OrgScoped::new(ctx.db()?, &caller.org_id);
     require_execution(&org, id)?;
@@ -364,7 +366,7 @@ fn require_execution(org: &OrgScoped, id: &str) -> Result<(), ApiError> {
 }
 
 const EXECUTION_COLUMNS: &str = "id, workflow_id, workflow_version, status, inputs, output, error, failed_node, \
-     tokens_in, tokens_out, base_cost_micros, billed_cost_micros, created_at, started_at, finished_at";
+     tokens_in, tokens_out, base_cost_micros, billed_cost_micros, created_at, started_at, finished_at, trigger_kind";
 
 fn execution_row_json(row: &[Value]) -> Json {
     json!({
@@ -372,6 +374,7 @@ fn execution_row_json(row: &[Value]) -> Json {
         "workflow_id": row[1].as_str(),
         "version": row[2].as_i64(),
         "status": row[3].as_str(),
+        "trigger_kind": row[15].as_str(),
         "inputs": json_column(&row[4]),
         "output": json_column(&row[5]),
         "error": json_column(&row[6]),
@@ -607,6 +610,7 @@ fn rerun_execution(
     heartbeat::kick(ctx);
     caller.require(Role::Member)?;
     internal_key(ctx)?;
+    crate::agents::check_call_settings(ctx)?;
     let id = params.get("id").unwrap_or_default();
     if request.body.is_empty() {
         return Err(ApiError::bad_request("`from_node` (a node id) is required"));
