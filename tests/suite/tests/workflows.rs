@@ -824,9 +824,8 @@ fn patch_changes_only_the_settings_and_makes_no_version() {
 /// README's error table: a body "not of the expected shape" is `400
 /// bad_request` with details at the offending field, as an unknown field is
 /// for every other body (a new workflow, an agent's patch); `nodes` is not a
-/// field a settings patch takes. Run with `--ignored` to see it.
+/// field a settings patch takes.
 #[test]
-#[ignore = "README promise not kept: a workflow PATCH naming nodes (or any field it does not take) answers 422 validation_failed, not 400 bad_request as other bodies' unknown fields do"]
 fn a_patch_naming_the_definition_is_400_like_any_field_the_body_does_not_take() {
     let target = shared();
     let org = target.create_org("wf-patch-shape");

@@ -444,16 +444,26 @@ fn update_settings(
     let object = patch
         .as_object()
         .ok_or_else(|| ApiError::bad_request("the body must be a JSON object"))?;
-    let mut problems = Vec::new();
-    for key in object.keys() {
-        if !SETTINGS_FIELDS.contains(&key.as_str()) {
-            problems.push(ErrorDetail::new(
+    // A field PATCH does not take is a body of the wrong shape (400), as
+    // everywhere; the definition's fields get a pointer to PUT.
+    let unknown: Vec<ErrorDetail> = object
+        .keys()
+        .filter(|key| !SETTINGS_FIELDS.contains(&key.as_str()))
+        .map(|key| {
+            ErrorDetail::new(
                 key.clone(),
                 "only name, description, is_active and webhook_scheme can be patched; \
                  PUT a new version to change the definition",
-            ));
-        }
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::BadRequest {
+            message: format!("unknown field {:?}", unknown[0].path),
+            details: unknown,
+        });
     }
+    let mut problems = Vec::new();
     let name = object.get("name").map(|v| match v.as_str().map(str::trim) {
         Some(n) if (1..=MAX_NAME_CHARS).contains(&n.chars().count()) => n.to_string(),
         _ => {
