@@ -43,6 +43,7 @@ fn limits_are_set_listed_validated_and_removed_per_organisation() {
         json!({"requests_per_minute": -5}),
         json!({"tokens_per_minute": "many"}),
         json!({"requests_per_minute": 1.5}),
+        json!({"tokens_per_minute": 100_000_001}),
     ] {
         put(&org.owner_key, "openai", bad).assert_error(422, "validation_failed");
     }
@@ -66,6 +67,23 @@ fn limits_are_set_listed_validated_and_removed_per_organisation() {
         600,
         "nothing changed"
     );
+
+    // Up to 10^8; a field left out or `null` is no limit.
+    let set = put(
+        &org.owner_key,
+        "openai",
+        json!({"requests_per_minute": 100_000_000, "tokens_per_minute": null}),
+    );
+    assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
+    assert_eq!(set.json()["requests_per_minute"], 100_000_000);
+    assert_eq!(set.json()["tokens_per_minute"], serde_json::Value::Null);
+    let set = put(&org.owner_key, "openai", json!({"tokens_per_minute": 5}));
+    assert_eq!(set.status, 200, "{}", String::from_utf8_lossy(&set.body));
+    assert_eq!(
+        listed(&org.owner_key)[0]["requests_per_minute"],
+        serde_json::Value::Null
+    );
+    assert_eq!(listed(&org.owner_key)[0]["tokens_per_minute"], 5);
 
     let removed = target.call(
         "DELETE",

@@ -217,13 +217,28 @@ fn budgets_are_set_listed_replaced_and_deleted_with_validation_roles_and_tenancy
             "thresholds[2]"
         ]
     );
-    for limit in [json!(1.5), json!("100"), json!(-3), Value::Null] {
+    // Whole micro-dollars, 1 to 10^15.
+    for limit in [
+        json!(1.5),
+        json!("100"),
+        json!(-3),
+        json!(0),
+        json!(1_000_000_000_000_001_i64),
+        Value::Null,
+    ] {
         let body = json!({"period": "day", "limit": limit, "action": "block"});
         assert_eq!(
             problem_paths(&put(target, &org.owner_key, "agent", &agent, body)),
             ["limit"]
         );
     }
+    // At most ten thresholds.
+    let eleven: Vec<i64> = (1..=11).map(|i| i * 10).collect();
+    let body = json!({"period": "day", "limit": 10, "action": "alert", "thresholds": eleven});
+    assert_eq!(
+        problem_paths(&put(target, &org.owner_key, "agent", &agent, body)),
+        ["thresholds"]
+    );
     let missing = put(target, &org.owner_key, "agent", &agent, json!({}));
     assert_eq!(problem_paths(&missing), ["period", "limit", "action"]);
     let body = json!({"period": "day", "limit": 10, "action": "block"});
@@ -309,6 +324,9 @@ fn an_api_call_a_block_budget_cannot_cover_is_429_and_never_reaches_the_provider
     );
     let refused = execute(target, &org.owner_key, &agent);
     refused.assert_error(429, "budget_exceeded");
+    // No `Retry-After`: waiting does not help before the period ends or the
+    // limit grows.
+    assert_eq!(refused.header("retry-after"), None);
     let message = refused.json()["error"]["message"]
         .as_str()
         .unwrap()

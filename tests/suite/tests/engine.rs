@@ -42,6 +42,7 @@ fn a_linear_run_completes_and_templates_keep_their_types() {
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], json!({"text": "Draft text", "length": 10}));
+    assert_eq!(run["trigger_kind"], "api");
     assert_eq!(run["usage"]["input_tokens"], 20);
     assert_eq!(step(&run, "draft")["status"], "completed");
     assert_eq!(step(&run, "draft")["attempts"], 1);
@@ -140,6 +141,56 @@ fn fan_out_of_three_joins_once() {
         "three answers of their own: {branches:?}"
     );
     assert!(branches.iter().all(|o| o.is_string()), "{branches:?}");
+    assert_eq!(fake_llm().received().len(), 3);
+}
+
+/// Fan-out hands each branch to an invocation of its own: with every answer
+/// held, all three provider calls arrive. Branches run one after another in
+/// one invocation would leave the second call unsent while the first waits.
+#[test]
+fn the_branches_of_a_fan_out_wait_on_their_providers_at_the_same_time() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-fanout-concurrent");
+    let agent = target.create_agent(&org);
+    let node = |id: &str| json!({"id": id, "type": "agent", "config": {"agent_id": agent, "prompt": format!("part {id}")}});
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
+            "name": "Concurrent fan-out",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                node("a"), node("b"), node("c"),
+                {"id": "done", "type": "output", "config": {"value": ["{{ steps.a.output }}", "{{ steps.b.output }}", "{{ steps.c.output }}"]}}
+            ],
+            "edges": [
+                {"source": "start", "target": "a"}, {"source": "start", "target": "b"}, {"source": "start", "target": "c"},
+                {"source": "a", "target": "done"}, {"source": "b", "target": "done"}, {"source": "c", "target": "done"}
+            ]
+        }),
+    );
+    fake_llm().hold();
+    let id = target.start_run(&org, &workflow, json!({}));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake_llm().received().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "with the answers held, only {} of 3 branches called the provider",
+            fake_llm().received().len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let prompts: std::collections::BTreeSet<String> = fake_llm()
+        .received()
+        .iter()
+        .map(|r| r.body["messages"].to_string())
+        .collect();
+    assert_eq!(prompts.len(), 3, "one call per branch: {prompts:?}");
+    let run = target.execution(&org, &id);
+    for branch in ["a", "b", "c"] {
+        assert_eq!(step(&run, branch)["status"], "running", "{run}");
+    }
+    fake_llm().release();
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(fake_llm().received().len(), 3);
 }
 
@@ -399,6 +450,21 @@ fn http_nodes_reach_allowed_hosts_and_are_refused_elsewhere() {
     let input = &step(&run, "call")["input"];
     assert_eq!(input["method"], "POST");
     assert_eq!(input["url"], url);
+    // The body as it was sent: the rendered template, serialised.
+    let sent_body: Value = serde_json::from_str(input["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sent_body,
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "t-1"}]}),
+    );
+    let output = &step(&run, "call")["output"];
+    assert_eq!(output["status"], 200);
+    assert_eq!(output["body"]["model"], "gpt-4o-mini");
+    assert!(
+        output["headers"]["content-type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("application/json")),
+        "{output}"
+    );
     assert_eq!(
         input["header_names"],
         json!(["x-request", "content-type"]),
@@ -494,6 +560,7 @@ fn a_node_failing_under_on_error_continue_is_shown_failed_in_the_run_and_its_lis
     assert_eq!(ask["status"], "failed", "{ask}");
     assert_eq!(ask["error"]["code"], "provider_rejected");
     assert_eq!(ask["error_handled"], true);
+    assert_eq!(ask["output"], Value::Null, "continue: its output is null");
     assert_eq!(step(&run, "done")["status"], "completed");
 
     let list = target
@@ -512,6 +579,103 @@ fn a_node_failing_under_on_error_continue_is_shown_failed_in_the_run_and_its_lis
     assert_eq!(failed[0]["node_id"], "ask");
     assert_eq!(failed[0]["error"]["code"], "provider_rejected");
     assert_eq!(failed[0]["handled"], true);
+}
+
+/// A retry of a failed run runs its failed step again but keeps a failure a
+/// node's `on_error: continue` already handled.
+#[test]
+fn a_retry_keeps_the_failures_on_error_handled() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-retry-handled");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
+            "name": "Handled, then failing",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "ask", "type": "agent", "on_error": "continue", "config": {"agent_id": agent, "prompt": "hi"}},
+                {"id": "call", "type": "http", "config": {"method": "GET", "url": "http://example.com/hook"}}
+            ],
+            "edges": [{"source": "start", "target": "ask"}, {"source": "ask", "target": "call"}]
+        }),
+    );
+    fake_llm().push(Reply::error(400, "refused"));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["failed_node"], "call");
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/retry"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let run = target.finished(&org, &id);
+    // `call` is refused again (its host is not allowed); `ask` did not run again.
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(fake_llm().received().len(), 1, "the handled step was kept");
+    let failed: Vec<(&str, bool)> = run["failed_steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["node_id"].as_str().unwrap(),
+                f["handled"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(failed, [("ask", true), ("call", false)], "{run}");
+}
+
+/// Templates see the run's own id, and a delay may wait `until` a templated
+/// time: one already past ends at once, a later one parks the step.
+#[test]
+fn templates_see_the_run_id_and_a_delay_waits_until_a_templated_time() {
+    let target = shared();
+    let org = target.create_org("run-until");
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Until",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "pause", "type": "delay", "config": {"until": "{{ trigger.at }}"}},
+                {"id": "done", "type": "output", "config": {"value": "{{ execution.id }}"}}
+            ],
+            "edges": [{"source": "start", "target": "pause"}, {"source": "pause", "target": "done"}]
+        }),
+    );
+    let past = target.start_run(&org, &workflow, json!({"at": "2020-01-01T00:00:00Z"}));
+    let run = target.finished(&org, &past);
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], past.as_str());
+
+    let at = chrono::DateTime::from_timestamp_millis(now_ms() + 60_000)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let later = target.start_run(&org, &workflow, json!({"at": at}));
+    let run = target.await_step(&org, &later, "pause", "queued");
+    assert_eq!(run["status"], "running", "{run}");
+    assert!(find_step(&run, "done").is_none(), "{run}");
+    // Nothing moves it before its time, however often the tick comes.
+    target.tick();
+    let run = target.execution(&org, &later);
+    assert_eq!(step(&run, "pause")["status"], "queued", "{run}");
+    let cancelled = target.call(
+        "POST",
+        &format!("/api/v1/executions/{later}/cancel"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(cancelled.status, 200);
 }
 
 #[test]
@@ -664,6 +828,7 @@ fn rerun_from_a_middle_node_on_a_new_version_reuses_what_came_before() {
     );
     let rerun = target.finished(&org, reply.json()["execution_id"].as_str().unwrap());
     assert_eq!(rerun["status"], "completed", "{rerun}");
+    assert_eq!(rerun["trigger_kind"], "rerun");
     assert_eq!(rerun["version"], 2);
     assert_eq!(rerun["output"], "two, v2");
     assert_eq!(
@@ -686,6 +851,38 @@ fn rerun_from_a_middle_node_on_a_new_version_reuses_what_came_before() {
         })
         .collect();
     assert_eq!(prompts, ["first", "second: one", "second, v2: one"]);
+    // Without `version`, a rerun is on the run's own version, not the newest.
+    fake_llm().push(Reply::text("two, again").tokens(10, 1));
+    let reply = target.call(
+        "POST",
+        &path,
+        Some(&org.owner_key),
+        Some(&json!({"from_node": "second"})),
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let again = target.finished(&org, reply.json()["execution_id"].as_str().unwrap());
+    assert_eq!(again["version"], 1, "{again}");
+    assert_eq!(
+        fake_llm().received().last().unwrap().body["messages"][1]["content"],
+        "second: one"
+    );
+    // A rerun never goes back to a version older than its run's.
+    let of_v2 = format!("/api/v1/executions/{}/rerun", rerun["id"].as_str().unwrap());
+    for version in [1, 3] {
+        let reply = target.call(
+            "POST",
+            &of_v2,
+            Some(&org.owner_key),
+            Some(&json!({"from_node": "second", "version": version})),
+        );
+        reply.assert_error(422, "validation_failed");
+        assert_eq!(reply.json()["error"]["details"][0]["path"], "version");
+    }
     for (body, status) in [
         (json!({"from_node": "nowhere"}), 422),
         (
@@ -1078,6 +1275,75 @@ fn an_http_node_timeout_fails_a_request_that_hangs() {
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["error"]["code"], "http_timeout");
     assert_eq!(run["failed_node"], "call");
+
+    // The tighter of the node's and the request's own `timeout_ms` applies:
+    // an answer 3 s late passes the node's 10 s but not the request's 800 ms,
+    // whichever of the two says less.
+    let late = |node_ms: u64, request_ms: u64| {
+        let workflow = target.create(
+            &org,
+            "/api/v1/workflows",
+            &json!({
+                "name": "Two limits",
+                "nodes": [
+                    {"id": "start", "type": "trigger"},
+                    {"id": "call", "type": "http", "timeout_ms": node_ms, "config": {"method": "POST", "url": url,
+                        "timeout_ms": request_ms, "body": {"model": "m", "messages": []}}}
+                ],
+                "edges": [{"source": "start", "target": "call"}]
+            }),
+        );
+        fake_llm().clear();
+        fake_llm().push(Reply::text("late").after(Duration::from_secs(3)));
+        target.finished(&org, &target.start_run(&org, &workflow, json!({})))
+    };
+    for (node_ms, request_ms) in [(10_000, 800), (800, 10_000)] {
+        let run = late(node_ms, request_ms);
+        assert_eq!(
+            run["error"]["code"], "http_timeout",
+            "{node_ms}/{request_ms}: {run}"
+        );
+    }
+    let run = late(10_000, 10_000);
+    assert_eq!(run["status"], "completed", "{run}");
+}
+
+/// An `http` node without a `retry` of its own sends one request: a 4xx or a
+/// 5xx answer fails its step at once (only agent nodes have a default policy).
+#[test]
+fn an_http_node_without_a_retry_fails_on_its_first_error_answer() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("run-http-error");
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "HTTP errors",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "call", "type": "http", "config": {"method": "POST", "url": url,
+                    "body": {"model": "m", "messages": []}}}
+            ],
+            "edges": [{"source": "start", "target": "call"}]
+        }),
+    );
+    for (reply, code) in [
+        (Reply::error(404, "no such thing"), "http_status"),
+        (Reply::server_error(), "http_unavailable"),
+    ] {
+        fake_llm().clear();
+        fake_llm().push(reply);
+        let run = target.finished_ticking(&org, &target.start_run(&org, &workflow, json!({})));
+        assert_eq!(run["status"], "failed", "{run}");
+        assert_eq!(run["failed_node"], "call");
+        assert_eq!(run["error"]["code"], code, "{run}");
+        let call = step(&run, "call");
+        assert_eq!(call["status"], "failed");
+        assert_eq!(call["attempts"], 1, "{run}");
+        assert_eq!(fake_llm().received().len(), 1, "one request, no retry");
+    }
 }
 
 /// `[status, billed µ$]` of each usage record of `run`, in the order the calls were made.

@@ -335,6 +335,42 @@ fn a_github_workflow_checks_x_hub_signature_256() {
     assert_eq!(runs(target, &org, &workflow), 1);
 }
 
+/// The scheme may be set on create and by a PUT too, not only by a PATCH.
+#[test]
+fn the_github_scheme_is_taken_on_create_and_on_put() {
+    let target = shared();
+    let org = target.create_org("hooks-github-create");
+    let mut definition = greeter("Greeter");
+    definition["webhook_scheme"] = json!("github");
+    let (workflow, secret) = create_workflow(target, &org, &definition);
+    deliver_signed(target, &workflow, &secret, "std-1", BODY).assert_error(401, "unauthenticated");
+    accepted(&deliver_github(
+        target,
+        &workflow,
+        "gh-create",
+        &github_signature(&secret, BODY),
+    ));
+
+    // A standard workflow turned into a GitHub one by a new version.
+    let (workflow, secret) = create_workflow(target, &org, &greeter("Greeter"));
+    let put = target.call(
+        "PUT",
+        &format!("/api/v1/workflows/{workflow}"),
+        Some(&org.owner_key),
+        Some(&definition),
+    );
+    assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+    assert_eq!(put.json()["webhook_scheme"], "github");
+    deliver_signed(target, &workflow, &secret, "std-2", BODY).assert_error(401, "unauthenticated");
+    accepted(&deliver_github(
+        target,
+        &workflow,
+        "gh-put",
+        &github_signature(&secret, BODY),
+    ));
+    assert_eq!(runs(target, &org, &workflow), 1);
+}
+
 /// `POST /api/v1/workflows/:id/webhook-secret` as the owner; returns the new secret.
 fn rotate_secret(target: &Target, org: &Org, workflow: &str) -> String {
     let reply = target.call(
@@ -368,7 +404,9 @@ fn after_a_secret_rotation_the_old_secret_is_refused_and_the_new_one_starts_runs
     // A refused delivery does not use up its id: the same id signed with the
     // new secret is accepted.
     let id = accepted(&deliver_signed(target, &workflow, &new, "msg_old", BODY));
-    assert_eq!(target.finished(&org, &id)["status"], "completed");
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed");
+    assert_eq!(run["trigger_kind"], "webhook");
     assert_eq!(runs(target, &org, &workflow), 2);
 
     // GitHub workflows sign with the same secret: the rotation holds there too.

@@ -2,8 +2,9 @@
 //! (`GET /api/v1/executions/:id/logs`) and the same entries as Server-Sent
 //! Events (`GET /api/v1/executions/:id/events`), live and resumable.
 
+use fake_llm::Reply;
 use serde_json::{Value, json};
-use spindle_suite::{Org, SseEvent, SseStream, Target, shared};
+use spindle_suite::{Org, SseEvent, SseStream, Target, fake_llm, fake_turn, shared};
 use std::time::Duration;
 
 /// Longer than the server keeps a stream open (about 25 s), so a stream
@@ -215,6 +216,133 @@ fn a_failing_run_logs_step_failed_and_run_failed() {
     assert_eq!(last["level"], "error");
     assert_eq!(last["node_id"], "call");
     assert_eq!(last["data"]["error"]["code"], "host_not_allowed");
+}
+
+#[test]
+fn a_node_retry_logs_step_retrying_and_a_run_retry_logs_run_retried() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("logs-retries");
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
+            "name": "Retried twice",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "retry": {"max_attempts": 2, "backoff_ms": 100},
+                    "config": {"method": "POST", "url": url, "body": {"model": "m", "messages": []}}}
+            ],
+            "edges": [{"source": "start", "target": "call"}]
+        }),
+    );
+    // First run: a 500, then the retry answers.
+    fake_llm().push(Reply::server_error());
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished_ticking(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let entries = all_logs(target, &org.owner_key, &id);
+    let events = events_of(&entries);
+    let retrying = events.iter().position(|e| *e == "step.retrying");
+    let completed = entries
+        .iter()
+        .position(|e| e["event"] == "step.completed" && e["node_id"] == "call");
+    assert!(
+        matches!((retrying, completed), (Some(r), Some(c)) if r < c),
+        "step.retrying before the call's step.completed: {events:?}"
+    );
+    assert_eq!(entries[retrying.unwrap()]["node_id"], "call");
+    assert!(!events.contains(&"run.retried"), "{events:?}");
+
+    // Second run: two 500s fail it; a retry of the run is logged on it.
+    fake_llm().push(Reply::server_error());
+    fake_llm().push(Reply::server_error());
+    let id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished_ticking(&org, &id);
+    assert_eq!(run["status"], "failed", "{run}");
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/retry"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(
+        reply.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let run = target.finished_ticking(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let events: Vec<String> = all_logs(target, &org.owner_key, &id)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect();
+    let failed = events.iter().position(|e| e == "run.failed");
+    let retried = events.iter().position(|e| e == "run.retried");
+    assert!(
+        matches!((failed, retried), (Some(f), Some(r)) if f < r),
+        "run.retried after run.failed: {events:?}"
+    );
+    assert_eq!(events.last().map(String::as_str), Some("run.completed"));
+}
+
+#[test]
+fn a_log_of_more_than_a_hundred_entries_is_read_a_hundred_at_a_time() {
+    let target = shared();
+    let org = target.create_org("logs-pages");
+    // 120 iterations: a step.completed each, beside the run's own entries.
+    let workflow = target.create(&org, "/api/v1/workflows", &json!({
+            "name": "Long log",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "each", "type": "loop", "config": {"mode": "for_each", "items": "trigger.items", "max_iterations": 200,
+                    "body": {"nodes": [{"id": "b", "type": "transform", "config": {"template": "{{ item }}"}}], "edges": []}}}
+            ],
+            "edges": [{"source": "start", "target": "each"}]
+        }),
+    );
+    let items: Vec<i64> = (0..120).collect();
+    let id = target.start_run(&org, &workflow, json!({"items": items}));
+    let run = target.finished_within(&org, &id, Duration::from_secs(60));
+    assert_eq!(run["status"], "completed", "{run}");
+    let everything = all_logs(target, &org.owner_key, &id);
+    assert!(everything.len() > 120, "{} entries", everything.len());
+
+    let page = |query: &str| {
+        let reply = target.call(
+            "GET",
+            &format!("/api/v1/executions/{id}/logs{query}"),
+            Some(&org.owner_key),
+            None,
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        reply.json()
+    };
+    // Without `limit`: the first 100, and where to go on.
+    let first = page("");
+    let data = first["data"].as_array().unwrap();
+    assert_eq!(data.len(), 100);
+    assert_eq!(data[..], everything[..100]);
+    let next = first["next_after"].as_i64().expect("a next page");
+    assert_eq!(next, data[99]["id"].as_i64().unwrap());
+    let second = page(&format!("?after={next}"));
+    let rest = second["data"].as_array().unwrap();
+    assert_eq!(rest[..], everything[100..everything.len().min(200)]);
+    // `limit` is 1–1000.
+    for bad in ["0", "1001", "x"] {
+        target
+            .call(
+                "GET",
+                &format!("/api/v1/executions/{id}/logs?limit={bad}"),
+                Some(&org.owner_key),
+                None,
+            )
+            .assert_error(400, "bad_request");
+    }
 }
 
 #[test]

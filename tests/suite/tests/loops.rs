@@ -56,9 +56,11 @@ fn a_for_each_loop_runs_its_body_per_item_and_collects_outputs_in_order() {
         ])
     );
     let steps = run["steps"].as_array().unwrap();
-    // Iterations run concurrently, so their steps are listed in the order they were
-    // created, which is any order (real Spin under load listed each#2 before each#1);
-    // the order this test's name promises is the collected output's, above.
+    // Steps are listed by creation time, then id (a UUID v7: its bits below the
+    // millisecond are random), and a fast body's iterations start within one
+    // millisecond of each other, so two of them may be listed either way (real
+    // Spin listed each#2 before each#1). The order the test's name promises is
+    // the collected output's, above.
     let mut body: Vec<&str> = steps
         .iter()
         .filter(|s| s["node_id"] == "greet")
@@ -178,6 +180,55 @@ fn repeat_until_that_never_holds_fails_at_max_iterations() {
 }
 
 #[test]
+fn repeat_until_without_max_iterations_stops_at_a_hundred() {
+    let target = shared();
+    let org = target.create_org("loop-default-limit");
+    let definition = looping(json!({
+        "mode": "repeat_until",
+        "until": "false",
+        "body": {"nodes": [{"id": "tick", "type": "transform", "config": {"template": "{{ index }}"}}], "edges": []}
+    }));
+    let run = run_to_end(target, &org, &definition, json!({}));
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], "loop_limit_reached");
+    let mut ran: Vec<i64> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node_id"] == "tick")
+        .map(|s| s["output"].as_i64().unwrap())
+        .collect();
+    ran.sort_unstable();
+    assert_eq!(ran, (0..100).collect::<Vec<i64>>());
+}
+
+#[test]
+fn a_loop_failure_follows_the_loops_on_error() {
+    let target = shared();
+    let org = target.create_org("loop-on-error");
+    let mut definition = looping(json!({
+        "mode": "for_each",
+        "items": "trigger.items",
+        "body": {"nodes": [{"id": "b", "type": "transform", "config": {"template": "{{ item }}"}}], "edges": []}
+    }));
+    definition["nodes"][1]["on_error"] = json!("continue");
+    let run = run_to_end(target, &org, &definition, json!({"items": "not a list"}));
+    assert_eq!(run["status"], "completed", "{run}");
+    assert_eq!(run["output"], Value::Null);
+    let each = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["node_id"] == "each")
+        .unwrap();
+    assert_eq!(each["status"], "failed", "{run}");
+    assert_eq!(each["error_handled"], true);
+    assert_eq!(each["error"]["code"], "loop_items_not_a_list");
+    assert_eq!(run["failed_steps"][0]["node_id"], "each", "{run}");
+    assert_eq!(run["failed_steps"][0]["handled"], true);
+}
+
+#[test]
 fn items_that_are_not_a_list_or_too_many_fail_the_loop_before_any_iteration() {
     let target = shared();
     let org = target.create_org("loop-items");
@@ -226,7 +277,7 @@ fn nested_loops_see_their_own_and_the_outer_item() {
                 "mode": "for_each",
                 "items": "trigger.columns",
                 "body": {"nodes": [
-                    {"id": "cell", "type": "transform", "config": {"template": "{{ loops.each.item }}{{ item }}"}}
+                    {"id": "cell", "type": "transform", "config": {"template": "{{ loops.each.item }}{{ item }} {{ loops.each.index }}.{{ index }} {{ loops.cells.index }}"}}
                 ], "edges": []}
             }}
         ], "edges": []}
@@ -238,10 +289,49 @@ fn nested_loops_see_their_own_and_the_outer_item() {
         json!({"rows": [1, 2], "columns": ["a", "b", "c"]}),
     );
     assert_eq!(run["status"], "completed", "{run}");
+    // `item`/`index` are the innermost loop's; `loops.<id>` names either loop.
     assert_eq!(
         run["output"],
-        json!([["1a", "1b", "1c"], ["2a", "2b", "2c"]])
+        json!([
+            ["1a 0.0 0", "1b 0.1 1", "1c 0.2 2"],
+            ["2a 1.0 0", "2b 1.1 1", "2c 1.2 2"]
+        ])
     );
+    // Each iteration is a scope named by the loops around it.
+    let steps = run["steps"].as_array().unwrap();
+    let mut cells: Vec<&str> = steps
+        .iter()
+        .filter(|s| s["node_id"] == "cell")
+        .map(|s| s["iteration"].as_str().unwrap())
+        .collect();
+    cells.sort_unstable();
+    assert_eq!(
+        cells,
+        [
+            "each#0/cells#0",
+            "each#0/cells#1",
+            "each#0/cells#2",
+            "each#1/cells#0",
+            "each#1/cells#1",
+            "each#1/cells#2"
+        ]
+    );
+    // One inner loop step per outer iteration, each at its last iteration.
+    let mut inner: Vec<(&str, i64)> = steps
+        .iter()
+        .filter(|s| s["node_id"] == "cells")
+        .map(|s| {
+            (
+                s["iteration"].as_str().unwrap(),
+                s["loop_index"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    inner.sort_unstable();
+    assert_eq!(inner, [("each#0", 2), ("each#1", 2)], "{run}");
+    let outer = steps.iter().find(|s| s["node_id"] == "each").unwrap();
+    assert_eq!(outer["iteration"], Value::Null);
+    assert_eq!(outer["loop_index"], 1, "{run}");
 }
 
 fn agent_loop(agent: &str) -> Value {

@@ -421,4 +421,70 @@ fn metrics_are_guarded_parse_and_agree_with_what_happened() {
     for id in [&org.id, &agent, &workflow, &id] {
         assert!(!text.contains(id.as_str()), "{id} is in the metrics");
     }
+    // The families these replaced are gone.
+    for family in after.docs.keys() {
+        let replaced = matches!(
+            family.as_str(),
+            "spindle_provider_tokens_total"
+                | "spindle_provider_cost_micros_total"
+                | "spindle_provider_latency_seconds"
+        ) || (family.starts_with("spindle_budget_") && family.ends_with("_micros"));
+        assert!(!replaced, "{family} is still exported");
+    }
+
+    // A call to Gemini is counted under the conventions' provider name.
+    let gemini = target.create(
+        &org,
+        "/api/v1/agents",
+        &json!({"name": "Gemini", "model_config": {"provider": "gemini", "model": "gemini-2.0-flash"}}),
+    );
+    fake_llm().push(Reply::text("four").tokens(40, 4));
+    assert_eq!(
+        agent_call(target, &org.owner_key, &gemini)["status"],
+        "completed"
+    );
+    let with_gemini = scrape(target);
+    let gemini_labels = [
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_provider_name", "gcp.gemini"),
+        ("gen_ai_request_model", "gemini-2.0-flash"),
+        ("gen_ai_token_type", "input"),
+    ];
+    assert_eq!(
+        value(
+            &with_gemini,
+            "gen_ai_client_token_usage_sum",
+            &gemini_labels
+        ) - value(&after, "gen_ai_client_token_usage_sum", &gemini_labels),
+        40.0
+    );
+
+    // A step parked on a wait is a live `waiting` step until it is signalled.
+    let waits = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({"name": "Waits", "nodes": [
+            {"id": "start", "type": "trigger"},
+            {"id": "gate", "type": "wait", "config": {"signal": "go"}}
+        ], "edges": [{"source": "start", "target": "gate"}]}),
+    );
+    let live = |scrape: &Scrape| value(scrape, "spindle_steps_live", &[("status", "waiting")]);
+    let waiting_before = live(&with_gemini);
+    let run = target.start_run(&org, &waits, json!({}));
+    target.await_step(&org, &run, "gate", "waiting");
+    assert_eq!(live(&scrape(target)) - waiting_before, 1.0);
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{run}/signals/go"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert_eq!(target.finished(&org, &run)["status"], "completed");
+    assert_eq!(live(&scrape(target)), waiting_before);
 }

@@ -311,6 +311,122 @@ fn an_own_price_bills_the_next_call_and_earlier_records_keep_their_cost() {
     );
 }
 
+/// The activity entries of `action`, oldest first.
+fn activity_of(target: &Target, org: &Org, action: &str) -> Vec<Value> {
+    let log = ok(
+        target.call(
+            "GET",
+            "/api/v1/orgs/current/activity?limit=200",
+            Some(&org.owner_key),
+            None,
+        ),
+        200,
+    );
+    let mut entries: Vec<Value> = log["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == action)
+        .cloned()
+        .collect();
+    entries.reverse();
+    entries
+}
+
+#[test]
+fn price_changes_are_logged_with_what_they_replaced_and_a_runs_steps_keep_their_cost() {
+    let _turn = fake_turn();
+    let target = shared();
+    let org = target.create_org("pricing-history");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "One call",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "ask", "type": "agent", "config": {"agent_id": agent, "prompt": "hi"}}
+            ],
+            "edges": [{"source": "start", "target": "ask"}]
+        }),
+    );
+    fake_llm().push(Reply::text("ok").tokens(1000, 500));
+    let run_id = target.start_run(&org, &workflow, json!({}));
+    let run = target.finished(&org, &run_id);
+    assert_eq!(run["status"], "completed", "{run}");
+    // Built-in gpt-4o-mini: 1000 × $0.15/M + 500 × $0.60/M = 450 µ$; × 1.2 = 540.
+    let expected = json!({"base_micros": 450, "billed_micros": 540});
+    assert_eq!(step(&run, "ask")["cost"], expected, "{run}");
+
+    let price = |input: i64, output: i64| {
+        ok(
+            target.call(
+                "PUT",
+                MINI,
+                Some(&org.owner_key),
+                Some(&json!({"input_micros_per_million": input, "output_micros_per_million": output})),
+            ),
+            200,
+        )
+    };
+    let markup = |percent: Value| {
+        ok(
+            target.call(
+                "PUT",
+                SETTINGS,
+                Some(&org.owner_key),
+                Some(&json!({"markup_percent": percent})),
+            ),
+            200,
+        )
+    };
+    price(1_000_000, 4_000_000);
+    price(2_000_000, 8_000_000);
+    markup(json!(50));
+    markup(json!(0));
+    ok(target.call("DELETE", MINI, Some(&org.owner_key), None), 204);
+
+    let set = activity_of(target, &org, "pricing.price_set");
+    assert_eq!(set.len(), 2, "{set:?}");
+    assert_eq!(
+        set[0]["details"]["previous"],
+        Value::Null,
+        "no own price before"
+    );
+    assert_eq!(
+        set[1]["details"]["previous"],
+        json!({"input_micros_per_million": 1_000_000, "output_micros_per_million": 4_000_000})
+    );
+    assert_eq!(set[1]["details"]["input_micros_per_million"], 2_000_000);
+    let removed = activity_of(target, &org, "pricing.price_removed");
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(
+        removed[0]["details"]["previous"],
+        json!({"input_micros_per_million": 2_000_000, "output_micros_per_million": 8_000_000})
+    );
+    let markups = activity_of(target, &org, "pricing.markup_set");
+    let shown: Vec<(Value, Value)> = markups
+        .iter()
+        .map(|m| {
+            (
+                m["details"]["markup_percent"].clone(),
+                m["details"]["previous"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [(json!(50), Value::Null), (json!(0), json!(50))],
+        "{markups:?}"
+    );
+
+    // The run's steps keep the cost they were billed at.
+    let run = target.execution(&org, &run_id);
+    assert_eq!(step(&run, "ask")["cost"], expected, "{run}");
+    assert_eq!(run["cost"]["billed_micros"], 540, "{run}");
+}
+
 #[test]
 fn a_self_hosted_model_can_be_given_a_price() {
     let _turn = fake_turn();
@@ -798,6 +914,43 @@ fn an_estimate_matches_a_real_run_within_the_documented_margin() {
         (expected - real_cost).abs() <= allowance,
         "expected {expected}, real {real_cost}, allowance {allowance}"
     );
+}
+
+#[test]
+fn an_estimate_takes_a_tasks_definition_or_the_document_a_get_returns() {
+    let target = shared();
+    let org = target.create_org("estimate-forms");
+    let agent = target.create(&org, "/api/v1/agents", &scout());
+    let tasks = json!({"name": "Two tasks", "tasks": [
+        {"agent": agent, "input": "Summarise {{ trigger.text }}"},
+        {"agent": agent, "input": "Shorten the summary"}
+    ]});
+    let workflow = target.create(&org, "/api/v1/workflows", &tasks);
+    let document = ok(
+        target.call(
+            "GET",
+            &format!("/api/v1/workflows/{workflow}"),
+            Some(&org.owner_key),
+            None,
+        ),
+        200,
+    );
+    let inputs = json!({"text": "a note of some length"});
+    let by_id = estimate(
+        target,
+        &org.owner_key,
+        json!({"workflow_id": workflow, "inputs": inputs}),
+    );
+    assert_eq!(by_id["agent_nodes"].as_array().unwrap().len(), 2, "{by_id}");
+    for definition in [tasks, document] {
+        let given = estimate(
+            target,
+            &org.owner_key,
+            json!({"definition": definition, "inputs": inputs}),
+        );
+        assert_eq!(given["agent_nodes"], by_id["agent_nodes"], "{definition}");
+        assert_eq!(given["totals"], by_id["totals"], "{definition}");
+    }
 }
 
 #[test]

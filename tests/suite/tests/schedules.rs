@@ -1,8 +1,9 @@
 //! Workflow schedules over HTTP: `PUT`/`GET /api/v1/workflows/:id/schedules`
-//! and the tick that starts due runs, at most once per due time.
+//! and the tick that starts due runs, at most once per due time; and what
+//! the tick answers.
 
 use serde_json::{Value, json};
-use spindle_suite::{Org, Target, now_ms, shared};
+use spindle_suite::{Org, Target, now_ms, shared, timestamp_ms};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -65,27 +66,14 @@ impl Drop for Cleanup<'_> {
     }
 }
 
-/// UTC ms of the API's RFC 3339 times (`2026-01-01T08:00:00.000Z`).
+/// UTC ms of the API's RFC 3339 times, which are always written as
+/// `2026-01-01T08:00:00.000Z`.
 fn epoch_ms(text: &str) -> i64 {
-    let number = |range: std::ops::Range<usize>| -> i64 { text[range].parse().unwrap() };
     assert!(
         text.len() == 24 && text.ends_with('Z'),
         "not the API's time format: {text}"
     );
-    let (year, month, day) = (number(0..4), number(5..7), number(8..10));
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    days * 86_400_000
-        + number(11..13) * 3_600_000
-        + number(14..16) * 60_000
-        + number(17..19) * 1_000
-        + number(20..23)
+    timestamp_ms(&json!(text))
 }
 
 /// The runs of a workflow, newest first.
@@ -389,6 +377,28 @@ mod sole_ticker {
             .unwrap()
             .to_string();
         assert!(runs(target, &org, &workflow).is_empty());
+        let schedule_id = reply.json()["data"][0]["id"].as_str().unwrap().to_string();
+        // A second version before the due time: the run is on the workflow's
+        // current version, not the one the schedule was set on.
+        let reply = target.call(
+            "PUT",
+            &format!("/api/v1/workflows/{workflow}"),
+            Some(&org.owner_key),
+            Some(&json!({
+                "name": "Scheduled echo, second version",
+                "nodes": [
+                    {"id": "start", "type": "trigger", "config": {"inputs": {"topic": {"type": "string", "required": true}}}},
+                    {"id": "done", "type": "output", "config": {"value": {"topic": "{{ trigger.topic }}", "at": "{{ trigger.scheduled_at }}"}}}
+                ],
+                "edges": [{"source": "start", "target": "done"}]
+            })),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
         wait_past(epoch_ms(&due));
 
         // Only these two ticks run, and exactly one of them starts it.
@@ -404,9 +414,30 @@ mod sole_ticker {
             started[0]["inputs"],
             json!({"topic": "tides", "scheduled_at": due})
         );
-        let run = target.finished(&org, started[0]["id"].as_str().unwrap());
+        let run_id = started[0]["id"].as_str().unwrap();
+        let run = target.finished(&org, run_id);
         assert_eq!(run["status"], "completed", "{run}");
         assert_eq!(run["output"], json!({"topic": "tides", "at": due}));
+        assert_eq!(run["trigger_kind"], "schedule");
+        assert_eq!(run["version"], 2, "{run}");
+        // The start is in the activity log, by the schedule.
+        let activity = target.call(
+            "GET",
+            "/api/v1/orgs/current/activity?limit=200",
+            Some(&org.owner_key),
+            None,
+        );
+        assert_eq!(activity.status, 200);
+        let activity = activity.json();
+        let starts: Vec<&Value> = activity["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|entry| entry["action"] == "workflow.started")
+            .collect();
+        assert_eq!(starts.len(), 1, "{activity}");
+        assert_eq!(starts[0]["actor"], format!("schedule:{schedule_id}"));
+        assert_eq!(starts[0]["resource_id"], run_id);
 
         // The schedule moved on to the next minute and remembers this run.
         let schedule = get(target, &org, &workflow)["data"][0].clone();
@@ -454,5 +485,142 @@ mod sole_ticker {
         assert_eq!(tick.json()["schedules_started"], 1);
         // One run, for the earliest missed time, not one per missed second.
         assert_eq!(due_times, [first.as_str()]);
+    }
+
+    #[test]
+    fn a_due_run_whose_inputs_no_longer_fit_the_trigger_is_skipped_and_the_schedule_moves_on() {
+        let _turn = TICKS.lock().unwrap_or_else(|e| e.into_inner());
+        let target = shared_ticked_by_the_suite_alone();
+        let org = target.create_org("schedules-unfit");
+        let workflow = echo_workflow(target, &org);
+        let _cleanup = Cleanup {
+            target,
+            org: &org,
+            workflow: workflow.clone(),
+        };
+        // Due a few seconds from now, then a minute later (as above).
+        let second = (now_ms() / 1000 + 3) % 60;
+        let reply = put(
+            target,
+            &org,
+            &workflow,
+            &json!({"schedules": [{"cron": format!("{second} * * * * *"), "inputs": {"topic": "tides"}}]}),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let due = reply.json()["data"][0]["next_run_at"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        // A new version also requires `audience`, which the schedule's inputs
+        // do not give: they fitted when the schedule was set.
+        let reply = target.call(
+            "PUT",
+            &format!("/api/v1/workflows/{workflow}"),
+            Some(&org.owner_key),
+            Some(&json!({
+                "name": "Scheduled echo",
+                "nodes": [
+                    {"id": "start", "type": "trigger", "config": {"inputs": {
+                        "topic": {"type": "string", "required": true},
+                        "audience": {"type": "string", "required": true}}}},
+                    {"id": "done", "type": "output", "config": {"value": "{{ trigger.audience }}"}}
+                ],
+                "edges": [{"source": "start", "target": "done"}]
+            })),
+        );
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        wait_past(epoch_ms(&due));
+
+        let started: i64 = two_ticks(target)
+            .iter()
+            .map(|a| a["schedules_started"].as_i64().unwrap())
+            .sum();
+        assert_eq!(started, 0);
+        assert!(runs(target, &org, &workflow).is_empty());
+        // The due time is used up rather than tried again on every tick: the
+        // schedule stays enabled and waits for its next minute.
+        let schedule = get(target, &org, &workflow)["data"][0].clone();
+        assert_eq!(schedule["last_run_at"], due.as_str());
+        assert_eq!(schedule["enabled"], true);
+        assert_eq!(
+            epoch_ms(schedule["next_run_at"].as_str().unwrap()),
+            epoch_ms(&due) + 60_000
+        );
+        two_ticks(target);
+        assert!(runs(target, &org, &workflow).is_empty());
+    }
+
+    /// The tick answers what it did, each count an integer; a wait past its
+    /// timeout is counted once, by the tick that timed it out.
+    #[test]
+    fn the_tick_answers_what_it_did() {
+        let _turn = TICKS.lock().unwrap_or_else(|e| e.into_inner());
+        let target = shared_ticked_by_the_suite_alone();
+        let org = target.create_org("tick-answer");
+        let workflow = target.create(
+            &org,
+            "/api/v1/workflows",
+            &json!({
+                "name": "Waits briefly",
+                "nodes": [
+                    {"id": "start", "type": "trigger"},
+                    {"id": "gate", "type": "wait", "config": {"signal": "go", "timeout_ms": 300}},
+                    {"id": "late", "type": "output", "config": {"value": "timed out"}}
+                ],
+                "edges": [{"source": "start", "target": "gate"},
+                          {"source": "gate", "target": "late", "source_handle": "timeout"}]
+            }),
+        );
+        let id = target.start_run(&org, &workflow, json!({}));
+        let run = target.await_step(&org, &id, "gate", "waiting");
+        wait_past(epoch_ms(run["created_at"].as_str().unwrap()) + 300);
+        let mut timed_out = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while target.execution(&org, &id)["status"] == "running" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the wait never timed out"
+            );
+            let tick = target.tick();
+            assert_eq!(tick.status, 200);
+            let answer = tick.json();
+            let mut keys: Vec<&str> = answer
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            keys.sort_unstable();
+            assert_eq!(
+                keys,
+                [
+                    "events_delivered",
+                    "failed",
+                    "redispatched",
+                    "runs_resumed",
+                    "schedules_started",
+                    "waits_timed_out"
+                ],
+                "{answer}"
+            );
+            assert!(
+                answer.as_object().unwrap().values().all(Value::is_i64),
+                "{answer}"
+            );
+            timed_out += answer["waits_timed_out"].as_i64().unwrap();
+        }
+        assert_eq!(timed_out, 1);
+        let run = target.finished(&org, &id);
+        assert_eq!(run["output"], "timed out", "{run}");
     }
 }

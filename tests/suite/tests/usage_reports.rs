@@ -631,6 +631,31 @@ fn records_as_csv_have_a_header_and_one_row_per_record() {
     let rows = parse_csv(std::str::from_utf8(&reply.body).unwrap());
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[1][3], ANTHROPIC_MODEL);
+    // After a page's cursor, the export holds every later record; `limit`
+    // does not apply to it.
+    let first = get(
+        target,
+        &fx.org.owner_key,
+        &format!("/api/v1/usage/records?{}&limit=2", fx.range()),
+    );
+    let cursor = first["next_cursor"].as_str().expect("more than one page");
+    let reply = target.request(
+        "GET",
+        &format!(
+            "/api/v1/usage/records?{}&limit=1&cursor={cursor}",
+            fx.range()
+        ),
+        &[("authorization", &authorization), ("accept", "text/csv")],
+        None,
+    );
+    assert_eq!(reply.status, 200);
+    let rows = parse_csv(std::str::from_utf8(&reply.body).unwrap());
+    let ids: Vec<&str> = rows[1..].iter().map(|r| r[0].as_str()).collect();
+    let later: Vec<&str> = records[2..]
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, later);
 }
 
 #[test]
@@ -835,6 +860,107 @@ fn assert_stats(stats: &Value, values: &[i64]) {
     assert_eq!(stats["mean"], dollars(mean(&sorted)));
 }
 
+/// `null` is a group key like any other: a call made with a token has no API key.
+#[test]
+fn a_call_made_with_a_token_is_grouped_under_a_null_api_key() {
+    let _turn = fake_turn();
+    let target = shared();
+    let from = rfc3339(Utc::now() - Duration::from_secs(60));
+    let org = target.create_org("usage-token");
+    let agent = target.create_agent(&org);
+    let minted = target.call("POST", "/api/v1/auth/token", Some(&org.owner_key), None);
+    assert_eq!(
+        minted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&minted.body)
+    );
+    let token = minted.json()["access_token"].as_str().unwrap().to_string();
+    // 100 × 0.15 + 10 × 0.60 = 21 µ$ → 25.2 → 25 billed, with the key;
+    // 1000 × 0.15 + 100 × 0.60 = 210 µ$ → 252 billed, with the token.
+    fake_llm().push(Reply::text("keyed").tokens(100, 10));
+    execute(target, &org.owner_key, &agent);
+    fake_llm().push(Reply::text("token").tokens(1000, 100));
+    execute(target, &token, &agent);
+    let to = rfc3339(Utc::now() + Duration::from_secs(60));
+    let summary = get(
+        target,
+        &org.owner_key,
+        &format!("/api/v1/usage/summary?from={from}&to={to}&group_by=api_key"),
+    );
+    let groups: Vec<(Value, i64, i64)> = summary["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["key"]["api_key"].clone(),
+                g["calls"].as_i64().unwrap(),
+                g["billed_cost_micros"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let keyed = groups
+        .iter()
+        .find(|(key, ..)| key.is_string())
+        .unwrap_or_else(|| panic!("no keyed group: {summary}"));
+    assert_eq!((keyed.1, keyed.2), (1, 25), "{summary}");
+    assert!(
+        groups.contains(&(Value::Null, 1, 252)),
+        "the token's call under null: {summary}"
+    );
+    assert_eq!(groups.len(), 2, "{summary}");
+}
+
+/// A node's cost in a run is the sum of its steps there: every iteration of
+/// a loop's body.
+#[test]
+fn a_loop_bodys_node_costs_the_sum_of_its_iterations() {
+    let _turn = fake_turn();
+    let target = shared();
+    let from = rfc3339(Utc::now() - Duration::from_secs(60));
+    let org = target.create_org("usage-loop-costs");
+    let agent = target.create_agent(&org);
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Per item",
+            "nodes": [
+                {"id": "start", "type": "trigger"},
+                {"id": "each", "type": "loop", "config": {"items": "trigger.items", "body": {"nodes": [
+                    {"id": "ask", "type": "agent", "config": {"agent_id": agent, "prompt": "{{ item }}"}}
+                ], "edges": []}}}
+            ],
+            "edges": [{"source": "start", "target": "each"}]
+        }),
+    );
+    // Billed 25, 252 and 83 µ$ (100/10, 1000/100, 300/40 tokens at
+    // $0.15/M and $0.60/M, × 1.2, half up).
+    for (input, output) in [(100, 10), (1000, 100), (300, 40)] {
+        fake_llm().push(Reply::text("ok").tokens(input, output));
+    }
+    let id = target.start_run(&org, &workflow, json!({"items": ["a", "b", "c"]}));
+    let run = target.finished(&org, &id);
+    assert_eq!(run["status"], "completed", "{run}");
+    let to = rfc3339(Utc::now() + Duration::from_secs(60));
+    let costs = get(
+        target,
+        &org.owner_key,
+        &format!("/api/v1/usage/workflows/{workflow}/costs?from={from}&to={to}"),
+    );
+    let ask = costs["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == "ask")
+        .unwrap_or_else(|| panic!("no node ask in {costs}"));
+    assert_eq!(ask["runs"], 1, "{costs}");
+    assert_eq!(ask["cost"]["total_micros"], 25 + 252 + 83, "{costs}");
+    assert_eq!(ask["input_tokens"], 1400);
+    assert_eq!(costs["runs"]["cost"]["total_micros"], 360);
+}
+
 #[test]
 fn workflow_costs_give_per_run_and_per_node_statistics() {
     let _turn = fake_turn();
@@ -964,6 +1090,16 @@ fn workflow_costs_give_per_run_and_per_node_statistics() {
     assert_eq!(empty["runs"]["count"], 0);
     assert_eq!(empty["runs"]["cost"]["max_micros"], 0);
     assert_eq!(empty["nodes"], json!([]));
+    // A deleted workflow's costs stay readable, unchanged.
+    let path = format!("/api/v1/usage/workflows/{workflow}/costs?from={from}&to={to}");
+    let deleted = target.call(
+        "DELETE",
+        &format!("/api/v1/workflows/{workflow}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(deleted.status, 204);
+    assert_eq!(get(target, &org.owner_key, &path), costs);
     // Unknown ids are 404.
     target
         .call(
