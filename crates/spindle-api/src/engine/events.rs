@@ -645,6 +645,10 @@ mod tests {
     struct Native {
         script: Script,
         sent: Sent,
+        /// `event_retry_base_ms` is left unset (else it is `1000`).
+        default_retry_base: bool,
+        /// The word every jitter draw (an 8-byte random read) gets, if fixed.
+        jitter: Option<u64>,
     }
 
     impl Backends for Native {
@@ -655,10 +659,13 @@ mod tests {
             Ok(Box::new(MemoryKv::default()))
         }
         fn variable(&self, name: &str) -> Option<String> {
-            (name == "event_retry_base_ms").then(|| "1000".to_string())
+            (name == "event_retry_base_ms" && !self.default_retry_base).then(|| "1000".to_string())
         }
         fn random_bytes(&self, buffer: &mut [u8]) {
-            getrandom::fill(buffer).unwrap();
+            match self.jitter {
+                Some(word) if buffer.len() == 8 => buffer.copy_from_slice(&word.to_le_bytes()),
+                _ => getrandom::fill(buffer).unwrap(),
+            }
         }
         fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
             self.sent.borrow_mut().push(request.clone());
@@ -673,7 +680,10 @@ mod tests {
     }
 
     fn setup() -> (RequestContext, Script, Sent) {
-        let native = Native::default();
+        setup_with(Native::default())
+    }
+
+    fn setup_with(native: Native) -> (RequestContext, Script, Sent) {
         let (script, sent) = (native.script.clone(), native.sent.clone());
         let ctx = RequestContext::new(Box::new(native));
         ctx.db()
@@ -870,5 +880,41 @@ mod tests {
         ] {
             assert!(!is_http_url(bad), "{bad}");
         }
+    }
+
+    /// README (settings): "`event_retry_base_ms` | `10000` | … first retry
+    /// delay of a failed event delivery (doubling after each)". The delay
+    /// has jitter ("with jitter"), drawn here at its middle.
+    #[test]
+    fn without_event_retry_base_ms_a_failed_delivery_is_retried_ten_seconds_later() {
+        let (ctx, script, _) = setup_with(Native {
+            default_retry_base: true,
+            // random_unit() = (2^63 >> 11) / 2^53 = 0.5
+            jitter: Some(1 << 63),
+            ..Native::default()
+        });
+        subscribe(&ctx, "o1", "[]", true, false);
+        emit(&ctx, ctx.db().unwrap(), "o1", "step.failed", &json!({})).unwrap();
+        script.borrow_mut().extend([Ok(500), Ok(500)]);
+        // How long after its last attempt finished the delivery is due again.
+        let wait = || {
+            let attempt_at = ctx
+                .db()
+                .unwrap()
+                .execute("SELECT MAX(created_at) FROM event_attempts", &[])
+                .unwrap()
+                .scalar_i64()
+                .unwrap();
+            outbox(&ctx)[0][3].as_i64().unwrap() - attempt_at
+        };
+        assert_eq!(deliver_due(&ctx).unwrap(), 0);
+        assert_eq!(wait(), 10_000);
+        ctx.db()
+            .unwrap()
+            .execute("UPDATE event_outbox SET next_attempt_at = 0", &[])
+            .unwrap();
+        assert_eq!(deliver_due(&ctx).unwrap(), 0);
+        assert_eq!(outbox(&ctx)[0][2].as_i64(), Some(2));
+        assert_eq!(wait(), 20_000);
     }
 }

@@ -578,7 +578,7 @@ fn retry_in_place(
     started: i64,
 ) -> Result<Option<Ran>, ApiError> {
     let db = ctx.db()?;
-    let wait = at - now_ms();
+    let wait = at - ctx.now_ms();
     if !is_expensive(&node) || wait > RETRY_IN_PLACE_MS {
         return Ok(None);
     }
@@ -586,7 +586,7 @@ fn retry_in_place(
     if run_status(db, &run.org_id, &run.id)?.is_terminal() {
         return Ok(None);
     }
-    let Some(lease) = claim(ctx, db, &step_id, now_ms())? else {
+    let Some(lease) = claim(ctx, db, &step_id, ctx.now_ms())? else {
         return Ok(None);
     };
     let scope = Scope::resolve(&run.definition, scope_key).ok_or_else(|| {
@@ -934,17 +934,30 @@ fn retry_at(
     if attempts >= i64::from(policy.max_attempts) {
         return Ok(None);
     }
+    let delay = retry_delay_ms(policy, attempts, failure.retry_after_ms, jitter);
+    Ok(Some(
+        now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)),
+    ))
+}
+
+/// How long after attempt number `attempts` (1 for the first) a retry under
+/// `policy` waits: `backoff_ms × 2^(attempts − 1)`, stretched by up to a
+/// quarter by `jitter` in `[0, 1)`, and never less than `retry_after_ms`
+/// (the far end's `Retry-After`, already capped by its reader).
+fn retry_delay_ms(
+    policy: RetryPolicy,
+    attempts: i64,
+    retry_after_ms: Option<u64>,
+    jitter: f64,
+) -> u64 {
     let exponent = u32::try_from(attempts.saturating_sub(1))
         .unwrap_or(0)
         .min(16);
     let delay = policy.backoff_ms.saturating_mul(1 << exponent);
     let stretch = (delay as f64 * jitter.clamp(0.0, 1.0) / 4.0) as u64;
-    let delay = delay
+    delay
         .saturating_add(stretch)
-        .max(failure.retry_after_ms.unwrap_or(0));
-    Ok(Some(
-        now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)),
-    ))
+        .max(retry_after_ms.unwrap_or(0))
 }
 
 /// Appends the attempt that just ended to step `step_id`'s attempt log:
@@ -1001,7 +1014,7 @@ pub(super) fn finish_step(
     lease: &str,
     mut result: Result<NodeResult, StepFailure>,
 ) -> Result<Option<i64>, ApiError> {
-    let (now, jitter) = (now_ms(), ctx.random_unit());
+    let (now, jitter) = (ctx.now_ms(), ctx.random_unit());
     let agent_run = match &mut result {
         Ok(result) => result.agent_run.take(),
         Err(failure) => failure.agent_run.take(),
@@ -1530,6 +1543,7 @@ mod tests {
     use spindle_http::{OutboundError, OutboundRequest, OutboundResponse};
     use spindle_store::{DbError, KvError, KvStore, MemoryKv, RusqliteDb};
     use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
     use std::rc::Rc;
 
     /// Where a self request that hands a step on goes.
@@ -1538,15 +1552,29 @@ mod tests {
     /// How long each `http` node's request takes, by URL, in the host's time.
     type Durations = Rc<RefCell<HashMap<String, i64>>>;
 
+    /// What a URL answers next, in order: a status and its `Retry-After`
+    /// (seconds), if any. A URL with nothing left answers 200.
+    type Answers = Rc<RefCell<HashMap<String, VecDeque<(u16, Option<&'static str>)>>>>;
+
+    /// Where the agents of [`Harness::agent`] are called (an
+    /// OpenAI-compatible server at `openai_compatible_base_url`).
+    const PROVIDER_URL: &str = "http://provider.test/v1/chat/completions";
+
+    /// The provider's answer to a call that succeeds.
+    const PROVIDER_ANSWER: &[u8] = br#"{"choices": [{"message": {"role": "assistant", "content": "done"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 12, "completion_tokens": 3}}"#;
+
     /// SQLite in memory, a clock that moves only while an `http` node's
-    /// request is answered (by as long as that URL is set to take), and
-    /// every outgoing request's URL recorded: a self request is a step
-    /// handed on, any other URL a node that ran here.
+    /// request is answered (by as long as that URL is set to take) and while
+    /// the engine sleeps (each sleep recorded), and every outgoing request's
+    /// URL recorded: a self request is a step handed on, any other URL a
+    /// node that ran here. [`PROVIDER_URL`] answers like a model.
     struct Host {
         start: i64,
         elapsed: Rc<Cell<i64>>,
         durations: Durations,
+        answers: Answers,
         sent: Rc<RefCell<Vec<String>>>,
+        slept: Rc<RefCell<Vec<u64>>>,
     }
 
     impl Backends for Host {
@@ -1557,38 +1585,72 @@ mod tests {
             Ok(Box::new(MemoryKv::default()))
         }
         fn variable(&self, name: &str) -> Option<String> {
-            (name == "internal_key").then(|| "unit-test-internal-key-of-32-characters".into())
+            match name {
+                "internal_key" => Some("unit-test-internal-key-of-32-characters".into()),
+                "openai_compatible_base_url" => Some("http://provider.test/v1".into()),
+                _ => None,
+            }
         }
         fn random_bytes(&self, buffer: &mut [u8]) {
             getrandom::fill(buffer).expect("the OS's random source");
         }
         fn send(&self, request: &OutboundRequest) -> Result<OutboundResponse, OutboundError> {
             self.sent.borrow_mut().push(request.url.clone());
-            let status = if request.url.starts_with(DISPATCH_URL) {
-                202
-            } else {
-                let takes = self.durations.borrow().get(&request.url).copied();
-                self.elapsed.set(self.elapsed.get() + takes.unwrap_or(0));
-                200
+            if request.url.starts_with(DISPATCH_URL) {
+                return Ok(OutboundResponse {
+                    status: 202,
+                    headers: Vec::new(),
+                    body: b"{\"ok\": true}".to_vec(),
+                });
+            }
+            let takes = self.durations.borrow().get(&request.url).copied();
+            self.elapsed.set(self.elapsed.get() + takes.unwrap_or(0));
+            let (status, retry_after) = self
+                .answers
+                .borrow_mut()
+                .get_mut(&request.url)
+                .and_then(VecDeque::pop_front)
+                .unwrap_or((200, None));
+            let body: &[u8] = match (request.url == PROVIDER_URL, status < 300) {
+                (true, true) => PROVIDER_ANSWER,
+                (true, false) => br#"{"error": {"message": "busy"}}"#,
+                (false, _) => b"{\"ok\": true}",
             };
             Ok(OutboundResponse {
                 status,
-                headers: Vec::new(),
-                body: b"{\"ok\": true}".to_vec(),
+                headers: retry_after
+                    .map(|secs| vec![("retry-after".to_string(), secs.to_string())])
+                    .unwrap_or_default(),
+                body: body.to_vec(),
             })
         }
-        fn sleep_ms(&self, _: u64) {}
+        fn sleep_ms(&self, ms: u64) {
+            self.slept.borrow_mut().push(ms);
+            self.elapsed
+                .set(self.elapsed.get() + i64::try_from(ms).unwrap());
+        }
         fn now_ms(&self) -> i64 {
             self.start + self.elapsed.get()
         }
     }
 
-    /// One run of a workflow on a [`Host`].
+    /// One run of a workflow on a [`Host`] (and any more started with
+    /// [`Harness::another_run`]).
     struct Harness {
         ctx: RequestContext,
+        definition: Definition,
+        start: i64,
+        elapsed: Rc<Cell<i64>>,
         durations: Durations,
+        answers: Answers,
         sent: Rc<RefCell<Vec<String>>>,
+        slept: Rc<RefCell<Vec<u64>>>,
         execution_id: String,
+    }
+
+    /// An `agent` node `id` of the agent [`Harness::agent`] stores.
+    fn agent(id: &str) -> Json {
+        json!({"id": id, "type": "agent", "config": {"agent_id": "ag1", "prompt": "summarise"}})
     }
 
     /// An `http` node `id` that GETs `http://api.test/<id>`.
@@ -1614,9 +1676,13 @@ mod tests {
                 start: crate::now_ms(),
                 elapsed: Rc::new(Cell::new(0)),
                 durations: Rc::default(),
+                answers: Rc::default(),
                 sent: Rc::default(),
+                slept: Rc::default(),
             };
-            let (durations, sent) = (host.durations.clone(), host.sent.clone());
+            let (start, elapsed) = (host.start, host.elapsed.clone());
+            let (durations, answers) = (host.durations.clone(), host.answers.clone());
+            let (sent, slept) = (host.sent.clone(), host.slept.clone());
             let ctx = RequestContext::new(Box::new(host));
             let db = ctx.db().unwrap();
             db.execute(
@@ -1636,6 +1702,24 @@ mod tests {
                 &[Value::Text(serde_json::to_string(&definition).unwrap())],
             )
             .unwrap();
+            let mut harness = Self {
+                ctx,
+                definition,
+                start,
+                elapsed,
+                durations,
+                answers,
+                sent,
+                slept,
+                execution_id: String::new(),
+            };
+            harness.execution_id = harness.another_run();
+            harness
+        }
+
+        /// Starts one more run of the workflow, its first steps queued and
+        /// handed on; its id.
+        fn another_run(&self) -> String {
             let caller = Caller {
                 org_id: "o1".into(),
                 subject: "test".into(),
@@ -1645,20 +1729,139 @@ mod tests {
             let start = RunStart {
                 workflow_id: "w1",
                 version: 1,
-                definition: &definition,
+                definition: &self.definition,
                 inputs: json!({}),
                 trigger_kind: "api",
                 idempotency: None,
                 reuse: &[],
             };
-            let execution_id = start_run(&ctx, &caller, start).unwrap();
-            ctx.run_deferred();
-            Self {
-                ctx,
-                durations,
-                sent,
-                execution_id,
+            let execution_id = start_run(&self.ctx, &caller, start).unwrap();
+            self.ctx.run_deferred();
+            execution_id
+        }
+
+        /// Stores agent `ag1`, on the OpenAI-compatible provider at [`PROVIDER_URL`].
+        fn agent(&self) {
+            let spec = json!({"name": "summariser", "model_config": {"provider": "openai_compatible", "model": "local"}});
+            self.ctx
+                .db()
+                .unwrap()
+                .execute(
+                    "INSERT INTO agents (id, org_id, name, provider, model, config, created_at, updated_at) \
+                     VALUES ('ag1', 'o1', 'summariser', 'openai_compatible', 'local', ?, 0, 0)",
+                    &[Value::Text(spec.to_string())],
+                )
+                .unwrap();
+        }
+
+        /// Limits the organisation's calls to the agents' provider to
+        /// `requests_per_minute`.
+        fn limit_provider(&self, requests_per_minute: i64) {
+            self.ctx
+                .db()
+                .unwrap()
+                .execute(
+                    "INSERT INTO provider_limits (org_id, provider, requests_per_minute, updated_at) \
+                     VALUES ('o1', 'openai_compatible', ?, 0)",
+                    &[Value::Integer(requests_per_minute)],
+                )
+                .unwrap();
+        }
+
+        /// Makes `url` answer `replies` (status, `Retry-After` seconds) in turn.
+        fn answers(&self, url: &str, replies: &[(u16, Option<&'static str>)]) {
+            self.answers
+                .borrow_mut()
+                .insert(url.to_string(), replies.iter().copied().collect());
+        }
+
+        /// The host's time now.
+        fn now(&self) -> i64 {
+            self.ctx.now_ms()
+        }
+
+        /// Moves the host's clock to `at`.
+        fn move_clock_to(&self, at: i64) {
+            assert!(at >= self.now(), "the host's clock only moves on");
+            self.elapsed.set(at - self.start);
+        }
+
+        /// The sleeps since the last call (ms).
+        fn slept(&self) -> Vec<u64> {
+            self.slept.borrow_mut().drain(..).collect()
+        }
+
+        /// One tick at the host's time now, as `POST /internal/tick` runs it.
+        fn tick(&self) -> Json {
+            crate::engine::run_tick(&self.ctx, 0, self.now()).unwrap()
+        }
+
+        /// Column `column` of step `step_id`.
+        fn column(&self, step_id: &str, column: &str) -> Value {
+            let row = self
+                .ctx
+                .db()
+                .unwrap()
+                .execute(
+                    &format!("SELECT {column} FROM steps WHERE id = ?"),
+                    &[Value::from(step_id)],
+                )
+                .unwrap()
+                .into_first()
+                .expect("the step exists");
+            row[0].clone()
+        }
+
+        /// Every column of step `step_id`.
+        fn row(&self, step_id: &str) -> Vec<Value> {
+            self.ctx
+                .db()
+                .unwrap()
+                .execute("SELECT * FROM steps WHERE id = ?", &[Value::from(step_id)])
+                .unwrap()
+                .into_first()
+                .expect("the step exists")
+        }
+
+        /// The step's `attempt_log`, `[]` when it has none.
+        fn attempt_log(&self, step_id: &str) -> Vec<Json> {
+            match json_column(&self.column(step_id, "attempt_log")) {
+                Some(Json::Array(entries)) => entries,
+                _ => Vec::new(),
             }
+        }
+
+        /// How many rows `sql` (a `SELECT COUNT(*)`) counts.
+        fn count(&self, sql: &str, params: &[Value]) -> i64 {
+            self.ctx
+                .db()
+                .unwrap()
+                .execute(sql, params)
+                .unwrap()
+                .scalar_i64()
+                .unwrap()
+        }
+
+        /// `(event, node_id, data)` of each log entry of run `execution_id`, in order.
+        fn logs(&self, execution_id: &str) -> Vec<(String, Option<String>, Json)> {
+            self.ctx
+                .db()
+                .unwrap()
+                .execute(
+                    "SELECT event, node_id, data FROM execution_logs WHERE execution_id = ? ORDER BY id",
+                    &[Value::from(execution_id)],
+                )
+                .unwrap()
+                .rows
+                .iter()
+                .map(|row| {
+                    (
+                        row[0].as_str().unwrap().to_string(),
+                        row[1].as_str().map(String::from),
+                        json_column(&row[2]).unwrap(),
+                    )
+                })
+                .collect()
         }
 
         /// Makes the request of `http` node `node_id` take `ms` of the host's time.
@@ -1673,16 +1876,18 @@ mod tests {
 
         /// `node_id`'s step: its id and status, if it has one.
         fn step(&self, node_id: &str) -> Option<(String, String)> {
+            self.step_of(&self.execution_id, node_id)
+        }
+
+        /// `node_id`'s step in run `execution_id`: its id and status, if it has one.
+        fn step_of(&self, execution_id: &str, node_id: &str) -> Option<(String, String)> {
             let rows = self
                 .ctx
                 .db()
                 .unwrap()
                 .execute(
                     "SELECT id, status FROM steps WHERE execution_id = ? AND node_id = ?",
-                    &[
-                        Value::from(self.execution_id.as_str()),
-                        Value::from(node_id),
-                    ],
+                    &[Value::from(execution_id), Value::from(node_id)],
                 )
                 .unwrap();
             rows.into_first().map(|row| {
@@ -1706,11 +1911,16 @@ mod tests {
         /// for after its response (the self requests).
         fn invocation_of(&self, node_id: &str) {
             let (step_id, _) = self.step(node_id).expect("the node has a step");
+            self.invocation_of_step(&step_id);
+        }
+
+        /// Does what `POST /internal/steps/:id` does for step `step_id`.
+        fn invocation_of_step(&self, step_id: &str) {
             let db = self.ctx.db().unwrap();
-            let lease = claim(&self.ctx, db, &step_id, self.ctx.now_ms())
+            let lease = claim(&self.ctx, db, step_id, self.ctx.now_ms())
                 .unwrap()
                 .expect("the step is queued and due");
-            run_step(&self.ctx, &step_id, &lease, 0).unwrap();
+            run_step(&self.ctx, step_id, &lease, 0).unwrap();
             self.ctx.run_deferred();
         }
 
@@ -1857,5 +2067,388 @@ mod tests {
         assert_eq!(harness.sent(), Vec::<String>::new());
         assert_eq!(harness.status("done").as_deref(), Some("completed"));
         assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    /// trigger → ask, one agent step (agent `ag1` stored), queued and handed on.
+    fn one_agent_step() -> Harness {
+        let harness = Harness::start(
+            vec![json!({"id": "start", "type": "trigger"}), agent("ask")],
+            &[("start", "ask")],
+        );
+        harness.agent();
+        assert_eq!(harness.sent(), [harness.dispatch_of("ask")]);
+        harness
+    }
+
+    /// README (Execution model): "A renewal that finds the step taken by
+    /// another invocation changes nothing, and the result of the invocation
+    /// that lost the step is not stored"; usage records are stored "only
+    /// [by] the invocation that still holds the step's lease".
+    #[test]
+    fn an_invocation_that_lost_its_steps_lease_stores_neither_its_result_nor_its_usage() {
+        let harness = one_agent_step();
+        let (step_id, _) = harness.step("ask").unwrap();
+        let db = harness.ctx.db().unwrap();
+        let lost = claim(&harness.ctx, db, &step_id, harness.now())
+            .unwrap()
+            .expect("the step is queued and due");
+        // Its instance seems dead: the 15 s lease runs out and the tick's new
+        // invocation claims the step.
+        harness.move_clock_to(harness.now() + 15_001);
+        let held = claim(&harness.ctx, db, &step_id, harness.now())
+            .unwrap()
+            .expect("a step whose lease expired is claimed again");
+        let before = harness.row(&step_id);
+        // The first invocation was alive after all, and its call comes back.
+        run_step(&harness.ctx, &step_id, &lost, 0).unwrap();
+        harness.ctx.run_deferred();
+        assert_eq!(harness.sent(), [PROVIDER_URL], "the call was made");
+        assert_eq!(
+            harness.row(&step_id),
+            before,
+            "the step is as the new claim left it"
+        );
+        let usage = || {
+            harness.count(
+                "SELECT COUNT(*) FROM usage_records WHERE step_id = ?",
+                &[Value::from(step_id.as_str())],
+            )
+        };
+        assert_eq!(usage(), 0);
+        assert_eq!(
+            harness.count("SELECT COUNT(*) FROM agent_executions", &[]),
+            0
+        );
+        assert_eq!(harness.run_status(), RunStatus::Running);
+        // The invocation holding the lease stores its result and its one usage record.
+        run_step(&harness.ctx, &step_id, &held, 0).unwrap();
+        harness.ctx.run_deferred();
+        assert_eq!(harness.sent(), [PROVIDER_URL]);
+        assert_eq!(harness.status("ask").as_deref(), Some("completed"));
+        assert_eq!(usage(), 1);
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    /// README (Provider limits): a workflow step's slot further away than
+    /// "5 s (and a quarter of `step_lease_ms`)" books nothing: "the step is
+    /// not sent but queued again for its slot (`step.deferred` in the run's
+    /// log; no attempt is used) and the tick picks it up".
+    #[test]
+    fn a_step_whose_provider_slot_is_a_minute_away_is_deferred_to_it_without_using_an_attempt() {
+        let harness = one_agent_step();
+        harness.limit_provider(1);
+        let second = harness.another_run();
+        let (step, _) = harness.step_of(&second, "ask").unwrap();
+        assert_eq!(harness.sent(), [format!("{DISPATCH_URL}{step}")]);
+        // Admission books slots by the system clock.
+        let before = crate::now_ms();
+        harness.invocation_of("ask");
+        assert_eq!(harness.sent(), [PROVIDER_URL]);
+        assert_eq!(harness.status("ask").as_deref(), Some("completed"));
+        // The minute's one request is taken: the second run's step is not sent.
+        harness.invocation_of_step(&step);
+        let after = crate::now_ms();
+        assert_eq!(harness.sent(), Vec::<String>::new());
+        assert_eq!(
+            harness.slept(),
+            Vec::<u64>::new(),
+            "it did not wait in place"
+        );
+        assert_eq!(harness.column(&step, "status").as_str(), Some("queued"));
+        assert_eq!(harness.column(&step, "attempts").as_i64(), Some(0));
+        assert_eq!(harness.attempt_log(&step), Vec::<Json>::new());
+        assert_eq!(
+            harness.count(
+                "SELECT COUNT(*) FROM usage_records WHERE step_id = ?",
+                &[Value::from(step.as_str())]
+            ),
+            0
+        );
+        // Its slot: 60 s / 1 request a minute after the first run's call.
+        let run_after = harness.column(&step, "run_after").as_i64().unwrap();
+        assert!(
+            (before + 60_000..=after + 60_000).contains(&run_after),
+            "run_after {run_after} is not a minute after the first call ({before}..{after})"
+        );
+        let deferred: Vec<_> = harness
+            .logs(&second)
+            .into_iter()
+            .filter(|(event, _, _)| event == "step.deferred")
+            .collect();
+        assert_eq!(deferred.len(), 1, "{deferred:?}");
+        assert_eq!(deferred[0].1.as_deref(), Some("ask"));
+        assert_eq!(deferred[0].2["run_after"], crate::timestamp(run_after));
+        // The tick leaves it queued until its slot, then hands it on.
+        harness.move_clock_to(run_after - 1);
+        assert_eq!(harness.tick()["redispatched"], 0);
+        assert_eq!(harness.sent(), Vec::<String>::new());
+        harness.move_clock_to(run_after);
+        assert_eq!(harness.tick()["redispatched"], 1);
+        assert_eq!(harness.sent(), [format!("{DISPATCH_URL}{step}")]);
+        // Admission's clock (the system's) has not moved: the minute passes
+        // for the limiter by moving its booked slot back instead.
+        harness
+            .ctx
+            .db()
+            .unwrap()
+            .execute(
+                "UPDATE provider_limits SET request_tat = request_tat - 60000",
+                &[],
+            )
+            .unwrap();
+        harness.invocation_of_step(&step);
+        assert_eq!(harness.sent(), [PROVIDER_URL]);
+        assert_eq!(harness.column(&step, "status").as_str(), Some("completed"));
+        assert_eq!(harness.column(&step, "attempts").as_i64(), Some(1));
+        let log = harness.attempt_log(&step);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert_eq!(log[0]["attempt"], 1);
+        assert_eq!(log[0]["status"], "succeeded");
+        assert_eq!(
+            run_status(harness.ctx.db().unwrap(), "o1", &second).unwrap(),
+            RunStatus::Completed
+        );
+    }
+
+    /// A run's agent step, claimed and run just after another call booked
+    /// the organisation's slot under a limit of `requests_per_minute`.
+    fn agent_step_after_a_booked_slot(requests_per_minute: i64) -> (Harness, String) {
+        let harness = one_agent_step();
+        harness.limit_provider(requests_per_minute);
+        let db = harness.ctx.db().unwrap();
+        let booked = crate::usage::admission::admit(
+            db,
+            "o1",
+            "openai_compatible",
+            1,
+            crate::now_ms(),
+            u64::MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            booked,
+            crate::usage::admission::Admission::Go { wait_ms: 0 }
+        );
+        let (step, _) = harness.step("ask").unwrap();
+        harness.invocation_of_step(&step);
+        (harness, step)
+    }
+
+    /// README (Execution model): "A step waits in place for its provider
+    /// slot (admission) at most a quarter of its lease; beyond that it is
+    /// deferred to its slot": a quarter of the default 15 s lease is 3.75 s,
+    /// tighter than the 5 s a step may otherwise wait.
+    #[test]
+    fn a_step_waits_in_place_for_a_slot_within_a_quarter_of_its_lease_and_is_deferred_past_it() {
+        // 16 a minute: the next slot is 60 s / 16 = 3.75 s away.
+        let (harness, step) = agent_step_after_a_booked_slot(16);
+        let waited: u64 = harness.slept().iter().sum();
+        assert!((2_750..=3_750).contains(&waited), "waited {waited} ms");
+        assert_eq!(harness.sent(), [PROVIDER_URL]);
+        assert_eq!(harness.column(&step, "status").as_str(), Some("completed"));
+        assert_eq!(harness.column(&step, "attempts").as_i64(), Some(1));
+        assert!(
+            !harness
+                .logs(&harness.execution_id)
+                .iter()
+                .any(|(event, _, _)| event == "step.deferred")
+        );
+        // 15 a minute: 4 s away, past the quarter (and inside 5 s).
+        let (harness, step) = agent_step_after_a_booked_slot(15);
+        assert_eq!(harness.slept(), Vec::<u64>::new());
+        assert_eq!(harness.sent(), Vec::<String>::new());
+        assert_eq!(harness.column(&step, "status").as_str(), Some("queued"));
+        assert_eq!(harness.column(&step, "attempts").as_i64(), Some(0));
+        assert!(
+            harness
+                .logs(&harness.execution_id)
+                .iter()
+                .any(|(event, _, _)| event == "step.deferred")
+        );
+    }
+
+    /// trigger → a, an `http` node retried under `{max_attempts: 3, backoff_ms: 100}`.
+    fn retried_http_step() -> Harness {
+        let mut node = http("a");
+        node["retry"] = json!({"max_attempts": 3, "backoff_ms": 100});
+        let harness = Harness::start(
+            vec![json!({"id": "start", "type": "trigger"}), node],
+            &[("start", "a")],
+        );
+        assert_eq!(harness.sent(), [harness.dispatch_of("a")]);
+        harness
+    }
+
+    /// README (Retry policy): "The step's own invocation waits for a retry
+    /// due within 5 s and runs it itself".
+    #[test]
+    fn a_retry_due_in_five_seconds_runs_in_the_same_invocation() {
+        let harness = retried_http_step();
+        // A 503 asking for 5 s: the retry is due exactly 5 s later.
+        harness.answers(&url("a"), &[(503, Some("5")), (200, None)]);
+        let (step, _) = harness.step("a").unwrap();
+        harness.invocation_of("a");
+        assert_eq!(harness.sent(), [url("a"), url("a")], "not handed on");
+        assert_eq!(harness.slept(), [5_000]);
+        assert_eq!(harness.status("a").as_deref(), Some("completed"));
+        assert_eq!(harness.column(&step, "attempts").as_i64(), Some(2));
+        let log = harness.attempt_log(&step);
+        assert_eq!(log.len(), 2, "{log:?}");
+        assert_eq!(log[0]["status"], "failed");
+        assert_eq!(log[0]["retry_in_ms"], 5_000);
+        assert_eq!(log[1]["status"], "succeeded");
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    /// README (Retry policy): "… a later one is the tick's."
+    #[test]
+    fn a_retry_due_in_six_seconds_is_left_queued_for_the_tick() {
+        let harness = retried_http_step();
+        harness.answers(&url("a"), &[(503, Some("6")), (200, None)]);
+        let (step, _) = harness.step("a").unwrap();
+        let failed_at = harness.now();
+        harness.invocation_of("a");
+        assert_eq!(harness.sent(), [url("a")], "no second request here");
+        assert_eq!(harness.slept(), Vec::<u64>::new());
+        assert_eq!(harness.status("a").as_deref(), Some("queued"));
+        assert_eq!(
+            harness.column(&step, "run_after").as_i64(),
+            Some(failed_at + 6_000)
+        );
+        harness.move_clock_to(failed_at + 5_999);
+        assert_eq!(harness.tick()["redispatched"], 0);
+        assert_eq!(harness.sent(), Vec::<String>::new());
+        harness.move_clock_to(failed_at + 6_000);
+        assert_eq!(harness.tick()["redispatched"], 1);
+        assert_eq!(harness.sent(), [harness.dispatch_of("a")]);
+        harness.invocation_of("a");
+        assert_eq!(harness.sent(), [url("a")]);
+        assert_eq!(harness.status("a").as_deref(), Some("completed"));
+        assert_eq!(harness.column(&step, "attempts").as_i64(), Some(2));
+        assert_eq!(harness.run_status(), RunStatus::Completed);
+    }
+
+    /// README (Retry policy): a retry comes "`backoff_ms × 2^(attempt-1)`
+    /// later, stretched by a random 0–25 % … and never sooner than the far
+    /// end's `Retry-After`".
+    #[test]
+    fn a_retry_waits_the_backoff_doubled_per_attempt_stretched_by_under_a_quarter() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            backoff_ms: 1_000,
+        };
+        // After attempt n: 1000 × 2^(n−1), and with the largest jitter just
+        // under a quarter more.
+        for (attempts, least, most) in [
+            (1, 1_000, 1_249),
+            (2, 2_000, 2_499),
+            (3, 4_000, 4_999),
+            (4, 8_000, 9_999),
+        ] {
+            assert_eq!(retry_delay_ms(policy, attempts, None, 0.0), least);
+            assert_eq!(retry_delay_ms(policy, attempts, None, 0.999_999), most);
+        }
+        // A Retry-After shorter than the backoff does not shorten it; a longer one is the wait.
+        assert_eq!(retry_delay_ms(policy, 3, Some(1_000), 0.0), 4_000);
+        assert_eq!(retry_delay_ms(policy, 3, Some(6_000), 0.999_999), 6_000);
+    }
+
+    /// README (Retry policy): "never sooner than the far end's
+    /// `Retry-After` (at most 60 s)", for an `http` node's server and an
+    /// agent's provider alike.
+    #[test]
+    fn a_retry_after_of_an_hour_queues_the_retry_sixty_seconds_later() {
+        let harness = retried_http_step();
+        harness.answers(&url("a"), &[(429, Some("3600"))]);
+        let (step, _) = harness.step("a").unwrap();
+        let failed_at = harness.now();
+        harness.invocation_of("a");
+        assert_eq!(harness.status("a").as_deref(), Some("queued"));
+        assert_eq!(
+            harness.column(&step, "run_after").as_i64(),
+            Some(failed_at + 60_000)
+        );
+        assert_eq!(harness.attempt_log(&step)[0]["retry_in_ms"], 60_000);
+
+        let harness = one_agent_step();
+        harness.answers(PROVIDER_URL, &[(429, Some("3600"))]);
+        let (step, _) = harness.step("ask").unwrap();
+        let failed_at = harness.now();
+        harness.invocation_of("ask");
+        assert_eq!(harness.sent(), [PROVIDER_URL]);
+        assert_eq!(harness.status("ask").as_deref(), Some("queued"));
+        assert_eq!(
+            harness.column(&step, "run_after").as_i64(),
+            Some(failed_at + 60_000)
+        );
+        assert_eq!(harness.attempt_log(&step)[0]["retry_in_ms"], 60_000);
+    }
+
+    /// README (Workflows): "With an `Idempotency-Key` header the same key
+    /// and inputs answer the same run for 24 h (`idempotent-replayed: true`)".
+    #[test]
+    fn an_idempotency_key_answers_its_run_for_24_hours_and_starts_a_new_one_after() {
+        const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+        const SECRET: &str = "sk_unitTestSecretOfFortyThreeBase62Characters00";
+        let harness = Harness::start(
+            vec![
+                json!({"id": "start", "type": "trigger"}),
+                json!({"id": "done", "type": "output", "config": {"value": "{{ trigger.n }}"}}),
+            ],
+            &[("start", "done")],
+        );
+        let db = harness.ctx.db().unwrap();
+        db.execute(
+            "INSERT INTO api_keys (id, org_id, name, role, prefix, key_hash, created_at) \
+             VALUES ('k1', 'o1', 'ci', 'member', 'sk_unitTest', ?, 0)",
+            &[Value::Text(spindle_auth::hash_api_key(SECRET))],
+        )
+        .unwrap();
+        let router = crate::engine::router();
+        // POST /api/v1/workflows/w1/execute with the key: the run's id, and
+        // whether the answer was a replay.
+        let execute = || {
+            let mut request = spindle_http::ApiRequest::new(
+                spindle_http::Method::Post,
+                "/api/v1/workflows/w1/execute",
+            );
+            request.headers.extend([
+                ("authorization".to_string(), format!("Bearer {SECRET}")),
+                ("idempotency-key".to_string(), "nightly-report".to_string()),
+                ("content-type".to_string(), "application/json".to_string()),
+            ]);
+            request.body = br#"{"inputs": {"n": 1}}"#.to_vec();
+            let response = router.handle(&harness.ctx, &request);
+            let body: Json = serde_json::from_slice(&response.body).unwrap();
+            assert_eq!(response.status, 202, "{body}");
+            let replayed = response.header("idempotent-replayed") == Some("true");
+            (body["execution_id"].as_str().unwrap().to_string(), replayed)
+        };
+        // Makes run `id` as old as `ms`.
+        let age = |id: &str, ms: i64| {
+            db.execute(
+                "UPDATE executions SET created_at = ? WHERE id = ?",
+                &[Value::Integer(crate::now_ms() - ms), Value::from(id)],
+            )
+            .unwrap();
+        };
+        let (first, replayed) = execute();
+        assert!(!replayed);
+        // A minute short of 24 h: the same run.
+        age(&first, DAY_MS - 60_000);
+        assert_eq!(execute(), (first.clone(), true));
+        // A minute past: a new run, which the key answers from then on.
+        age(&first, DAY_MS + 60_000);
+        let (second, replayed) = execute();
+        assert_ne!(second, first);
+        assert!(!replayed);
+        assert_eq!(execute(), (second.clone(), true));
+        assert_eq!(
+            harness.count(
+                "SELECT COUNT(*) FROM executions WHERE id IN (?, ?)",
+                &[Value::from(first.as_str()), Value::from(second.as_str())]
+            ),
+            2
+        );
     }
 }

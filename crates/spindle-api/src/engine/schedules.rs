@@ -503,4 +503,35 @@ mod tests {
             "{details:?}"
         );
     }
+
+    /// README (Schedules): "The tick starts the schedules whose
+    /// `next_run_at` has passed (all organisations, at most 100 per tick,
+    /// earliest first; `schedules_started`)".
+    #[test]
+    fn a_tick_starts_at_most_100_due_schedules_earliest_first() {
+        let fixture = Fixture::new("batch");
+        let workflow = fixture.workflow(true, false);
+        // 101 due schedules, a second apart, stored latest-due first: the
+        // latest one is due a second before now.
+        let latest = fixture.schedule(&workflow, "* * * * *", NOW - 1_000);
+        let earlier: Vec<String> = (2..=101)
+            .map(|seconds| fixture.schedule(&workflow, "* * * * *", NOW - seconds * 1_000))
+            .collect();
+        let ctx = fixture.context();
+        let tick = crate::engine::run_tick(&ctx, 0, NOW).unwrap();
+        assert_eq!(tick["schedules_started"], 100);
+        assert_eq!(fixture.runs(&workflow).len(), 100);
+        for id in &earlier {
+            assert_eq!(fixture.state(id).1, Some(NOW + MINUTE), "{id}");
+        }
+        assert_eq!(fixture.state(&latest), (1, Some(NOW - 1_000), None));
+        // The next tick starts the one left.
+        let tick = crate::engine::run_tick(&ctx, 0, NOW).unwrap();
+        assert_eq!(tick["schedules_started"], 1);
+        assert_eq!(
+            fixture.state(&latest),
+            (1, Some(NOW + MINUTE), Some(NOW - 1_000))
+        );
+        assert_eq!(fixture.runs(&workflow).len(), 101);
+    }
 }
