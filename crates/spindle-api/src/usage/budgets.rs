@@ -1281,6 +1281,37 @@ mod tests {
     }
 
     #[test]
+    fn expired_reservations_are_released_in_batches_of_five_hundred() {
+        let fixture = Fixture::new("expiry-batches");
+        let budget = fixture.budget("agent", "a1", "month", 1_000_000, "block");
+        let ctx = fixture.context();
+        let db = ctx.db().unwrap();
+        // 501 dead calls, expired at T0, and one still live.
+        for i in 0..502 {
+            let expires_at = if i < 501 { T0 } else { T0 + HOUR };
+            db.execute(
+                "INSERT INTO budget_reservations (id, org_id, budget_id, call_id, period_start, \
+                 amount_micros, expires_at, created_at) VALUES (?, 'o1', ?, ?, 0, 1, ?, 0)",
+                &[
+                    Value::from(format!("r{i}")),
+                    Value::from(budget.as_str()),
+                    Value::from(format!("c{i}")),
+                    Value::Integer(expires_at),
+                ],
+            )
+            .unwrap();
+        }
+        assert_eq!(release_expired(db, T0).unwrap(), 500);
+        assert_eq!(release_expired(db, T0).unwrap(), 1);
+        assert_eq!(release_expired(db, T0).unwrap(), 0);
+        assert_eq!(
+            fixture.scalar("SELECT COUNT(*) FROM budget_reservations"),
+            1,
+            "the live one stays"
+        );
+    }
+
+    #[test]
     fn a_threshold_fires_once_per_period_and_alert_budgets_never_block() {
         let fixture = Fixture::new("thresholds");
         let budget = fixture.budget("agent", "a1", "month", 1_000, "alert");
