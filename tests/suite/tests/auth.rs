@@ -687,6 +687,36 @@ fn tokens_of_an_external_identity_provider_are_accepted() {
     current_org(target, &stranger).assert_error(401, "unauthenticated");
 }
 
+/// README ("Configuration"): `\n` escapes are accepted for one-line values,
+/// so a PEM key fits a one-line variable; a value that is no PEM key is `503
+/// misconfigured` on the requests that need it.
+#[test]
+fn a_public_key_on_one_line_with_escaped_newlines_is_read_and_a_non_pem_one_is_misconfigured() {
+    let pair = Ed25519KeyPair::from_pem(&fixture("jwt-ed25519.pem")).unwrap();
+    let pem = fixture("jwt-ed25519.pub.pem");
+    let one_line = pem.trim_end().replace('\n', "\\n");
+    assert!(!one_line.contains('\n'), "{one_line}");
+    for (value, works) in [(one_line, true), ("not a public key".to_string(), false)] {
+        let mut variables = suite_variables();
+        variables.insert("jwt_public_key".into(), value);
+        let target = configured(variables);
+        let org = target.create_org("sso-one-line");
+        let token = pair.sign(valid_claims(&org.id, "viewer")).unwrap();
+        let reply = current_org(&target, &token);
+        if works {
+            assert_eq!(
+                reply.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&reply.body)
+            );
+            assert_eq!(reply.json()["id"], org.id);
+        } else {
+            assert_misconfigured(&reply, "jwt_public_key");
+        }
+    }
+}
+
 #[test]
 fn hs256_tokens_signed_with_the_jwt_secret_are_accepted() {
     let target = shared();

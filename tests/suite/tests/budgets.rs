@@ -359,10 +359,12 @@ fn an_api_call_a_block_budget_cannot_cover_is_429_and_never_reaches_the_provider
         "current",
         json!({"period": "day", "limit": 10_000_000, "action": "block"}),
     );
+    fake_llm().push(Reply::text("tide").tokens(1000, 500));
     let execution = completed(target, &org.owner_key, &agent);
     assert_eq!(chat_requests().len(), 1);
-    let billed = execution["cost"]["billed_micros"].as_i64().unwrap();
-    assert!(billed > 0, "{execution}");
+    // gpt-4o-mini: 1000 × $0.15/M + 500 × $0.60/M = 450 µ$; × 1.2 = 540.
+    let billed = 540;
+    assert_eq!(execution["cost"]["billed_micros"], billed, "{execution}");
     let budget = one(target, &org, "org", "current");
     assert_eq!(budget["spent_micros"], billed);
     assert_eq!(budget["reserved_micros"], 0);
@@ -433,9 +435,14 @@ fn fifty_concurrent_calls_at_a_budgets_edge_never_overspend() {
     let input = probe["usage"]["input_tokens"].as_u64().unwrap();
     let reply = || Reply::text("tide").tokens(input, MAX_TOKENS);
     fake_llm().push(reply());
-    let cost = completed(target, &org.owner_key, &agent)["cost"]["billed_micros"]
-        .as_i64()
-        .unwrap();
+    // gpt-4o-mini at $0.15/M input and $0.60/M output: the base rounded half
+    // up to the µ$, then × 1.2 rounded half up.
+    let base = (input * 150_000 + MAX_TOKENS * 600_000 + 500_000) / 1_000_000;
+    let cost = i64::try_from((base * 120 + 50) / 100).unwrap();
+    assert_eq!(
+        completed(target, &org.owner_key, &agent)["cost"]["billed_micros"],
+        cost
+    );
     assert!(cost > 1, "{cost}");
 
     let (key_id, key) = target.create_key(&org.owner_key, "member");
@@ -518,10 +525,12 @@ fn an_alert_budget_never_blocks_and_each_threshold_is_delivered_once() {
     let org = target.create_org("budgets-alert");
     let agent = agent(target, &org, 500);
     fake_llm().push(Reply::text("tide").tokens(100, 100));
-    let cost = completed(target, &org.owner_key, &agent)["cost"]["billed_micros"]
-        .as_i64()
-        .unwrap();
-    assert!(cost > 0);
+    // gpt-4o-mini: 100 × $0.15/M + 100 × $0.60/M = 75 µ$; × 1.2 = 90.
+    let cost = 90;
+    assert_eq!(
+        completed(target, &org.owner_key, &agent)["cost"]["billed_micros"],
+        cost
+    );
     let hook = format!("/events/{}/budgets", org.id);
     let subscription = target.call(
         "POST",

@@ -1803,6 +1803,13 @@ mod host_faults {
             timestamp_ms(&draft["finished_at"]) >= lease_ends,
             "handed on only once its lease had lapsed: {run}"
         );
+        // The dead instance's attempt left no entry: the log starts at 2.
+        let log = draft["attempt_log"].as_array().unwrap();
+        assert_eq!(log.len(), 1, "{run}");
+        assert_eq!(log[0]["attempt"], 2);
+        assert_eq!(log[0]["status"], "succeeded", "{run}");
+        assert_eq!(log[0]["retry_in_ms"], Value::Null);
+        assert_eq!(log[0]["finished_at"], draft["finished_at"]);
         assert_eq!(
             fake_llm().received().len(),
             1,

@@ -507,6 +507,48 @@ fn a_failing_subscriber_gets_three_attempts_across_ticks_and_never_fails_the_run
 }
 
 #[test]
+fn deleting_a_subscription_drops_its_pending_deliveries() {
+    let _turn = fake_turn();
+    // An app of its own, as above: only this test's ticks deliver.
+    let target = &fresh();
+    let org = target.create_org("events-dropped");
+    let path = format!("/events/{}", org.id);
+    let subscription = subscribe(
+        target,
+        &org,
+        &json!({"url": format!("{}{path}", fake_llm().url()), "event_types": ["workflow.completed"]}),
+    );
+    let sub_id = subscription["id"].as_str().unwrap();
+    fake_llm().push(Reply::error(500, "subscriber down"));
+    let workflow = echo_workflow(target, &org);
+    run_to_completion(target, &org, &workflow);
+    tick_until(target, &path, 1);
+    let log = deliveries_of(target, &org, sub_id);
+    let entry = &log["data"][0];
+    assert_eq!(entry["status"], "pending", "{log}");
+    let next_attempt = spindle_suite::timestamp_ms(&entry["next_attempt_at"]);
+
+    let deleted = target.call(
+        "DELETE",
+        &format!("{PATH}/{sub_id}"),
+        Some(&org.owner_key),
+        None,
+    );
+    assert_eq!(deleted.status, 204);
+    // Past the retry's time, ticks send nothing more to the subscriber.
+    let wait = next_attempt + 200 - spindle_suite::now_ms();
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(wait.unsigned_abs()));
+    }
+    for _ in 0..3 {
+        let tick = target.tick();
+        assert_eq!(tick.status, 200);
+        assert_eq!(tick.json()["events_delivered"], 0, "{}", tick.json());
+    }
+    assert_eq!(deliveries_to(&path).len(), 1, "one attempt, then nothing");
+}
+
+#[test]
 fn a_destination_the_host_refuses_is_recorded_as_a_failed_attempt() {
     let target = shared();
     let org = target.create_org("events-refused");
