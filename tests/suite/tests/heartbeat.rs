@@ -151,3 +151,101 @@ fn a_run_whose_host_died_is_resumed_with_nobody_calling_the_tick() {
     assert_eq!(run["output"], "after the restart");
     assert_eq!(fake_llm().received().len(), 2);
 }
+
+#[test]
+fn after_a_restart_a_signal_alone_starts_the_tick_again() {
+    let _turn = fake_turn();
+    let target = self_ticking();
+    let org = target.create_org("heartbeat-signal");
+    let woke = format!("/events/{}/woke", org.id);
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Signal, then a delay",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "gate", "type": "wait", "config": {"signal": "go"}},
+                {"id": "pause", "type": "delay", "config": {"duration_ms": 1_000}},
+                {"id": "call", "type": "http", "config": {"method": "POST", "url": format!("{}{woke}", fake_llm().url()), "body": {}}}
+            ],
+            "edges": [
+                {"source": "start", "target": "gate"},
+                {"source": "gate", "target": "pause"},
+                {"source": "pause", "target": "call"}
+            ]
+        }),
+    );
+    fake_llm().push(Reply::raw(200, "{}"));
+    let id = target.start_run(&org, &workflow, json!({}));
+    target.await_step(&org, &id, "gate", "waiting");
+    // The host dies with its heartbeat; after the restart nothing ticks
+    // until a request starts it again, and the only one is the signal. The
+    // dead chain's lease (README: "5 s past its last tick") must lapse first,
+    // or the kick takes it for live; no response shows the lease, so this
+    // waits it out.
+    target.kill_and_restart();
+    std::thread::sleep(Duration::from_millis(5_500));
+    let reply = target.call(
+        "POST",
+        &format!("/api/v1/executions/{id}/signals/go"),
+        Some(&org.owner_key),
+        Some(&json!({"payload": {}})),
+    );
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    // The delay after the signal ends with no other request to the app: its
+    // http step calling the fake is what shows it (reading the run would
+    // start the tick too).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !fake_llm().received().iter().any(|r| r.path == woke) {
+        if Instant::now() > deadline {
+            panic!(
+                "the delay after the signal never ended: {}",
+                target.execution(&org, &id)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = ended(&target, &org, &id, Duration::from_secs(10));
+    assert_eq!(run["status"], "completed", "{run}");
+}
+
+/// A link ticks for 20 s, then hands over: a 25 s delay ends with nobody
+/// calling the app at all (no reads either, which would start a new chain),
+/// so only the chain's own hand-over can have ended it.
+#[test]
+fn a_delay_longer_than_one_link_ends_by_the_chains_own_hand_over() {
+    let _turn = fake_turn();
+    let target = self_ticking();
+    let org = target.create_org("heartbeat-handover");
+    let woke = format!("/events/{}/woke", org.id);
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Longer than a link",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "pause", "type": "delay", "config": {"duration_ms": 25_000}},
+                {"id": "call", "type": "http", "config": {"method": "POST", "url": format!("{}{woke}", fake_llm().url()), "body": {}}}
+            ],
+            "edges": [{"source": "start", "target": "pause"}, {"source": "pause", "target": "call"}]
+        }),
+    );
+    fake_llm().push(Reply::raw(200, "{}"));
+    let id = target.start_run(&org, &workflow, json!({}));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fake_llm().received().iter().any(|r| r.path == woke) {
+        if Instant::now() > deadline {
+            panic!("the delay never ended: {}", target.execution(&org, &id));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = ended(&target, &org, &id, Duration::from_secs(10));
+    assert_eq!(run["status"], "completed", "{run}");
+}

@@ -258,18 +258,7 @@ fn a_node_retry_logs_step_retrying_and_a_run_retry_logs_run_retried() {
     let id = target.start_run(&org, &workflow, json!({}));
     let run = target.finished_ticking(&org, &id);
     assert_eq!(run["status"], "failed", "{run}");
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/retry"),
-        Some(&org.owner_key),
-        None,
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    target.retry_run(&org, &id);
     let run = target.finished_ticking(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     let events: Vec<String> = all_logs(target, &org.owner_key, &id)
@@ -483,6 +472,30 @@ fn a_stream_opened_while_the_run_waits_receives_later_entries_live() {
         .map(|e| e.id.as_deref().unwrap().parse().unwrap())
         .collect();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+}
+
+/// A stream of a run still going ends by itself (after about 25 s, under
+/// hosted platforms' request limits) without `complete`, having told the
+/// client to reconnect.
+#[test]
+fn a_stream_of_a_run_still_going_ends_without_complete() {
+    let target = shared();
+    let org = target.create_org("logs-stream-ends");
+    let workflow = target.create(&org, "/api/v1/workflows", &waiting());
+    let id = target.start_run(&org, &workflow, json!({}));
+    target.await_step(&org, &id, "gate", "waiting");
+    let mut stream = open_events(target, &org, &id, "", &[]);
+    let mut lines = Vec::new();
+    while let Some(line) = stream.next_line() {
+        lines.push(line);
+    }
+    assert!(lines.iter().any(|l| l == "retry: 1000"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "event: run.started"), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l == "event: complete"),
+        "the run is still waiting: {lines:?}"
+    );
+    assert_eq!(target.execution(&org, &id)["status"], "running");
 }
 
 #[test]
