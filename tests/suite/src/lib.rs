@@ -707,6 +707,23 @@ impl Target {
         )
     }
 
+    /// `POST /api/v1/executions/:id/retry` as the org's owner; panics unless
+    /// the retry was taken (202).
+    pub fn retry_run(&self, org: &Org, id: &str) {
+        let reply = self.call(
+            "POST",
+            &format!("/api/v1/executions/{id}/retry"),
+            Some(&org.owner_key),
+            None,
+        );
+        assert_eq!(
+            reply.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+
     /// Starts a run of `workflow` with `inputs` as the org's owner; panics
     /// unless 202. Returns the execution's id.
     pub fn start_run(&self, org: &Org, workflow: &str, inputs: Value) -> String {

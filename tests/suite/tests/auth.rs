@@ -172,33 +172,6 @@ fn a_missing_or_short_admin_key_is_misconfigured_not_forbidden() {
     }
 }
 
-#[test]
-fn runs_without_an_internal_key_are_misconfigured_and_nothing_is_stored() {
-    let mut variables = suite_variables();
-    variables.remove("internal_key");
-    let target = configured(variables);
-    let org = target.create_org("no-internal-key");
-    let workflow = target.create(
-        &org,
-        "/api/v1/workflows",
-        &json!({"name": "Echo", "nodes": [
-            {"id": "start", "type": "trigger", "config": {}},
-            {"id": "done", "type": "output", "config": {"value": "hi"}}
-        ], "edges": [{"source": "start", "target": "done"}]}),
-    );
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/workflows/{workflow}/execute"),
-        Some(&org.owner_key),
-        Some(&json!({"inputs": {}})),
-    );
-    assert_misconfigured(&reply, "internal_key");
-    let runs = target
-        .call("GET", "/api/v1/executions", Some(&org.owner_key), None)
-        .json();
-    assert_eq!(runs["total"], 0, "{runs}");
-}
-
 // --- credentials that prove nothing ----------------------------------------
 
 #[test]

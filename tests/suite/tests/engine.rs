@@ -249,18 +249,7 @@ fn retry_after_a_failure_reuses_the_completed_steps() {
     assert_eq!(failed["status"], "failed");
     assert_eq!(failed["failed_node"], "second");
     fake_llm().push(Reply::text("two").tokens(20, 4));
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/retry"),
-        Some(&org.owner_key),
-        None,
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    target.retry_run(&org, &id);
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "two");
@@ -604,18 +593,7 @@ fn a_retry_keeps_the_failures_on_error_handled() {
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "failed", "{run}");
     assert_eq!(run["failed_node"], "call");
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/retry"),
-        Some(&org.owner_key),
-        None,
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    target.retry_run(&org, &id);
     let run = target.finished(&org, &id);
     // `call` is refused again (its host is not allowed); `ask` did not run again.
     assert_eq!(run["status"], "failed", "{run}");
@@ -1617,18 +1595,7 @@ fn retry_of_a_cancelled_run_reuses_its_completed_steps() {
     let cancelled = target.await_step(&org, &id, "first", "completed");
     assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
     fake_llm().push(Reply::text("two"));
-    let retry = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/retry"),
-        Some(&org.owner_key),
-        None,
-    );
-    assert_eq!(
-        retry.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&retry.body)
-    );
+    target.retry_run(&org, &id);
     let run = target.finished(&org, &id);
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], "two");

@@ -448,18 +448,7 @@ fn retry_of_a_loop_whose_body_failed_reuses_the_iterations_that_completed() {
     assert_eq!(failed["failed_node"], "write");
     fake_llm().push(Reply::text("two").tokens(20, 1));
     fake_llm().push(Reply::text("three").tokens(30, 1));
-    let reply = target.call(
-        "POST",
-        &format!("/api/v1/executions/{id}/retry"),
-        Some(&org.owner_key),
-        None,
-    );
-    assert_eq!(
-        reply.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    target.retry_run(&org, &id);
     let run = target.finished_within(&org, &id, Duration::from_secs(20));
     assert_eq!(run["status"], "completed", "{run}");
     assert_eq!(run["output"], json!(["one", "two", "three"]));

@@ -198,7 +198,8 @@ fn stored_execution_cost(target: &Target, org: &Org, agent: &str, id: &str) -> V
         .unwrap_or_else(|| panic!("no execution {id}: {page}"))
 }
 
-fn actions(target: &Target, org: &Org) -> Vec<String> {
+/// The organisation's activity log (its last 200 entries), oldest first.
+fn activity(target: &Target, org: &Org) -> Vec<Value> {
     let log = ok(
         target.call(
             "GET",
@@ -208,11 +209,23 @@ fn actions(target: &Target, org: &Org) -> Vec<String> {
         ),
         200,
     );
-    log["data"]
-        .as_array()
-        .unwrap()
+    let mut entries = log["data"].as_array().unwrap().clone();
+    entries.reverse();
+    entries
+}
+
+fn actions(target: &Target, org: &Org) -> Vec<String> {
+    activity(target, org)
         .iter()
         .map(|a| a["action"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The activity entries of `action`, oldest first.
+fn activity_of(target: &Target, org: &Org, action: &str) -> Vec<Value> {
+    activity(target, org)
+        .into_iter()
+        .filter(|a| a["action"] == action)
         .collect()
 }
 
@@ -309,28 +322,6 @@ fn an_own_price_bills_the_next_call_and_earlier_records_keep_their_cost() {
         log.contains(&"pricing.price_removed".to_string()),
         "{log:?}"
     );
-}
-
-/// The activity entries of `action`, oldest first.
-fn activity_of(target: &Target, org: &Org, action: &str) -> Vec<Value> {
-    let log = ok(
-        target.call(
-            "GET",
-            "/api/v1/orgs/current/activity?limit=200",
-            Some(&org.owner_key),
-            None,
-        ),
-        200,
-    );
-    let mut entries: Vec<Value> = log["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["action"] == action)
-        .cloned()
-        .collect();
-    entries.reverse();
-    entries
 }
 
 #[test]

@@ -372,10 +372,10 @@ fn a_metrics_token_shorter_than_32_characters_is_misconfigured_even_when_present
     assert_misconfigured(&reply, "metrics_token");
 }
 
-#[test]
-fn a_short_internal_key_refuses_to_start_a_run_and_stores_none() {
-    let target = misconfigured_app();
-    let org = target.create_org("short-internal-key");
+/// Starting a run in `target` (an app whose `internal_key` is wrong) answers
+/// `503` at `variables.internal_key` and stores no run.
+fn assert_runs_are_refused_and_none_is_stored(target: &Target, org_name: &str) {
+    let org = target.create_org(org_name);
     let workflow = target.create(
         &org,
         "/api/v1/workflows",
@@ -395,6 +395,18 @@ fn a_short_internal_key_refuses_to_start_a_run_and_stores_none() {
         .call("GET", "/api/v1/executions", Some(&org.owner_key), None)
         .json();
     assert_eq!(runs["total"], 0, "{runs}");
+}
+
+#[test]
+fn a_short_internal_key_refuses_to_start_a_run_and_stores_none() {
+    assert_runs_are_refused_and_none_is_stored(misconfigured_app(), "short-internal-key");
+}
+
+#[test]
+fn runs_without_an_internal_key_are_misconfigured_and_nothing_is_stored() {
+    let mut variables = suite_variables();
+    variables.remove("internal_key");
+    assert_runs_are_refused_and_none_is_stored(&configured(variables), "no-internal-key");
 }
 
 /// README ("Configuration"): a malformed `billing_markup_percent` is `503
