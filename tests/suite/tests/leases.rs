@@ -110,6 +110,53 @@ fn an_http_node_whose_server_takes_several_leases_sends_its_request_once() {
     assert_eq!(fake_llm().received().len(), 1, "the server got one request");
 }
 
+/// A retry the step's own invocation sleeps for (due within 5 s) outlasts
+/// three leases, with the tick coming every 100 ms: the retry still runs
+/// once, as attempt 2, and the server gets two requests.
+#[test]
+fn a_retry_slept_in_place_over_several_leases_runs_once() {
+    let _turn = fake_turn();
+    let mut variables = suite_variables();
+    variables.insert("step_lease_ms".into(), "1000".into());
+    let target = configured(variables);
+    let org = target.create_org("lease-retry-sleep");
+    let url = format!("{}/v1/chat/completions", fake_llm().url());
+    let workflow = target.create(
+        &org,
+        "/api/v1/workflows",
+        &json!({
+            "name": "Retried after 3 s",
+            "nodes": [
+                {"id": "start", "type": "trigger", "config": {}},
+                {"id": "call", "type": "http", "retry": {"max_attempts": 3, "backoff_ms": 3000},
+                    "config": {"method": "POST", "url": url, "body": {"model": "m", "messages": []}}}
+            ],
+            "edges": [{"source": "start", "target": "call"}]
+        }),
+    );
+    fake_llm().push(Reply::server_error());
+    fake_llm().push(Reply::text("second"));
+    fake_llm().push(Reply::text("a third request"));
+    let _ticker = target.tick_every(Duration::from_millis(100));
+    let run = target.finished(&org, &target.start_run(&org, &workflow, json!({})));
+    assert_eq!(run["status"], "completed", "{run}");
+    let call = step(&run, "call");
+    assert_eq!(call["attempts"], 2, "{run}");
+    let attempts: Vec<(i64, &str)> = call["attempt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_i64().unwrap(),
+                a["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, [(1, "failed"), (2, "succeeded")], "{run}");
+    assert_eq!(fake_llm().received().len(), 2, "two requests, not three");
+}
+
 #[test]
 fn with_default_settings_a_run_whose_host_dies_mid_step_is_finished_within_30_seconds() {
     let _turn = fake_turn();
